@@ -1,0 +1,127 @@
+//! Artifacts as files under a root folder.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
+use labelfleet_core::error::{BackendError, BackendResult};
+use rand::Rng;
+
+/// Artifacts as files: `root/<key>`. Writes go to a temporary file beside the target and
+/// are renamed into place, so readers never see half a file.
+#[derive(Debug, Clone)]
+pub struct FileArtifactStore {
+    root: PathBuf,
+}
+
+impl FileArtifactStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: &Path) -> FileArtifactStore {
+        FileArtifactStore {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// The file an artifact lives in. Keys are validated to stay under the root.
+    pub fn path_of(&self, key: &ArtifactKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> BackendError {
+    BackendError::Other(format!("cannot {what} {}: {e}", path.display()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> BackendResult<()> {
+    let dir = path.parent().expect("artifact paths have a parent");
+    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+    // Hidden temporary names are skipped by `list`.
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rng().random::<u64>()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error("write", path, e));
+    }
+    Ok(())
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<ArtifactKey>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            let key = relative.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+            if let Ok(key) = ArtifactKey::new(&key) {
+                out.push(key);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ArtifactStore for FileArtifactStore {
+    fn describe(&self) -> String {
+        format!("artifacts in {}", self.root.display())
+    }
+
+    async fn put(&self, key: &ArtifactKey, bytes: Vec<u8>) -> BackendResult<()> {
+        let path = self.path_of(key);
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(|e| BackendError::Other(format!("artifact write task failed: {e}")))?
+    }
+
+    async fn get(&self, key: &ArtifactKey) -> BackendResult<Option<Vec<u8>>> {
+        let path = self.path_of(key);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("read", &path, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>> {
+        let prefix = prefix.trim_end_matches('/');
+        let start = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            self.path_of(&ArtifactKey::new(prefix)?)
+        };
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            match std::fs::metadata(&start) {
+                Ok(meta) if meta.is_dir() => {
+                    collect_files(&root, &start, &mut keys).map_err(|e| io_error("list", &start, e))?
+                }
+                Ok(_) => collect_files(&root, start.parent().expect("has parent"), &mut keys)
+                    .map(|_| keys.retain(|k| root.join(k.as_str()) == start))
+                    .map_err(|e| io_error("list", &start, e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("list", &start, e)),
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+        .map_err(|e| BackendError::Other(format!("artifact list task failed: {e}")))?
+    }
+
+    fn locate(&self, key: &ArtifactKey) -> String {
+        self.path_of(key).display().to_string()
+    }
+}

@@ -1,0 +1,274 @@
+//! The embedded job board: submitted jobs, their dependencies, and worker reports.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use labelfleet_core::board::{
+    BoardJob, BoardState, Dependency, GroupCounts, JobBoard, WorkerReport, WorkerState,
+};
+use labelfleet_core::error::BackendResult;
+use labelfleet_core::job::JobKey;
+use labelfleet_core::queue::OutgoingMessage;
+use rusqlite::{Row, TransactionBehavior, params};
+
+use crate::sqlite::Db;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    group_id  TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    after     TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    dedup_id  TEXT NOT NULL,
+    msg_group TEXT NOT NULL,
+    PRIMARY KEY (group_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_deps (
+    group_id TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    dep      TEXT NOT NULL,
+    PRIMARY KEY (group_id, name, dep)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_by_dep ON job_deps (dep);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id   TEXT PRIMARY KEY,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    job         TEXT,
+    jobs_done   INTEGER NOT NULL,
+    jobs_failed INTEGER NOT NULL,
+    last_error  TEXT,
+    started_at  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL
+);
+";
+
+/// Workers not seen for this long are forgotten.
+const FORGET_WORKERS_AFTER_SECS: i64 = 7 * 24 * 3600;
+
+/// The embedded job board. Open it from any number of processes.
+#[derive(Clone)]
+pub struct SqliteBoard {
+    db: Db,
+}
+
+impl SqliteBoard {
+    /// Opens (creating if needed) the board in `path`.
+    pub fn open(path: &Path) -> BackendResult<SqliteBoard> {
+        Ok(SqliteBoard {
+            db: Db::open(path, SCHEMA)?,
+        })
+    }
+}
+
+const JOB_COLUMNS: &str = "j.group_id, j.name, j.state, j.after, j.body, j.dedup_id, j.msg_group";
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<BoardJob> {
+    let after: String = r.get(3)?;
+    let tokens: Vec<String> = serde_json::from_str(&after).unwrap_or_default();
+    let state: String = r.get(2)?;
+    Ok(BoardJob {
+        key: JobKey {
+            group_id: r.get(0)?,
+            name: r.get(1)?,
+        },
+        after: tokens.iter().filter_map(|t| Dependency::from_token(t)).collect(),
+        message: OutgoingMessage {
+            body: r.get(4)?,
+            dedup_id: r.get(5)?,
+            group: r.get(6)?,
+        },
+        state: state_from_text(&state),
+    })
+}
+
+fn state_from_text(text: &str) -> BoardState {
+    if text == "held" {
+        BoardState::Held
+    } else {
+        BoardState::Queued
+    }
+}
+
+#[async_trait]
+impl JobBoard for SqliteBoard {
+    fn describe(&self) -> String {
+        format!("embedded job board {}", self.db.path().display())
+    }
+
+    async fn register(&self, jobs: &[BoardJob]) -> BackendResult<()> {
+        let jobs = jobs.to_vec();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                for job in &jobs {
+                    let tokens: Vec<String> = job.after.iter().map(Dependency::token).collect();
+                    tx.execute(
+                        "INSERT OR REPLACE INTO jobs (group_id, name, state, after, body, dedup_id, msg_group)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            job.key.group_id,
+                            job.key.name,
+                            job.state.as_str(),
+                            serde_json::to_string(&tokens).expect("strings serialise"),
+                            job.message.body,
+                            job.message.dedup_id,
+                            job.message.group
+                        ],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM job_deps WHERE group_id = ?1 AND name = ?2",
+                        params![job.key.group_id, job.key.name],
+                    )?;
+                    for token in &tokens {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO job_deps (group_id, name, dep) VALUES (?1, ?2, ?3)",
+                            params![job.key.group_id, job.key.name, token],
+                        )?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn group_jobs(&self, group_id: &str) -> BackendResult<Vec<(String, BoardState)>> {
+        let group_id = group_id.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT name, state FROM jobs WHERE group_id = ?1 ORDER BY name")?;
+                let rows = stmt
+                    .query_map(params![group_id], |r| {
+                        Ok((r.get(0)?, state_from_text(&r.get::<_, String>(1)?)))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn held(&self) -> BackendResult<Vec<BoardJob>> {
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.state = 'held' ORDER BY j.group_id, j.name"
+                ))?;
+                let rows = stmt.query_map([], job_from_row)?.collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn held_waiting_on(&self, dependency: &Dependency) -> BackendResult<Vec<BoardJob>> {
+        let token = dependency.token();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM job_deps d
+                     JOIN jobs j ON j.group_id = d.group_id AND j.name = d.name
+                     WHERE d.dep = ?1 AND j.state = 'held' ORDER BY j.group_id, j.name"
+                ))?;
+                let rows = stmt
+                    .query_map(params![token], job_from_row)?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn mark_queued(&self, key: &JobKey) -> BackendResult<()> {
+        let key = key.clone();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued' WHERE group_id = ?1 AND name = ?2",
+                    params![key.group_id, key.name],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn groups(&self) -> BackendResult<Vec<GroupCounts>> {
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT group_id, SUM(state = 'held'), SUM(state = 'queued') FROM jobs GROUP BY group_id ORDER BY group_id",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok(GroupCounts {
+                            group_id: r.get(0)?,
+                            held: r.get::<_, i64>(1)? as u64,
+                            queued: r.get::<_, i64>(2)? as u64,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn report_worker(&self, report: &WorkerReport) -> BackendResult<()> {
+        let w = report.clone();
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT OR REPLACE INTO workers
+                     (worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        w.worker_id,
+                        w.host,
+                        w.pid,
+                        w.state.as_str(),
+                        w.job,
+                        w.jobs_done as i64,
+                        w.jobs_failed as i64,
+                        w.last_error,
+                        w.started_at,
+                        w.last_seen
+                    ],
+                )?;
+                conn.execute(
+                    "DELETE FROM workers WHERE last_seen < ?1",
+                    params![w.last_seen - FORGET_WORKERS_AFTER_SECS],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn workers(&self, seen_since: i64) -> BackendResult<Vec<WorkerReport>> {
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen
+                     FROM workers WHERE last_seen >= ?1 ORDER BY last_seen DESC, worker_id",
+                )?;
+                let rows = stmt
+                    .query_map(params![seen_since], |r| {
+                        Ok(WorkerReport {
+                            worker_id: r.get(0)?,
+                            host: r.get(1)?,
+                            pid: r.get(2)?,
+                            state: WorkerState::parse(&r.get::<_, String>(3)?)
+                                .unwrap_or(WorkerState::Stopped),
+                            job: r.get(4)?,
+                            jobs_done: r.get::<_, i64>(5)? as u64,
+                            jobs_failed: r.get::<_, i64>(6)? as u64,
+                            last_error: r.get(7)?,
+                            started_at: r.get(8)?,
+                            last_seen: r.get(9)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+}

@@ -1,0 +1,121 @@
+//! The [`Manifest`] conformance suite.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use labelfleet_core::conformance::unique;
+use serde_json::json;
+
+use crate::{Manifest, ManifestEntry, ManifestKey, PutOutcome, list_all};
+
+/// A complete entry for tests.
+pub fn entry(group_id: &str, run_id: &str, worker: &str) -> ManifestEntry {
+    ManifestEntry {
+        group_id: group_id.into(),
+        run_id: run_id.into(),
+        kind: "noop".into(),
+        counts: BTreeMap::from([("turns".to_string(), 12)]),
+        metrics: json!({"jga": 0.5}),
+        artifacts: BTreeMap::from([(
+            "metrics".to_string(),
+            format!("{group_id}/{run_id}/metrics.json"),
+        )]),
+        provenance: None,
+        worker: worker.into(),
+        attempt: 1,
+        completed_at: "2026-11-23T10:00:00Z".into(),
+    }
+}
+
+/// A second put of the same key changes nothing and returns the first entry.
+pub async fn put_is_idempotent(m: &dyn Manifest) {
+    let g = unique("idem");
+    let first = entry(&g, "run_0", "worker-a");
+    assert_eq!(m.put(&first).await.unwrap(), PutOutcome::Written);
+    let second = entry(&g, "run_0", "worker-b");
+    match m.put(&second).await.unwrap() {
+        PutOutcome::AlreadyThere(existing) => assert_eq!(*existing, first),
+        PutOutcome::Written => panic!("a second entry was written for the same key"),
+    }
+    assert_eq!(m.get(&first.key()).await.unwrap(), Some(first));
+    assert_eq!(list_all(m, &g).await.unwrap().len(), 1);
+}
+
+/// Reading a missing key gives nothing.
+pub async fn get_missing(m: &dyn Manifest) {
+    let key = ManifestKey {
+        group_id: unique("none"),
+        run_id: "x".into(),
+    };
+    assert_eq!(m.get(&key).await.unwrap(), None);
+}
+
+/// A group lists completely and in order, page by page, without other groups' entries.
+pub async fn list_pages_through_a_group(m: &dyn Manifest) {
+    let g = unique("pages");
+    for i in 0..230 {
+        m.put(&entry(&g, &format!("run_{i:04}"), "w")).await.unwrap();
+    }
+    m.put(&entry(&unique("neighbour"), "run_0000", "w")).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = m.list(&g, after.as_deref(), 100).await.unwrap();
+        assert!(page.entries.len() <= 100);
+        seen.extend(page.entries.into_iter().map(|e| e.run_id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..230).map(|i| format!("run_{i:04}")).collect();
+    assert_eq!(seen, expected);
+    let groups = m.groups().await.unwrap();
+    assert_eq!(groups.iter().find(|s| s.group_id == g).unwrap().entries, 230);
+}
+
+/// Racing writers of one key: exactly one wins.
+pub async fn concurrent_puts_write_once(m: Arc<dyn Manifest>) {
+    let g = unique("race");
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (m, g) = (m.clone(), g.clone());
+        tasks.push(tokio::spawn(async move {
+            m.put(&entry(&g, "run", &format!("worker-{w}"))).await.unwrap()
+        }));
+    }
+    let mut written = 0;
+    for t in tasks {
+        if t.await.unwrap() == PutOutcome::Written {
+            written += 1;
+        }
+    }
+    assert_eq!(written, 1);
+    assert_eq!(list_all(&*m, &g).await.unwrap().len(), 1);
+}
+
+/// Generates one `#[tokio::test]` per manifest conformance case. `$factory` is an
+/// async function `() -> Fixture<dyn Manifest>`.
+#[macro_export]
+macro_rules! manifest_conformance {
+    ($factory:ident) => {
+        mod manifest_conformance {
+            use $crate::conformance as cases;
+
+            macro_rules! case {
+                ($name:ident, |$m:ident| $body:expr) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let fixture = super::$factory().await;
+                        let $m = fixture.backend.clone();
+                        $body.await;
+                    }
+                };
+            }
+            case!(put_is_idempotent, |m| cases::put_is_idempotent(&*m));
+            case!(get_missing, |m| cases::get_missing(&*m));
+            case!(list_pages_through_a_group, |m| cases::list_pages_through_a_group(&*m));
+            case!(concurrent_puts_write_once, |m| cases::concurrent_puts_write_once(m));
+        }
+    };
+}

@@ -1,0 +1,84 @@
+//! The manifest: the record of completed runs.
+//!
+//! - [`ManifestEntry`] is what a worker writes when a job completes: its key
+//!   (`group_id`, `run_id`), counts, metrics, pointers to its artifacts and the job's
+//!   provenance.
+//! - [`Manifest`] is the contract every backend implements. Writes are idempotent per
+//!   key: [`Manifest::put`] of a key that already exists changes nothing and reports
+//!   [`PutOutcome::AlreadyThere`], so a job delivered twice never leaves two entries.
+//! - [`completion`] decides whether a job's dependencies are complete, from the
+//!   manifest and the job board together.
+//!
+//! With the `conformance` feature, [`conformance`] holds the suite every manifest
+//! backend passes unchanged.
+
+pub mod completion;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod entry;
+
+pub use entry::{ManifestEntry, ManifestKey};
+
+use async_trait::async_trait;
+use labelfleet_core::error::BackendResult;
+
+/// What a [`Manifest::put`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutOutcome {
+    /// The entry was written.
+    Written,
+    /// An entry with the same key was already there; it is returned unchanged.
+    AlreadyThere(Box<ManifestEntry>),
+}
+
+/// One page of a group's entries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    /// Entries sorted by `run_id`.
+    pub entries: Vec<ManifestEntry>,
+    /// Pass this to [`Manifest::list`] to get the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// How many entries a group has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// The group.
+    pub group_id: String,
+    /// Its completed runs.
+    pub entries: u64,
+}
+
+/// The record of completed runs.
+#[async_trait]
+pub trait Manifest: Send + Sync {
+    /// A human description of where the manifest lives.
+    fn describe(&self) -> String;
+
+    /// Writes an entry unless one with the same key exists (then nothing changes).
+    async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome>;
+
+    /// Reads one entry.
+    async fn get(&self, key: &ManifestKey) -> BackendResult<Option<ManifestEntry>>;
+
+    /// Lists a group's entries by `run_id`, `limit` at a time, starting after the
+    /// page token `after` (`None` for the first page).
+    async fn list(&self, group_id: &str, after: Option<&str>, limit: usize) -> BackendResult<Page>;
+
+    /// Entry counts for every group, sorted by group.
+    async fn groups(&self) -> BackendResult<Vec<GroupSummary>>;
+}
+
+/// Lists every entry of a group, page by page.
+pub async fn list_all(manifest: &dyn Manifest, group_id: &str) -> BackendResult<Vec<ManifestEntry>> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = manifest.list(group_id, after.as_deref(), 500).await?;
+        all.extend(page.entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
