@@ -1,0 +1,83 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A belief state: canonical `domain-slot` name → normalised value.
+pub type SlotValues = BTreeMap<String, String>;
+
+/// One user turn with its context and the belief state after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    /// The dialogue (without a `.json` suffix).
+    pub dialogue_id: String,
+    /// The turn's index among the dialogue's user turns, from 0.
+    pub turn_id: u32,
+    /// The system utterance just before this user turn (empty for the first turn).
+    pub system_utterance: String,
+    /// The user utterance.
+    pub user_utterance: String,
+    /// The full belief state after this turn.
+    pub slot_values: SlotValues,
+    /// The state after the previous turn.
+    pub last_slot_values: SlotValues,
+    /// The slots this turn added or changed (deletions are not listed).
+    pub turn_slot_values: SlotValues,
+}
+
+/// A dialogue: its user turns in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dialogue {
+    /// The dialogue id (without a `.json` suffix).
+    pub dialogue_id: String,
+    /// The user turns, `turn_id` 0, 1, 2, …
+    pub turns: Vec<Turn>,
+}
+
+impl Dialogue {
+    /// Builds a dialogue from (system utterance, user utterance, state) triples, deriving
+    /// each turn's previous state and delta the same way for every format.
+    pub fn from_states(
+        dialogue_id: &str,
+        turns: impl IntoIterator<Item = (String, String, SlotValues)>,
+    ) -> Dialogue {
+        let dialogue_id = dialogue_id.trim_end_matches(".json").to_string();
+        let mut last = SlotValues::new();
+        let turns = turns
+            .into_iter()
+            .enumerate()
+            .map(|(i, (system_utterance, user_utterance, slot_values))| {
+                let turn_slot_values = delta(&last, &slot_values);
+                let turn = Turn {
+                    dialogue_id: dialogue_id.clone(),
+                    turn_id: i as u32,
+                    system_utterance,
+                    user_utterance,
+                    last_slot_values: std::mem::replace(&mut last, slot_values.clone()),
+                    slot_values,
+                    turn_slot_values,
+                };
+                turn
+            })
+            .collect();
+        Dialogue { dialogue_id, turns }
+    }
+
+    /// The domains mentioned in any state of the dialogue, sorted.
+    pub fn domains(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .turns
+            .iter()
+            .flat_map(|t| t.slot_values.keys())
+            .filter_map(|k| k.split_once('-').map(|(d, _)| d.to_string()))
+            .collect();
+        set.into_iter().collect()
+    }
+}
+
+/// The slots of `now` that are new or changed relative to `before`.
+pub fn delta(before: &SlotValues, now: &SlotValues) -> SlotValues {
+    now.iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
