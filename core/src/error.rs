@@ -10,7 +10,9 @@ pub enum BackendError {
     /// The receipt handle no longer identifies an in-flight message held by the caller:
     /// the visibility timeout ran out and another receive took the message, or it was
     /// already acknowledged.
-    #[error("the message's receipt is no longer valid (its visibility timeout ran out or it was already acknowledged)")]
+    #[error(
+        "the message's receipt is no longer valid (its visibility timeout ran out or it was already acknowledged)"
+    )]
     StaleReceipt,
     /// A transient failure (busy database, throttling, connection refused): retry later.
     #[error("backend temporarily unavailable: {0}")]

@@ -438,7 +438,11 @@ pub fn canonical_json(value: &Value) -> String {
             Value::Object(map) => {
                 let mut keys: Vec<&String> = map.keys().collect();
                 keys.sort();
-                Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&map[k]))).collect())
+                Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&map[k])))
+                        .collect(),
+                )
             }
             Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
             other => other.clone(),
@@ -473,7 +477,10 @@ fn parse_kind(map: &Map<String, Value>, file: &str) -> Result<JobKind, JobError>
             return Err(JobError::new(
                 file,
                 "kind",
-                format!("missing: every job names its kind, one of {}", quote_list(&names)),
+                format!(
+                    "missing: every job names its kind, one of {}",
+                    quote_list(&names)
+                ),
             ));
         }
         Some(Value::String(s)) => s,
@@ -492,7 +499,10 @@ fn parse_kind(map: &Map<String, Value>, file: &str) -> Result<JobKind, JobError>
         JobError::new(
             file,
             "kind",
-            format!("unknown job kind `{name}`; expected one of {}", quote_list(&names)),
+            format!(
+                "unknown job kind `{name}`; expected one of {}",
+                quote_list(&names)
+            ),
         )
     })?;
     if !kind.is_available() {
@@ -573,7 +583,11 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-fn deserialize_at<T: DeserializeOwned>(value: Value, file: &str, prefix: &str) -> Result<T, JobError> {
+fn deserialize_at<T: DeserializeOwned>(
+    value: Value,
+    file: &str,
+    prefix: &str,
+) -> Result<T, JobError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let path = if inner == "." || inner.is_empty() {
@@ -611,7 +625,12 @@ mod tests {
     use serde_json::json;
 
     fn parse(value: Value) -> Result<Job, JobError> {
-        Job::parse(value, "runs/x/job_0.json", Some("job_0"), ProvenancePolicy::Reject)
+        Job::parse(
+            value,
+            "runs/x/job_0.json",
+            Some("job_0"),
+            ProvenancePolicy::Reject,
+        )
     }
 
     fn eval_job() -> Value {
@@ -641,7 +660,10 @@ mod tests {
         let err = parse(v).unwrap_err();
         assert_eq!(err.path, "colour");
         assert!(err.message.contains("unknown key"), "{err}");
-        assert!(err.to_string().starts_with("runs/x/job_0.json: at `colour`"));
+        assert!(
+            err.to_string()
+                .starts_with("runs/x/job_0.json: at `colour`")
+        );
     }
 
     #[test]

@@ -217,15 +217,21 @@ mod tests {
     }
 
     fn apply_args(sets: &[&str], unsets: &[&str]) -> Result<Value, JobError> {
-        let mut ovs: Vec<Override> = sets.iter().map(|s| Override::parse_set(s).unwrap()).collect();
+        let mut ovs: Vec<Override> = sets
+            .iter()
+            .map(|s| Override::parse_set(s).unwrap())
+            .collect();
         ovs.extend(unsets.iter().map(|s| Override::parse_unset(s).unwrap()));
         apply(&base(), &ovs, "f.json", validate)
     }
 
     #[test]
     fn set_values_are_typed_by_the_schema() {
-        let v = apply_args(&["eval.max_dialogues=8", "group_id=8", "eval.gold.format=sgd"], &[])
-            .unwrap();
+        let v = apply_args(
+            &["eval.max_dialogues=8", "group_id=8", "eval.gold.format=sgd"],
+            &[],
+        )
+        .unwrap();
         assert_eq!(v["eval"]["max_dialogues"], json!(8));
         assert_eq!(v["group_id"], json!("8"));
         assert_eq!(v["eval"]["gold"]["format"], json!("sgd"));

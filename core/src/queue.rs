@@ -142,7 +142,9 @@ impl Envelope {
                 return Err(JobError {
                     file: origin,
                     path: "(top level)".into(),
-                    message: "expected a labelfleet envelope object {\"labelfleet\": 1, \"job\": {...}}".into(),
+                    message:
+                        "expected a labelfleet envelope object {\"labelfleet\": 1, \"job\": {...}}"
+                            .into(),
                 });
             }
         };

@@ -238,7 +238,10 @@ mod tests {
     use super::*;
 
     fn state(pairs: &[(&str, &str)]) -> SlotValues {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// The worked example in the README's "Metrics" section, computed by hand.
@@ -247,16 +250,26 @@ mod tests {
         let gold_states = [
             state(&[("hotel-area", "centre")]),
             state(&[("hotel-area", "centre"), ("hotel-stars", "4")]),
-            state(&[("hotel-area", "centre"), ("hotel-stars", "4"), ("train-day", "monday")]),
+            state(&[
+                ("hotel-area", "centre"),
+                ("hotel-stars", "4"),
+                ("train-day", "monday"),
+            ]),
         ];
         let gold = Dialogue::from_states(
             "D1",
-            gold_states.iter().map(|s| (String::new(), String::new(), s.clone())),
+            gold_states
+                .iter()
+                .map(|s| (String::new(), String::new(), s.clone())),
         );
         let predicted_states = [
             state(&[("hotel-area", "centre")]),
             state(&[("hotel-area", "centre"), ("hotel-stars", "5")]),
-            state(&[("hotel-area", "centre"), ("hotel-stars", "4"), ("train-day", "monday")]),
+            state(&[
+                ("hotel-area", "centre"),
+                ("hotel-stars", "4"),
+                ("train-day", "monday"),
+            ]),
         ];
         let predictions: Vec<Prediction> = predicted_states
             .iter()
@@ -291,7 +304,11 @@ mod tests {
     fn missing_predictions_count_as_empty_states() {
         let gold = Dialogue::from_states(
             "D",
-            [(String::new(), String::new(), state(&[("taxi-day", "monday")]))],
+            [(
+                String::new(),
+                String::new(),
+                state(&[("taxi-day", "monday")]),
+            )],
         );
         let s = score(&[gold], &[], ValueMatcher { threshold: 1.0 });
         assert_eq!(s.missing_predictions, 1);

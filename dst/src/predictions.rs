@@ -42,7 +42,10 @@ pub fn read_predictions(bytes: &[u8], origin: &str) -> Result<Vec<Prediction>, D
             "expected a JSON list of {{dialogue_id, turn_id, slot_values}} predictions: {e}"
         ),
     })?;
-    Ok(predictions.into_iter().map(Prediction::normalized).collect())
+    Ok(predictions
+        .into_iter()
+        .map(Prediction::normalized)
+        .collect())
 }
 
 /// Reads a predictions file from disk.

@@ -41,7 +41,8 @@ pub fn read_dataset(path: &Path, format: Format) -> Result<Vec<Dialogue>, DataEr
         message,
     };
     let text = read_text(path).map_err(fail)?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
     match format {
         Format::Multiwoz21 => read_multiwoz21(value),
         Format::Icdst => read_icdst(value),
@@ -52,7 +53,10 @@ pub fn read_dataset(path: &Path, format: Format) -> Result<Vec<Dialogue>, DataEr
 
 fn read_text(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zip"))
+    {
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
             .map_err(|e| format!("not a readable zip archive: {e}"))?;
         let name = archive
@@ -96,12 +100,16 @@ fn read_multiwoz21(value: Value) -> Result<Vec<Dialogue>, String> {
     };
     let mut out = Vec::with_capacity(dialogues.len());
     for (id, dialogue) in dialogues {
-        let dialogue: MwozDialogue = serde_json::from_value(dialogue)
-            .map_err(|e| format!("dialogue {id}: {e}"))?;
+        let dialogue: MwozDialogue =
+            serde_json::from_value(dialogue).map_err(|e| format!("dialogue {id}: {e}"))?;
         let mut turns = Vec::new();
         for (k, pair) in dialogue.log.chunks(2).enumerate() {
             let [user, system] = pair else { break };
-            let before = if k == 0 { String::new() } else { dialogue.log[2 * k - 1].text.clone() };
+            let before = if k == 0 {
+                String::new()
+            } else {
+                dialogue.log[2 * k - 1].text.clone()
+            };
             turns.push((before, user.text.clone(), multiwoz_state(&system.metadata)));
         }
         out.push(Dialogue::from_states(&id, turns));
@@ -114,7 +122,9 @@ fn multiwoz_state(metadata: &serde_json::Map<String, Value>) -> SlotValues {
     let mut state = SlotValues::new();
     for (domain, parts) in metadata {
         for (section, book) in [("semi", false), ("book", true)] {
-            let Some(Value::Object(slots)) = parts.get(section) else { continue };
+            let Some(Value::Object(slots)) = parts.get(section) else {
+                continue;
+            };
             for (slot, value) in slots {
                 // `booked` lists booking results and `ticket` is a system output, not user
                 // constraints; neither is part of the tracked state.
@@ -146,8 +156,8 @@ struct IcdstDialog {
 }
 
 fn read_icdst(value: Value) -> Result<Vec<Dialogue>, String> {
-    let turns: Vec<IcdstTurn> =
-        serde_json::from_value(value).map_err(|e| format!("expected IC-DST's list of turns: {e}"))?;
+    let turns: Vec<IcdstTurn> = serde_json::from_value(value)
+        .map_err(|e| format!("expected IC-DST's list of turns: {e}"))?;
     // Turns of one dialogue may be scattered; group them, keeping first-seen order.
     let mut order: Vec<String> = Vec::new();
     let mut by_dialogue: std::collections::HashMap<String, Vec<IcdstTurn>> = Default::default();
@@ -210,8 +220,8 @@ struct SgdState {
 }
 
 fn read_sgd(value: Value) -> Result<Vec<Dialogue>, String> {
-    let dialogues: Vec<SgdDialogue> =
-        serde_json::from_value(value).map_err(|e| format!("expected a list of SGD dialogues: {e}"))?;
+    let dialogues: Vec<SgdDialogue> = serde_json::from_value(value)
+        .map_err(|e| format!("expected a list of SGD dialogues: {e}"))?;
     let mut out = Vec::with_capacity(dialogues.len());
     for d in dialogues {
         let mut state = SlotValues::new();
@@ -225,7 +235,9 @@ fn read_sgd(value: Value) -> Result<Vec<Dialogue>, String> {
             // A frame carries its service's whole state; services without a frame in
             // this turn keep theirs.
             for frame in &t.frames {
-                let Some(frame_state) = &frame.state else { continue };
+                let Some(frame_state) = &frame.state else {
+                    continue;
+                };
                 let prefix = format!("{}-", frame.service.to_lowercase());
                 state.retain(|k, _| !k.starts_with(&prefix));
                 for (slot, values) in &frame_state.slot_values {

@@ -33,7 +33,11 @@ pub fn canonical_slot(domain: &str, slot: &str, book: bool) -> String {
             Some(rest) if !rest.is_empty() => (true, rest.to_string()),
             _ => (book, squashed),
         };
-        slot = if is_book { format!("book {base}") } else { base };
+        slot = if is_book {
+            format!("book {base}")
+        } else {
+            base
+        };
     }
     format!("{domain}-{slot}")
 }
@@ -92,9 +96,18 @@ mod tests {
         assert_eq!(canonical_slot("train", "leaveAt", false), "train-leaveat");
         assert_eq!(canonical_slot("train", "leave at", false), "train-leaveat");
         assert_eq!(canonical_slot("hotel", "people", true), "hotel-book people");
-        assert_eq!(canonical_slot("hotel", "bookpeople", false), "hotel-book people");
-        assert_eq!(canonical_slot("hotel", "book people", false), "hotel-book people");
-        assert_eq!(canonical_slot_name("restaurant-book time"), "restaurant-book time");
+        assert_eq!(
+            canonical_slot("hotel", "bookpeople", false),
+            "hotel-book people"
+        );
+        assert_eq!(
+            canonical_slot("hotel", "book people", false),
+            "hotel-book people"
+        );
+        assert_eq!(
+            canonical_slot_name("restaurant-book time"),
+            "restaurant-book time"
+        );
         assert_eq!(
             canonical_slot("Restaurants_2", "number_of_seats", false),
             "restaurants_2-number_of_seats"
@@ -106,9 +119,15 @@ mod tests {
         assert_eq!(normalize_value("not mentioned"), None);
         assert_eq!(normalize_value(""), None);
         assert_eq!(normalize_value("do n't care").as_deref(), Some("dontcare"));
-        assert_eq!(normalize_value(" GuestHouse ").as_deref(), Some("guest house"));
+        assert_eq!(
+            normalize_value(" GuestHouse ").as_deref(),
+            Some("guest house")
+        );
         assert_eq!(normalize_value("7:50").as_deref(), Some("07:50"));
-        assert_eq!(normalize_value("bishops  stortford").as_deref(), Some("bishops stortford"));
+        assert_eq!(
+            normalize_value("bishops  stortford").as_deref(),
+            Some("bishops stortford")
+        );
         assert_eq!(normalize_value("1345").as_deref(), Some("1345"));
     }
 }

@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use labelfleet_dst::{Format, read_dataset};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The shared data folder: `LABELFLEET_DATA`, or `../shared/data` beside the checkout.
 fn shared_data() -> PathBuf {
-    let dir = std::env::var_os("LABELFLEET_DATA").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
-    });
+    let dir = std::env::var_os("LABELFLEET_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
     assert!(
         dir.join("multiwoz21/val.json.zip").exists(),
         "the shared MultiWOZ data is not at {} (set LABELFLEET_DATA)",
@@ -23,7 +25,11 @@ fn shared_data() -> PathBuf {
 
 #[test]
 fn the_three_formats_of_one_dialogue_agree() {
-    let mwoz = read_dataset(&fixture("same_dialogue.multiwoz21.json"), Format::Multiwoz21).unwrap();
+    let mwoz = read_dataset(
+        &fixture("same_dialogue.multiwoz21.json"),
+        Format::Multiwoz21,
+    )
+    .unwrap();
     let icdst = read_dataset(&fixture("same_dialogue.icdst.json"), Format::Icdst).unwrap();
     let sgd = read_dataset(&fixture("same_dialogue.sgd.json"), Format::Sgd).unwrap();
     assert_eq!(mwoz.len(), 1);
@@ -33,12 +39,24 @@ fn the_three_formats_of_one_dialogue_agree() {
     assert_eq!(d.dialogue_id, "PMUL1635");
     assert_eq!(d.turns.len(), 9);
     // Spot checks against the file itself.
-    assert_eq!(d.turns[0].user_utterance, "I need to book a hotel in the east that has 4 stars .");
+    assert_eq!(
+        d.turns[0].user_utterance,
+        "I need to book a hotel in the east that has 4 stars ."
+    );
     assert_eq!(d.turns[0].system_utterance, "");
-    assert_eq!(d.turns[0].slot_values.get("hotel-area").map(String::as_str), Some("east"));
-    assert_eq!(d.turns[1].system_utterance, "I can help you with that . What is your price range ?");
+    assert_eq!(
+        d.turns[0].slot_values.get("hotel-area").map(String::as_str),
+        Some("east")
+    );
+    assert_eq!(
+        d.turns[1].system_utterance,
+        "I can help you with that . What is your price range ?"
+    );
     let last = &d.turns.last().unwrap().slot_values;
-    assert!(last.keys().any(|k| k.starts_with("hotel-book ")), "{last:?}");
+    assert!(
+        last.keys().any(|k| k.starts_with("hotel-book ")),
+        "{last:?}"
+    );
     assert!(last.keys().any(|k| k.starts_with("train-")), "{last:?}");
     // Deltas are derived the same way for every format.
     for t in &d.turns {
@@ -51,12 +69,21 @@ fn the_three_formats_of_one_dialogue_agree() {
 
 #[test]
 fn multiwoz21_validation_set_reads_completely() {
-    let dialogues = read_dataset(&shared_data().join("multiwoz21/val.json.zip"), Format::Multiwoz21).unwrap();
+    let dialogues = read_dataset(
+        &shared_data().join("multiwoz21/val.json.zip"),
+        Format::Multiwoz21,
+    )
+    .unwrap();
     assert_eq!(dialogues.len(), 999);
     let turns: usize = dialogues.iter().map(|d| d.turns.len()).sum();
     // 14,730 utterances, alternating user and system.
     assert_eq!(turns, 14_730 / 2);
-    assert!(dialogues.iter().flat_map(|d| &d.turns).any(|t| !t.slot_values.is_empty()));
+    assert!(
+        dialogues
+            .iter()
+            .flat_map(|d| &d.turns)
+            .any(|t| !t.slot_values.is_empty())
+    );
 }
 
 #[test]
@@ -75,14 +102,18 @@ fn icdst_and_sgd_files_read() {
     let first = &sgd[0];
     assert_eq!(first.dialogue_id, "1_00000");
     assert_eq!(
-        first.turns[0].slot_values.get("restaurants_2-number_of_seats").map(String::as_str),
+        first.turns[0]
+            .slot_values
+            .get("restaurants_2-number_of_seats")
+            .map(String::as_str),
         Some("2")
     );
 }
 
 #[test]
 fn bundled_sample_reads() {
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runs/sample-data/multiwoz21_val_sample.json");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../runs/sample-data/multiwoz21_val_sample.json");
     let dialogues = read_dataset(&sample, Format::Multiwoz21).unwrap();
     assert_eq!(dialogues.len(), 10);
 }
@@ -90,7 +121,11 @@ fn bundled_sample_reads() {
 #[test]
 fn unreadable_files_name_the_file() {
     let err = read_dataset(Path::new("/nonexistent/data.json"), Format::Icdst).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/data.json: cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/data.json: cannot read"),
+        "{err}"
+    );
     let err = read_dataset(&fixture("same_dialogue.sgd.json"), Format::Icdst).unwrap_err();
     assert!(err.to_string().contains("IC-DST"), "{err}");
 }

@@ -36,7 +36,10 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> BackendError {
 fn write_atomically(path: &Path, bytes: &[u8]) -> BackendResult<()> {
     let dir = path.parent().expect("artifact paths have a parent");
     std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("artifact");
     // Hidden temporary names are skipped by `list`.
     let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rng().random::<u64>()));
     let result = (|| {
@@ -63,7 +66,9 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<ArtifactKey>) -> std::io
         if entry.file_type()?.is_dir() {
             collect_files(root, &path, out)?;
         } else if let Ok(relative) = path.strip_prefix(root) {
-            let key = relative.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+            let key = relative
+                .to_string_lossy()
+                .replace(std::path::MAIN_SEPARATOR, "/");
             if let Ok(key) = ArtifactKey::new(&key) {
                 out.push(key);
             }
@@ -105,9 +110,8 @@ impl ArtifactStore for FileArtifactStore {
         tokio::task::spawn_blocking(move || {
             let mut keys = Vec::new();
             match std::fs::metadata(&start) {
-                Ok(meta) if meta.is_dir() => {
-                    collect_files(&root, &start, &mut keys).map_err(|e| io_error("list", &start, e))?
-                }
+                Ok(meta) if meta.is_dir() => collect_files(&root, &start, &mut keys)
+                    .map_err(|e| io_error("list", &start, e))?,
                 Ok(_) => collect_files(&root, start.parent().expect("has parent"), &mut keys)
                     .map(|_| keys.retain(|k| root.join(k.as_str()) == start))
                     .map_err(|e| io_error("list", &start, e))?,

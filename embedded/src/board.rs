@@ -74,7 +74,10 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<BoardJob> {
             group_id: r.get(0)?,
             name: r.get(1)?,
         },
-        after: tokens.iter().filter_map(|t| Dependency::from_token(t)).collect(),
+        after: tokens
+            .iter()
+            .filter_map(|t| Dependency::from_token(t))
+            .collect(),
         message: OutgoingMessage {
             body: r.get(4)?,
             dedup_id: r.get(5)?,
@@ -139,8 +142,9 @@ impl JobBoard for SqliteBoard {
         let group_id = group_id.to_string();
         self.db
             .call(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached("SELECT name, state FROM jobs WHERE group_id = ?1 ORDER BY name")?;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT name, state FROM jobs WHERE group_id = ?1 ORDER BY name",
+                )?;
                 let rows = stmt
                     .query_map(params![group_id], |r| {
                         Ok((r.get(0)?, state_from_text(&r.get::<_, String>(1)?)))

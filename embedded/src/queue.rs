@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_core::queue::{
-    DeadLetter, OutgoingMessage, Queue, QueueDepth, ReceivedMessage, Receipt,
+    DeadLetter, OutgoingMessage, Queue, QueueDepth, Receipt, ReceivedMessage,
 };
 use rand::Rng;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -54,7 +54,9 @@ impl SqliteQueue {
     /// ack is moved to the dead-letter table on its next receive.
     pub fn open(path: &Path, max_receives: u32) -> BackendResult<SqliteQueue> {
         if max_receives == 0 {
-            return Err(BackendError::Invalid("max_receives must be at least 1".into()));
+            return Err(BackendError::Invalid(
+                "max_receives must be at least 1".into(),
+            ));
         }
         Ok(SqliteQueue {
             db: Db::open(path, SCHEMA)?,
@@ -63,7 +65,11 @@ impl SqliteQueue {
         })
     }
 
-    async fn receive_now(&self, max: usize, visibility: Duration) -> BackendResult<Vec<ReceivedMessage>> {
+    async fn receive_now(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> BackendResult<Vec<ReceivedMessage>> {
         let max_receives = self.max_receives;
         self.db
             .call(move |conn| {
@@ -119,7 +125,11 @@ impl SqliteQueue {
     }
 }
 
-fn move_to_dead_letters(tx: &rusqlite::Transaction<'_>, id: i64, reason: &str) -> rusqlite::Result<()> {
+fn move_to_dead_letters(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    reason: &str,
+) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO dead_letters (id, grp, dedup_id, body, reason, receive_count, dead_at)
          SELECT id, grp, dedup_id, body, ?1, receive_count, ?2 FROM messages WHERE id = ?3",

@@ -1,0 +1,50 @@
+//! Putting jobs on the queue.
+//!
+//! The flow of `labelfleet enqueue runs/<dir>`:
+//!
+//! 1. [`folder::load_folder`] reads every `*.json` under the folder, applies `--set` /
+//!    `--unset` / `--mini` overrides and validates each job strictly, collecting every
+//!    error before anything is sent.
+//! 2. [`git::GitState`] records the runs repository's commit and refuses a dirty tree
+//!    unless allowed; [`stamp_provenance`] writes that, the resolved config, the version
+//!    and the time into each job.
+//! 3. [`plan::plan`] resolves every `after` entry to a job or a group
+//!    ([`Dependency`](labelfleet_core::board::Dependency)), rejects unknown names and
+//!    cycles, and orders the jobs so that dependencies come first.
+//! 4. [`submit::submit`] registers every job on the job board and sends the ones whose
+//!    dependencies are already complete; the rest stay held.
+//! 5. Later, [`release`] sends held jobs once their dependencies complete: workers call
+//!    it after each job, and on start-up as a sweep.
+
+pub mod folder;
+pub mod git;
+pub mod plan;
+pub mod release;
+pub mod submit;
+
+use labelfleet_core::job::Job;
+use labelfleet_core::provenance::Provenance;
+
+/// Stamps provenance on each job: the git state, the overrides and the resolved config.
+pub fn stamp_provenance(
+    jobs: &mut [folder::LoadedJob],
+    git: &git::GitState,
+    overrides: &[String],
+    enqueued_by: Option<String>,
+) {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for loaded in jobs {
+        let job: &mut Job = &mut loaded.job;
+        job.provenance = Some(Provenance {
+            source_file: loaded.source.display().to_string(),
+            git_commit: git.commit.clone(),
+            git_dirty: git.dirty,
+            reproducible: git.commit.is_some() && !git.dirty,
+            overrides: overrides.to_vec(),
+            config: job.config_value(),
+            labelfleet_version: labelfleet_core::VERSION.to_string(),
+            enqueued_at: now.clone(),
+            enqueued_by: enqueued_by.clone(),
+        });
+    }
+}

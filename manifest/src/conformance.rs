@@ -54,9 +54,13 @@ pub async fn get_missing(m: &dyn Manifest) {
 pub async fn list_pages_through_a_group(m: &dyn Manifest) {
     let g = unique("pages");
     for i in 0..230 {
-        m.put(&entry(&g, &format!("run_{i:04}"), "w")).await.unwrap();
+        m.put(&entry(&g, &format!("run_{i:04}"), "w"))
+            .await
+            .unwrap();
     }
-    m.put(&entry(&unique("neighbour"), "run_0000", "w")).await.unwrap();
+    m.put(&entry(&unique("neighbour"), "run_0000", "w"))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -71,7 +75,10 @@ pub async fn list_pages_through_a_group(m: &dyn Manifest) {
     let expected: Vec<String> = (0..230).map(|i| format!("run_{i:04}")).collect();
     assert_eq!(seen, expected);
     let groups = m.groups().await.unwrap();
-    assert_eq!(groups.iter().find(|s| s.group_id == g).unwrap().entries, 230);
+    assert_eq!(
+        groups.iter().find(|s| s.group_id == g).unwrap().entries,
+        230
+    );
 }
 
 /// Racing writers of one key: exactly one wins.
@@ -81,7 +88,9 @@ pub async fn concurrent_puts_write_once(m: Arc<dyn Manifest>) {
     for w in 0..8 {
         let (m, g) = (m.clone(), g.clone());
         tasks.push(tokio::spawn(async move {
-            m.put(&entry(&g, "run", &format!("worker-{w}"))).await.unwrap()
+            m.put(&entry(&g, "run", &format!("worker-{w}")))
+                .await
+                .unwrap()
         }));
     }
     let mut written = 0;
@@ -114,8 +123,12 @@ macro_rules! manifest_conformance {
             }
             case!(put_is_idempotent, |m| cases::put_is_idempotent(&*m));
             case!(get_missing, |m| cases::get_missing(&*m));
-            case!(list_pages_through_a_group, |m| cases::list_pages_through_a_group(&*m));
-            case!(concurrent_puts_write_once, |m| cases::concurrent_puts_write_once(m));
+            case!(list_pages_through_a_group, |m| {
+                cases::list_pages_through_a_group(&*m)
+            });
+            case!(concurrent_puts_write_once, |m| {
+                cases::concurrent_puts_write_once(m)
+            });
         }
     };
 }

@@ -70,7 +70,10 @@ pub trait Manifest: Send + Sync {
 }
 
 /// Lists every entry of a group, page by page.
-pub async fn list_all(manifest: &dyn Manifest, group_id: &str) -> BackendResult<Vec<ManifestEntry>> {
+pub async fn list_all(
+    manifest: &dyn Manifest,
+    group_id: &str,
+) -> BackendResult<Vec<ManifestEntry>> {
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {

@@ -23,7 +23,9 @@ pub async fn put_get_overwrite(s: &dyn ArtifactStore) {
 pub async fn list_by_prefix(s: &dyn ArtifactStore) {
     let root = super::unique("ls");
     for k in ["a/x.json", "a/b/y.json", "ab/z.json"] {
-        s.put(&key(&format!("{root}/{k}")), b"{}".to_vec()).await.unwrap();
+        s.put(&key(&format!("{root}/{k}")), b"{}".to_vec())
+            .await
+            .unwrap();
     }
     let listed: Vec<String> = s
         .list(&format!("{root}/a"))
@@ -32,7 +34,10 @@ pub async fn list_by_prefix(s: &dyn ArtifactStore) {
         .into_iter()
         .map(|k| k.as_str().to_string())
         .collect();
-    assert_eq!(listed, [format!("{root}/a/b/y.json"), format!("{root}/a/x.json")]);
+    assert_eq!(
+        listed,
+        [format!("{root}/a/b/y.json"), format!("{root}/a/x.json")]
+    );
     assert_eq!(s.list(&root).await.unwrap().len(), 3);
     assert!(s.list(&format!("{root}/nothing")).await.unwrap().is_empty());
 }
@@ -65,7 +70,16 @@ pub async fn concurrent_writes_are_atomic(s: Arc<dyn ArtifactStore>) {
 
 /// Keys that could escape the root are refused before they reach any backend.
 pub fn keys_cannot_escape() {
-    for bad in ["../x", "a/../../b", "/etc/passwd", "a//b", "a/./b", "", "a\\b", "a/b c"] {
+    for bad in [
+        "../x",
+        "a/../../b",
+        "/etc/passwd",
+        "a//b",
+        "a/./b",
+        "",
+        "a\\b",
+        "a/b c",
+    ] {
         assert!(ArtifactKey::new(bad).is_err(), "`{bad}` was accepted");
     }
     assert!(ArtifactKey::new("group/run-1/metrics.json").is_ok());
@@ -91,8 +105,12 @@ macro_rules! artifact_store_conformance {
             }
             case!(put_get_overwrite, |s| cases::put_get_overwrite(&*s));
             case!(list_by_prefix, |s| cases::list_by_prefix(&*s));
-            case!(large_artifacts_round_trip, |s| cases::large_artifacts_round_trip(&*s));
-            case!(concurrent_writes_are_atomic, |s| cases::concurrent_writes_are_atomic(s));
+            case!(large_artifacts_round_trip, |s| {
+                cases::large_artifacts_round_trip(&*s)
+            });
+            case!(concurrent_writes_are_atomic, |s| {
+                cases::concurrent_writes_are_atomic(s)
+            });
 
             #[test]
             fn keys_cannot_escape() {

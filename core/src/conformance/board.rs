@@ -31,7 +31,12 @@ pub async fn held_jobs_wait_on_dependencies(b: &dyn JobBoard) {
     b.register(&[
         job(&g, "job_0", vec![], BoardState::Queued),
         job(&g, "dep_1", vec![seed.clone()], BoardState::Held),
-        job(&g, "dep_2", vec![seed.clone(), other.clone()], BoardState::Held),
+        job(
+            &g,
+            "dep_2",
+            vec![seed.clone(), other.clone()],
+            BoardState::Held,
+        ),
     ])
     .await
     .unwrap();
@@ -46,7 +51,10 @@ pub async fn held_jobs_wait_on_dependencies(b: &dyn JobBoard) {
     assert_eq!(waiting, ["dep_1", "dep_2"]);
     let on_other = b.held_waiting_on(&other).await.unwrap();
     assert_eq!(on_other.len(), 1);
-    assert_eq!(on_other[0], job(&g, "dep_2", vec![seed.clone(), other], BoardState::Held));
+    assert_eq!(
+        on_other[0],
+        job(&g, "dep_2", vec![seed.clone(), other], BoardState::Held)
+    );
     b.mark_queued(&on_other[0].key).await.unwrap();
     let still: Vec<String> = b
         .held_waiting_on(&seed)
@@ -67,21 +75,40 @@ pub async fn held_jobs_wait_on_dependencies(b: &dyn JobBoard) {
     let counts = b.groups().await.unwrap();
     let mine = counts.iter().find(|c| c.group_id == g).unwrap();
     assert_eq!((mine.held, mine.queued), (1, 2));
-    assert!(b.held().await.unwrap().iter().any(|j| j.key.name == "dep_1"));
+    assert!(
+        b.held()
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.key.name == "dep_1")
+    );
 }
 
 /// Registering a job again replaces it.
 pub async fn register_replaces(b: &dyn JobBoard) {
     let g = super::unique("again");
-    b.register(&[job(&g, "j", vec![Dependency::Group("x".into())], BoardState::Held)])
+    b.register(&[job(
+        &g,
+        "j",
+        vec![Dependency::Group("x".into())],
+        BoardState::Held,
+    )])
+    .await
+    .unwrap();
+    b.register(&[job(&g, "j", vec![], BoardState::Queued)])
         .await
         .unwrap();
-    b.register(&[job(&g, "j", vec![], BoardState::Queued)]).await.unwrap();
     assert_eq!(
         b.group_jobs(&g).await.unwrap(),
         [("j".to_string(), BoardState::Queued)]
     );
-    assert!(b.held_waiting_on(&Dependency::Group("x".into())).await.unwrap().iter().all(|j| j.key.group_id != g));
+    assert!(
+        b.held_waiting_on(&Dependency::Group("x".into()))
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.key.group_id != g)
+    );
 }
 
 /// Worker reports replace each other per worker and are listed by recency.
@@ -113,7 +140,13 @@ pub async fn worker_reports(b: &dyn JobBoard) {
         .filter(|w| w.worker_id == id)
         .collect();
     assert_eq!(mine, [report.clone()]);
-    assert!(b.workers(report.last_seen + 1).await.unwrap().iter().all(|w| w.worker_id != id));
+    assert!(
+        b.workers(report.last_seen + 1)
+            .await
+            .unwrap()
+            .iter()
+            .all(|w| w.worker_id != id)
+    );
 }
 
 /// Generates one `#[tokio::test]` per job board conformance case. `$factory` is an

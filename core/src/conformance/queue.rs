@@ -43,7 +43,9 @@ pub async fn send_receive_ack(q: &dyn Queue) {
 /// higher receive count, and the first receipt goes stale.
 pub async fn visibility_timeout_redelivers(q: &dyn Queue) {
     q.send(&[message("redeliver", "g")]).await.unwrap();
-    let first = receive_one(q, Duration::from_secs(1)).await.expect("a message");
+    let first = receive_one(q, Duration::from_secs(1))
+        .await
+        .expect("a message");
     assert!(q.receive(1, LONG_VIS, NO_WAIT).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let second = receive_one(q, LONG_VIS).await.expect("redelivered");
@@ -59,7 +61,9 @@ pub async fn visibility_timeout_redelivers(q: &dyn Queue) {
 /// Heartbeats keep a message invisible well past its first timeout.
 pub async fn extend_keeps_message_invisible(q: &dyn Queue) {
     q.send(&[message("long job", "g")]).await.unwrap();
-    let m = receive_one(q, Duration::from_secs(1)).await.expect("a message");
+    let m = receive_one(q, Duration::from_secs(1))
+        .await
+        .expect("a message");
     let until = Instant::now() + Duration::from_millis(3000);
     while Instant::now() < until {
         q.extend(&m.receipt, Duration::from_secs(1)).await.unwrap();
@@ -146,7 +150,10 @@ pub async fn redrive_after_max_receives(q: &dyn Queue, max_receives: u32) {
         "the message outlived its redrive policy"
     );
     let dead = q.dead_letters(10).await.unwrap();
-    let d = dead.iter().find(|d| d.body == "crashy").expect("dead-lettered");
+    let d = dead
+        .iter()
+        .find(|d| d.body == "crashy")
+        .expect("dead-lettered");
     assert!(!d.reason.is_empty());
     assert_eq!(q.depth().await.unwrap().dead_lettered, dead.len() as u64);
 }
@@ -155,21 +162,30 @@ pub async fn redrive_after_max_receives(q: &dyn Queue, max_receives: u32) {
 pub async fn dead_letter_keeps_reason(q: &dyn Queue) {
     q.send(&[message("poison", "g")]).await.unwrap();
     let m = receive_one(q, LONG_VIS).await.expect("a message");
-    q.dead_letter(&m, "not valid JSON (line 1, column 1)").await.unwrap();
+    q.dead_letter(&m, "not valid JSON (line 1, column 1)")
+        .await
+        .unwrap();
     assert!(q.receive(1, LONG_VIS, NO_WAIT).await.unwrap().is_empty());
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, "poison");
     assert_eq!(dead[0].reason, "not valid JSON (line 1, column 1)");
     let depth = q.depth().await.unwrap();
-    assert_eq!((depth.visible, depth.in_flight, depth.dead_lettered), (0, 0, 1));
+    assert_eq!(
+        (depth.visible, depth.in_flight, depth.dead_lettered),
+        (0, 0, 1)
+    );
 }
 
 /// Depth counts visible and in-flight messages.
 pub async fn depth_counts_visible_and_in_flight(q: &dyn Queue) {
-    q.send(&[message("d1", "g1"), message("d2", "g2"), message("d3", "g3")])
-        .await
-        .unwrap();
+    q.send(&[
+        message("d1", "g1"),
+        message("d2", "g2"),
+        message("d3", "g3"),
+    ])
+    .await
+    .unwrap();
     let m = receive_one(q, LONG_VIS).await.expect("a message");
     let depth = q.depth().await.unwrap();
     assert_eq!((depth.visible, depth.in_flight), (2, 1));
@@ -201,7 +217,10 @@ pub async fn long_poll_wakes_on_send(q: Arc<dyn Queue>) {
         sender.send(&[message("late", "g")]).await.unwrap();
     });
     let started = Instant::now();
-    let got = q.receive(1, LONG_VIS, Duration::from_secs(10)).await.unwrap();
+    let got = q
+        .receive(1, LONG_VIS, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1, "the long poll missed the message");
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -264,18 +283,36 @@ macro_rules! queue_conformance {
                 };
             }
             case!(send_receive_ack, |q| cases::send_receive_ack(&*q));
-            case!(visibility_timeout_redelivers, |q| cases::visibility_timeout_redelivers(&*q));
-            case!(extend_keeps_message_invisible, |q| cases::extend_keeps_message_invisible(&*q));
+            case!(visibility_timeout_redelivers, |q| {
+                cases::visibility_timeout_redelivers(&*q)
+            });
+            case!(extend_keeps_message_invisible, |q| {
+                cases::extend_keeps_message_invisible(&*q)
+            });
             case!(release_with_delay, |q| cases::release_with_delay(&*q));
             case!(release_without_delay, |q| cases::release_without_delay(&*q));
-            case!(groups_are_ordered_and_exclusive, |q| cases::groups_are_ordered_and_exclusive(&*q));
-            case!(duplicate_sends_are_dropped, |q| cases::duplicate_sends_are_dropped(&*q));
-            case!(redrive_after_max_receives, |q| cases::redrive_after_max_receives(&*q, MAX_RECEIVES));
-            case!(dead_letter_keeps_reason, |q| cases::dead_letter_keeps_reason(&*q));
-            case!(depth_counts_visible_and_in_flight, |q| cases::depth_counts_visible_and_in_flight(&*q));
+            case!(groups_are_ordered_and_exclusive, |q| {
+                cases::groups_are_ordered_and_exclusive(&*q)
+            });
+            case!(duplicate_sends_are_dropped, |q| {
+                cases::duplicate_sends_are_dropped(&*q)
+            });
+            case!(redrive_after_max_receives, |q| {
+                cases::redrive_after_max_receives(&*q, MAX_RECEIVES)
+            });
+            case!(dead_letter_keeps_reason, |q| {
+                cases::dead_letter_keeps_reason(&*q)
+            });
+            case!(depth_counts_visible_and_in_flight, |q| {
+                cases::depth_counts_visible_and_in_flight(&*q)
+            });
             case!(batches_round_trip, |q| cases::batches_round_trip(&*q));
-            case!(long_poll_wakes_on_send, |q| cases::long_poll_wakes_on_send(q));
-            case!(concurrent_receivers_never_share, |q| cases::concurrent_receivers_never_share(q));
+            case!(long_poll_wakes_on_send, |q| cases::long_poll_wakes_on_send(
+                q
+            ));
+            case!(concurrent_receivers_never_share, |q| {
+                cases::concurrent_receivers_never_share(q)
+            });
         }
     };
 }

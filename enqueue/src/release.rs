@@ -1,0 +1,78 @@
+//! Sending held jobs once their dependencies are complete.
+
+use std::collections::HashMap;
+
+use labelfleet_core::board::{BoardJob, Dependency, JobBoard};
+use labelfleet_core::error::BackendResult;
+use labelfleet_core::job::JobKey;
+use labelfleet_core::queue::Queue;
+use labelfleet_manifest::Manifest;
+use labelfleet_manifest::completion::is_complete;
+
+/// Sends the held jobs that waited on `done` (as a job, or through its group) and
+/// whose other dependencies are complete too. Returns the jobs sent.
+pub async fn release_dependents(
+    done: &JobKey,
+    queue: &dyn Queue,
+    board: &dyn JobBoard,
+    manifest: &dyn Manifest,
+) -> BackendResult<Vec<JobKey>> {
+    let mut candidates = board
+        .held_waiting_on(&Dependency::Job(done.clone()))
+        .await?;
+    candidates.extend(
+        board
+            .held_waiting_on(&Dependency::Group(done.group_id.clone()))
+            .await?,
+    );
+    candidates.sort_by(|a, b| a.key.cmp(&b.key));
+    candidates.dedup_by(|a, b| a.key == b.key);
+    release_ready(candidates, queue, board, manifest).await
+}
+
+/// Sends every held job whose dependencies are complete: the sweep a worker runs at
+/// start-up, which also recovers jobs whose release was interrupted by a crash.
+pub async fn release_all_ready(
+    queue: &dyn Queue,
+    board: &dyn JobBoard,
+    manifest: &dyn Manifest,
+) -> BackendResult<Vec<JobKey>> {
+    release_ready(board.held().await?, queue, board, manifest).await
+}
+
+async fn release_ready(
+    candidates: Vec<BoardJob>,
+    queue: &dyn Queue,
+    board: &dyn JobBoard,
+    manifest: &dyn Manifest,
+) -> BackendResult<Vec<JobKey>> {
+    // Many dependents share one dependency (job_0 and its 166 dependents): check each once.
+    let mut complete: HashMap<Dependency, bool> = HashMap::new();
+    let mut sent = Vec::new();
+    for job in candidates {
+        let mut ready = true;
+        for dep in &job.after {
+            let done = match complete.get(dep) {
+                Some(done) => *done,
+                None => {
+                    let done = is_complete(dep, manifest, board).await?;
+                    complete.insert(dep.clone(), done);
+                    done
+                }
+            };
+            if !done {
+                ready = false;
+                break;
+            }
+        }
+        if ready {
+            // Sending twice is harmless (deduplication id, idempotent manifest); losing a
+            // send is not, so mark the job queued only after the send succeeded.
+            queue.send(std::slice::from_ref(&job.message)).await?;
+            board.mark_queued(&job.key).await?;
+            tracing::info!(job = %job.key, "dependencies complete; job sent to the queue");
+            sent.push(job.key);
+        }
+    }
+    Ok(sent)
+}

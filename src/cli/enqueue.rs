@@ -1,0 +1,164 @@
+//! `labelfleet enqueue runs/<dir>`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use labelfleet_core::overrides::Override;
+use labelfleet_enqueue::folder::load_folder;
+use labelfleet_enqueue::git::GitState;
+use labelfleet_enqueue::plan::{Known, plan};
+use labelfleet_enqueue::stamp_provenance;
+use labelfleet_enqueue::submit::submit;
+
+use super::GlobalArgs;
+use super::backends::{self, DEFAULT_MAX_RECEIVES};
+
+/// Arguments of `enqueue`.
+#[derive(clap::Args, Debug)]
+pub struct EnqueueArgs {
+    /// The folder of job files (every *.json in it and its subfolders).
+    pub dir: PathBuf,
+    /// Override a setting in every job: `path.to.key=value` (typed by the schema).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Remove a setting from every job: `path.to.key`.
+    #[arg(long = "unset", value_name = "PATH")]
+    pub unset: Vec<String>,
+    /// Mark the jobs to process a tiny subset (a couple of dialogues), to smoke-test a pipeline.
+    #[arg(long)]
+    pub mini: bool,
+    /// Enqueue even if the git tree holding the folder is dirty; the jobs are marked not reproducible.
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Validate and show the plan without sending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Parses `--set` and `--unset` into overrides, in the order `--set`s then `--unset`s.
+pub fn parse_overrides(set: &[String], unset: &[String]) -> anyhow::Result<Vec<Override>> {
+    let mut overrides = Vec::new();
+    for s in set {
+        overrides.push(Override::parse_set(s).map_err(anyhow::Error::msg)?);
+    }
+    for u in unset {
+        overrides.push(Override::parse_unset(u).map_err(anyhow::Error::msg)?);
+    }
+    Ok(overrides)
+}
+
+/// `user@host`, when known.
+pub fn who() -> Option<String> {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()?;
+    Some(format!("{user}@{}", hostname()))
+}
+
+/// This machine's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Runs `enqueue`.
+pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
+    if !args.dir.is_dir() {
+        bail!("{} is not a folder of job files", args.dir.display());
+    }
+    let overrides = parse_overrides(&args.set, &args.unset)?;
+    let mut jobs = load_folder(&args.dir, &overrides, args.mini)?;
+    let git = GitState::of(&args.dir);
+    if git.dirty && !args.allow_dirty {
+        bail!(git.refusal(&args.dir));
+    }
+    let mut described: Vec<String> = overrides.iter().map(Override::describe).collect();
+    if args.mini {
+        described.push("--mini".into());
+    }
+    stamp_provenance(&mut jobs, &git, &described, who());
+    let backends = backends::open(global, DEFAULT_MAX_RECEIVES)?;
+    let known = Known::gather(&jobs, &*backends.board, &*backends.manifest)
+        .await
+        .context("reading the job board and manifest")?;
+    let count = jobs.len();
+    let planned = plan(jobs, &known)?;
+    let commit = git
+        .commit
+        .as_deref()
+        .map(|c| {
+            format!(
+                "git {}{}",
+                &c[..c.len().min(10)],
+                if git.dirty {
+                    ", dirty: not reproducible"
+                } else {
+                    ", clean"
+                }
+            )
+        })
+        .unwrap_or_else(|| "no git repository: not reproducible".into());
+    println!(
+        "validated {count} job{} in {} ({commit})",
+        plural(count),
+        args.dir.display()
+    );
+    if args.dry_run {
+        for p in &planned {
+            let after: Vec<String> = p.after.iter().map(ToString::to_string).collect();
+            let waits = if after.is_empty() {
+                String::new()
+            } else {
+                format!("  after {}", after.join(", "))
+            };
+            println!("  {} ({}){waits}", p.loaded.job.key(), p.loaded.job.kind());
+        }
+        println!("dry run: nothing was sent");
+        return Ok(());
+    }
+    let report = submit(
+        &planned,
+        &*backends.queue,
+        &*backends.board,
+        &*backends.manifest,
+    )
+    .await
+    .with_context(|| format!("sending jobs to {}", backends.queue.describe()))?;
+    println!(
+        "sent {} job{} to the queue",
+        report.sent.len(),
+        plural(report.sent.len())
+    );
+    if !report.held.is_empty() {
+        println!(
+            "held {} until their dependencies complete:",
+            report.held.len()
+        );
+        for (key, waiting) in &report.held {
+            let waiting: Vec<String> = waiting.iter().map(ToString::to_string).collect();
+            println!("  {key}  waits for {}", waiting.join(", "));
+        }
+    }
+    if !report.already_complete.is_empty() {
+        println!(
+            "skipped {} already in the manifest (use a new group_id to run them again): {}",
+            report.already_complete.len(),
+            report
+                .already_complete
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("next: start workers with `labelfleet worker`, and watch with `labelfleet status`");
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

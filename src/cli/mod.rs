@@ -1,0 +1,111 @@
+//! Command-line parsing and dispatch.
+
+mod backends;
+mod enqueue;
+mod logging;
+mod results;
+mod run;
+mod status;
+mod table;
+mod worker;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run LLM self-labelling, retraining and evaluation experiments as JSON jobs on a
+/// fleet of workers that poll a queue.
+#[derive(Parser, Debug)]
+#[command(name = "labelfleet", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// The embedded backends' home folder (queue, manifest, job board, artifacts).
+    #[arg(
+        long,
+        global = true,
+        env = "LABELFLEET_HOME",
+        default_value = ".labelfleet"
+    )]
+    pub home: PathBuf,
+    /// Log as JSON lines (one object per event) instead of text.
+    #[arg(long, global = true, env = "LABELFLEET_LOG_JSON")]
+    pub log_json: bool,
+    /// Log filter, e.g. `debug` or `labelfleet_worker=debug` (RUST_LOG syntax).
+    #[arg(long, global = true, env = "LABELFLEET_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate every job JSON in a folder, record provenance, order by dependencies
+    /// and push the jobs onto the queue.
+    Enqueue(enqueue::EnqueueArgs),
+    /// Poll the queue and run jobs until stopped (SIGINT/SIGTERM), idle or done.
+    Worker(worker::WorkerArgs),
+    /// Show the fleet: queue depth, dead letters, held jobs, group progress, workers.
+    Status(status::StatusArgs),
+    /// Run one job file in this process, without a queue, with the same outputs.
+    Run(run::RunArgs),
+    /// Print the manifest entries (metrics) of a group, or of every group.
+    Results(results::ResultsArgs),
+}
+
+const ALIASES: [&str; 5] = ["enqueue", "worker", "status", "run", "results"];
+
+/// Inserts the subcommand when the binary is invoked under a subcommand's name.
+fn arguments() -> Vec<OsString> {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = args.first().and_then(|a| {
+        std::path::Path::new(a)
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+    });
+    if let Some(name) = invoked_as
+        && ALIASES.contains(&name.as_str())
+    {
+        args.insert(1, name.into());
+    }
+    args
+}
+
+/// Parses arguments, runs the command, and turns errors into a message and exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse_from(arguments());
+    logging::init(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Enqueue(args) => enqueue::run(&cli.global, args).await,
+            Command::Worker(args) => worker::run(&cli.global, args).await,
+            Command::Status(args) => status::run(&cli.global, args).await,
+            Command::Run(args) => run::run(&cli.global, args).await,
+            Command::Results(args) => results::run(&cli.global, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

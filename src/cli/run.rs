@@ -1,0 +1,95 @@
+//! `labelfleet run job.json`: one job in this process, same code path as a worker.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use labelfleet_enqueue::folder::{LoadedJob, load_file};
+use labelfleet_enqueue::git::GitState;
+use labelfleet_enqueue::stamp_provenance;
+use labelfleet_manifest::ManifestKey;
+use labelfleet_worker::execute::execute;
+use labelfleet_worker::runner::Runners;
+use tokio_util::sync::CancellationToken;
+
+use super::GlobalArgs;
+use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::enqueue::{hostname, parse_overrides, who};
+
+/// Arguments of `run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The job file.
+    pub job: PathBuf,
+    /// Override a setting: `path.to.key=value` (typed by the schema).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Remove a setting: `path.to.key`.
+    #[arg(long = "unset", value_name = "PATH")]
+    pub unset: Vec<String>,
+    /// Process a tiny subset (a couple of dialogues).
+    #[arg(long)]
+    pub mini: bool,
+    /// Run even if the git tree holding the job is dirty; the result is marked not reproducible.
+    #[arg(long)]
+    pub allow_dirty: bool,
+}
+
+/// Runs `run`.
+pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
+    let overrides = parse_overrides(&args.set, &args.unset)?;
+    let job = load_file(&args.job, &overrides, args.mini)?;
+    let folder = args
+        .job
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let git = GitState::of(folder);
+    if git.dirty && !args.allow_dirty {
+        bail!(git.refusal(folder));
+    }
+    let mut described: Vec<String> = overrides.iter().map(|o| o.describe()).collect();
+    if args.mini {
+        described.push("--mini".into());
+    }
+    let mut loaded = [LoadedJob {
+        source: args.job.clone(),
+        job,
+    }];
+    stamp_provenance(&mut loaded, &git, &described, who());
+    let [LoadedJob { job, .. }] = loaded;
+    let backends = backends::open(global, DEFAULT_MAX_RECEIVES)?;
+    if let Some(entry) = backends
+        .manifest
+        .get(&ManifestKey::from(&job.key()))
+        .await?
+    {
+        println!(
+            "{} is already in the manifest (completed {}); use a new group_id or name to run it again",
+            job.key(),
+            entry.completed_at
+        );
+        println!("{}", serde_json::to_string_pretty(&entry.metrics)?);
+        return Ok(());
+    }
+    let worker_id = format!("run-{}-{}", hostname(), std::process::id());
+    let completion = execute(
+        &job,
+        1,
+        &worker_id,
+        &backends,
+        &Runners::standard(),
+        CancellationToken::new(),
+    )
+    .await?;
+    println!("{} completed", job.key());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&completion.entry.metrics)?
+    );
+    for (role, key) in &completion.entry.artifacts {
+        if let Ok(key) = labelfleet_core::artifacts::ArtifactKey::new(key) {
+            println!("{role}: {}", backends.artifacts.locate(&key));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! `labelfleet status`.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use labelfleet_core::queue::Envelope;
+use serde_json::{Value, json};
+
+use super::GlobalArgs;
+use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::table::Table;
+
+/// Arguments of `status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON for scripts instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// How many dead letters to list.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub dead_letters: usize,
+    /// List workers seen within this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub workers_seen: i64,
+}
+
+/// Gathers the fleet's state as JSON (the `--json` output; the tables render it).
+pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Value> {
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES)?;
+    let depth = b.queue.depth().await.context("reading the queue")?;
+    let board_groups = b.board.groups().await.context("reading the job board")?;
+    let manifest_groups = b.manifest.groups().await.context("reading the manifest")?;
+    let waiting: u64 = board_groups.iter().map(|g| g.held).sum();
+    let mut groups: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for g in &board_groups {
+        let e = groups.entry(g.group_id.clone()).or_default();
+        e.0 = g.held + g.queued;
+        e.1 = g.held;
+    }
+    for g in &manifest_groups {
+        groups.entry(g.group_id.clone()).or_default().2 = g.entries;
+    }
+    let dead: Vec<Value> = b
+        .queue
+        .dead_letters(args.dead_letters)
+        .await
+        .context("reading the dead-letter queue")?
+        .into_iter()
+        .map(|d| {
+            let job = Envelope::open(&d.body, &d.id).map(|j| j.key().to_string()).ok();
+            json!({"id": d.id, "job": job, "receive_count": d.receive_count, "reason": d.reason,
+                   "dead_at": chrono::DateTime::from_timestamp(d.dead_at, 0).map(|t| t.to_rfc3339())})
+        })
+        .collect();
+    let since = chrono::Utc::now().timestamp() - args.workers_seen;
+    let workers: Vec<Value> = b
+        .board
+        .workers(since)
+        .await
+        .context("reading worker reports")?
+        .into_iter()
+        .map(|w| {
+            json!({"worker_id": w.worker_id, "host": w.host, "pid": w.pid, "state": w.state.as_str(),
+                   "job": w.job, "jobs_done": w.jobs_done, "jobs_failed": w.jobs_failed,
+                   "last_error": w.last_error, "last_seen_secs_ago": chrono::Utc::now().timestamp() - w.last_seen})
+        })
+        .collect();
+    Ok(json!({
+        "queue": {
+            "backend": b.queue.describe(),
+            "visible": depth.visible,
+            "in_flight": depth.in_flight,
+            "waiting_on_dependencies": waiting,
+            "dead_lettered": depth.dead_lettered,
+        },
+        "dead_letters": dead,
+        "groups": groups.into_iter().map(|(group, (submitted, held, done))| json!({
+            "group_id": group, "submitted": submitted, "done": done, "waiting_on_dependencies": held,
+        })).collect::<Vec<_>>(),
+        "workers": workers,
+    }))
+}
+
+/// Runs `status`.
+pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
+    let state = gather(global, &args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(());
+    }
+    let q = &state["queue"];
+    println!("{}", q["backend"].as_str().unwrap_or("queue"));
+    println!(
+        "  visible {}   in flight {}   waiting on dependencies {}   dead-lettered {}",
+        q["visible"], q["in_flight"], q["waiting_on_dependencies"], q["dead_lettered"]
+    );
+    let text = |v: &Value| {
+        v.as_str().map(str::to_string).unwrap_or_else(|| {
+            if v.is_null() {
+                "-".into()
+            } else {
+                v.to_string()
+            }
+        })
+    };
+    let mut groups = Table::new(&["GROUP", "DONE", "SUBMITTED", "WAITING"]);
+    for g in state["groups"].as_array().into_iter().flatten() {
+        groups.row(vec![
+            text(&g["group_id"]),
+            text(&g["done"]),
+            text(&g["submitted"]),
+            text(&g["waiting_on_dependencies"]),
+        ]);
+    }
+    println!("\ngroups");
+    print!(
+        "{}",
+        if groups.is_empty() {
+            "  none yet: enqueue a runs folder\n".to_string()
+        } else {
+            groups.render()
+        }
+    );
+    let mut workers = Table::new(&["WORKER", "STATE", "JOB", "DONE", "FAILED", "SEEN"]);
+    for w in state["workers"].as_array().into_iter().flatten() {
+        workers.row(vec![
+            text(&w["worker_id"]),
+            text(&w["state"]),
+            text(&w["job"]),
+            text(&w["jobs_done"]),
+            text(&w["jobs_failed"]),
+            format!("{}s ago", w["last_seen_secs_ago"]),
+        ]);
+    }
+    println!("\nworkers seen in the last {}s", args.workers_seen);
+    print!(
+        "{}",
+        if workers.is_empty() {
+            "  none: start one with `labelfleet worker`\n".to_string()
+        } else {
+            workers.render()
+        }
+    );
+    let dead = state["dead_letters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !dead.is_empty() {
+        println!("\ndead letters (oldest first)");
+        for d in dead {
+            println!(
+                "  {} after {} receive(s): {}",
+                d["job"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("message {}", text(&d["id"]))),
+                d["receive_count"],
+                text(&d["reason"])
+            );
+        }
+    }
+    Ok(())
+}

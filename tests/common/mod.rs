@@ -1,0 +1,185 @@
+//! Helpers for the end-to-end tests: a temporary fleet home, the `labelfleet` binary,
+//! worker processes with their JSON logs, and direct access to the embedded backends.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use labelfleet_embedded::EmbeddedHome;
+use serde_json::Value;
+
+/// A temporary fleet: its home folder and a folder for job files and logs.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub fn new() -> Fleet {
+        Fleet {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn embedded(&self) -> EmbeddedHome {
+        EmbeddedHome::new(&self.home())
+    }
+
+    /// A `labelfleet` command against this fleet's home, logging JSON, run from the
+    /// repository root (job files name paths relative to it).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelfleet"));
+        cmd.args(args)
+            .current_dir(repo_root())
+            .env("LABELFLEET_HOME", self.home())
+            .env("LABELFLEET_LOG_JSON", "true")
+            .env_remove("LABELFLEET_MAX_RECEIVES")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a command to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "labelfleet {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A folder for job files.
+    pub fn jobs_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Starts a worker process whose JSON log goes to `logs/<name>.log`.
+    pub fn spawn_worker(&self, name: &str, args: &[&str]) -> Worker {
+        let logs = self.dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("{name}.log"));
+        let mut all = vec!["worker", "--worker-id", name];
+        all.extend_from_slice(args);
+        let child = self
+            .command(&all)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker { child, log }
+    }
+}
+
+/// A worker process and its log.
+pub struct Worker {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// The log's JSON events.
+    pub fn events(&self) -> Vec<Value> {
+        events(&self.log)
+    }
+
+    /// Waits for the process to exit; panics after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "worker did not exit within {limit:?}; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads JSON log events from a file, skipping lines that are not JSON.
+pub fn events(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Events whose message is `message`, for job `job` (from the span) when given.
+pub fn find<'a>(events: &'a [Value], message: &str, job: Option<&str>) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["fields"]["message"] == message)
+        .filter(|e| job.is_none_or(|j| e["span"]["job"] == j))
+        .collect()
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes a job file.
+pub fn write_job(dir: &Path, file: &str, job: &Value) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_vec_pretty(job).unwrap()).unwrap();
+}
+
+/// A noop job.
+pub fn noop(group: &str, sleep_ms: u64, after: &[&str]) -> Value {
+    serde_json::json!({"kind": "noop", "group_id": group, "after": after, "noop": {"sleep_ms": sleep_ms}})
+}
+
+/// Polls `check` until it holds; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a future on a small runtime (tests drive the embedded backends directly).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}

@@ -1,0 +1,116 @@
+//! The job runner contract and the registry of runners.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
+use labelfleet_core::job::{Job, JobKind};
+use labelfleet_manifest::Manifest;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// What a runner gets besides the job.
+#[derive(Clone)]
+pub struct JobContext {
+    /// Where to write artifacts.
+    pub artifacts: Arc<dyn ArtifactStore>,
+    /// The manifest, to read earlier runs (predictions of a group, examples, …).
+    pub manifest: Arc<dyn Manifest>,
+    /// Cancelled when the job must stop early (shutdown, or its lease was lost).
+    pub cancel: CancellationToken,
+    /// Which delivery of the job this is (1 for the first).
+    pub attempt: u32,
+}
+
+impl JobContext {
+    /// Writes an artifact of `job` named `file`; returns its key.
+    pub async fn write_artifact(
+        &self,
+        job: &Job,
+        file: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, JobFailure> {
+        let key = ArtifactKey::for_job(&job.group_id, &job.name, file)
+            .map_err(|e| JobFailure::new(format!("artifact {file}: {e}")))?;
+        self.artifacts
+            .put(&key, bytes)
+            .await
+            .map_err(|e| JobFailure::new(format!("writing artifact {key}: {e}")))?;
+        Ok(key.as_str().to_string())
+    }
+
+    /// Fails if the job has been cancelled; call between steps of long work.
+    pub fn check_cancelled(&self) -> Result<(), JobFailure> {
+        if self.cancel.is_cancelled() {
+            Err(JobFailure::new("cancelled before it finished"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What a finished job reports for its manifest entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobOutput {
+    /// Counts of what it processed.
+    pub counts: BTreeMap<String, u64>,
+    /// Its headline metrics (an object, or null).
+    pub metrics: Value,
+    /// Artifacts by role → key.
+    pub artifacts: BTreeMap<String, String>,
+}
+
+/// A job that failed, with a message that says what went wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JobFailure {
+    /// What went wrong.
+    pub message: String,
+}
+
+impl JobFailure {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs one kind of job. A runner lives as long as the worker, so it can cache models
+/// and datasets across jobs.
+#[async_trait]
+pub trait JobRunner: Send + Sync {
+    /// The kind of job it runs.
+    fn kind(&self) -> JobKind;
+
+    /// Runs a job: reads its inputs, writes its artifacts, and reports its output.
+    async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, JobFailure>;
+}
+
+/// The runners of a worker, one per kind.
+#[derive(Clone, Default)]
+pub struct Runners {
+    by_kind: HashMap<JobKind, Arc<dyn JobRunner>>,
+}
+
+impl Runners {
+    /// Every runner this build of labelfleet has: the one place runners are registered.
+    pub fn standard() -> Runners {
+        let mut runners = Runners::default();
+        runners.register(Arc::new(crate::runners::eval::EvalRunner::default()));
+        runners.register(Arc::new(crate::runners::noop::NoopRunner));
+        runners
+    }
+
+    /// Adds (or replaces) the runner for its kind.
+    pub fn register(&mut self, runner: Arc<dyn JobRunner>) {
+        self.by_kind.insert(runner.kind(), runner);
+    }
+
+    /// The runner for a kind.
+    pub fn get(&self, kind: JobKind) -> Option<Arc<dyn JobRunner>> {
+        self.by_kind.get(&kind).cloned()
+    }
+}

@@ -1,0 +1,4 @@
+//! The job runners, one module per kind.
+
+pub mod eval;
+pub mod noop;

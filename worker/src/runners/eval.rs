@@ -1,0 +1,186 @@
+//! `eval` jobs: score predicted belief states against gold.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use labelfleet_core::artifacts::ArtifactKey;
+use labelfleet_core::job::{
+    Baseline, DatasetFormat, EvalSpec, Job, JobBody, JobKind, PredictionSource,
+};
+use labelfleet_dst::metrics::{Scores, ValueMatcher, score};
+use labelfleet_dst::{
+    Dialogue, Format, Prediction, read_dataset, read_predictions, read_predictions_file,
+};
+use labelfleet_manifest::list_all;
+use serde_json::json;
+
+use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
+
+/// How many dialogues a `--mini` job scores.
+pub const MINI_DIALOGUES: usize = 2;
+
+/// Runs `eval` jobs. Gold datasets are cached across jobs (keyed by path, format and
+/// modification time), since many jobs score against one gold set.
+#[derive(Default)]
+pub struct EvalRunner {
+    gold_cache: Mutex<HashMap<(PathBuf, String), (Option<SystemTime>, Arc<Vec<Dialogue>>)>>,
+}
+
+fn format_of(format: DatasetFormat) -> Format {
+    match format {
+        DatasetFormat::Multiwoz21 => Format::Multiwoz21,
+        DatasetFormat::Icdst => Format::Icdst,
+        DatasetFormat::Sgd => Format::Sgd,
+    }
+}
+
+impl EvalRunner {
+    async fn gold(
+        &self,
+        path: &Path,
+        format: DatasetFormat,
+    ) -> Result<Arc<Vec<Dialogue>>, JobFailure> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let key = (path.to_path_buf(), format!("{format:?}"));
+        if let Some((stamp, cached)) = self.gold_cache.lock().expect("cache lock").get(&key)
+            && *stamp == modified
+            && modified.is_some()
+        {
+            return Ok(cached.clone());
+        }
+        let owned = path.to_path_buf();
+        let dialogues = tokio::task::spawn_blocking(move || read_dataset(&owned, format_of(format)))
+            .await
+            .map_err(|e| JobFailure::new(format!("reading gold data failed: {e}")))?
+            .map_err(|e| {
+                JobFailure::new(format!(
+                    "cannot read the gold dataset: {e} (paths are relative to the worker's working directory)"
+                ))
+            })?;
+        let dialogues = Arc::new(dialogues);
+        self.gold_cache
+            .lock()
+            .expect("cache lock")
+            .insert(key, (modified, dialogues.clone()));
+        Ok(dialogues)
+    }
+
+    async fn predictions(
+        &self,
+        source: &PredictionSource,
+        gold: &[Dialogue],
+        ctx: &JobContext,
+    ) -> Result<Vec<Prediction>, JobFailure> {
+        match source {
+            PredictionSource::File(path) => read_predictions_file(Path::new(path))
+                .map_err(|e| JobFailure::new(format!("cannot read the predictions: {e}"))),
+            PredictionSource::Group(group) => {
+                let entries = list_all(&*ctx.manifest, group)
+                    .await
+                    .map_err(|e| JobFailure::new(format!("listing manifest group {group}: {e}")))?;
+                if entries.is_empty() {
+                    return Err(JobFailure::new(format!(
+                        "manifest group `{group}` has no entries yet; run its jobs first or list it in `after`"
+                    )));
+                }
+                let mut all = Vec::new();
+                for entry in entries {
+                    let Some(key) = entry.artifacts.get("predictions") else {
+                        continue;
+                    };
+                    let key = ArtifactKey::new(key).map_err(|e| JobFailure::new(e.to_string()))?;
+                    let bytes = ctx
+                        .artifacts
+                        .get(&key)
+                        .await
+                        .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))?
+                        .ok_or_else(|| {
+                            JobFailure::new(format!(
+                                "artifact {key} named by {} is missing",
+                                entry.key()
+                            ))
+                        })?;
+                    all.extend(
+                        read_predictions(&bytes, key.as_str())
+                            .map_err(|e| JobFailure::new(e.to_string()))?,
+                    );
+                }
+                Ok(all)
+            }
+            PredictionSource::Baseline(baseline) => Ok(gold
+                .iter()
+                .flat_map(|d| &d.turns)
+                .map(|t| Prediction {
+                    dialogue_id: t.dialogue_id.clone(),
+                    turn_id: t.turn_id,
+                    slot_values: match baseline {
+                        Baseline::Empty => Default::default(),
+                        Baseline::LastTurn => t.last_slot_values.clone(),
+                    },
+                })
+                .collect()),
+        }
+    }
+}
+
+fn subset(gold: &[Dialogue], spec: &EvalSpec, mini: bool) -> Vec<Dialogue> {
+    let mut limit = spec.max_dialogues.unwrap_or(usize::MAX);
+    if mini {
+        limit = limit.min(MINI_DIALOGUES);
+    }
+    gold.iter().take(limit).cloned().collect()
+}
+
+/// The headline metrics that go into the manifest entry.
+pub fn headline(scores: &Scores) -> serde_json::Value {
+    json!({
+        "joint_goal_accuracy": scores.joint_goal_accuracy,
+        "turn_accuracy": scores.turn_accuracy,
+        "slot_precision": scores.slots.precision,
+        "slot_recall": scores.slots.recall,
+        "slot_f1": scores.slots.f1,
+    })
+}
+
+#[async_trait]
+impl JobRunner for EvalRunner {
+    fn kind(&self) -> JobKind {
+        JobKind::Eval
+    }
+
+    async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
+        let JobBody::Eval(spec) = &job.body else {
+            return Err(JobFailure::new("not an eval job"));
+        };
+        let gold = self
+            .gold(Path::new(&spec.gold.path), spec.gold.format)
+            .await?;
+        let gold = subset(&gold, spec, job.mini);
+        let predictions = self.predictions(&spec.predictions, &gold, ctx).await?;
+        ctx.check_cancelled()?;
+        let matcher = ValueMatcher {
+            threshold: spec.fuzzy_threshold,
+        };
+        let scores = tokio::task::spawn_blocking(move || score(&gold, &predictions, matcher))
+            .await
+            .map_err(|e| JobFailure::new(format!("scoring failed: {e}")))?;
+        let report = serde_json::to_vec_pretty(&scores).expect("scores serialise");
+        let key = ctx.write_artifact(job, "metrics.json", report).await?;
+        Ok(JobOutput {
+            counts: [
+                ("dialogues".to_string(), scores.dialogues),
+                ("turns".to_string(), scores.turns),
+                (
+                    "missing_predictions".to_string(),
+                    scores.missing_predictions,
+                ),
+            ]
+            .into(),
+            metrics: headline(&scores),
+            artifacts: [("metrics".to_string(), key)].into(),
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! `noop` jobs: wait, then succeed. A health check and benchmark load for the fleet.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use labelfleet_core::job::{Job, JobBody, JobKind};
+
+use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
+
+/// Runs `noop` jobs.
+pub struct NoopRunner;
+
+#[async_trait]
+impl JobRunner for NoopRunner {
+    fn kind(&self) -> JobKind {
+        JobKind::Noop
+    }
+
+    async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
+        let JobBody::Noop(spec) = &job.body else {
+            return Err(JobFailure::new("not a noop job"));
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(spec.sleep_ms)) => {}
+            _ = ctx.cancel.cancelled() => return Err(JobFailure::new("cancelled before it finished")),
+        }
+        Ok(JobOutput {
+            counts: [("slept_ms".to_string(), spec.sleep_ms)].into(),
+            ..JobOutput::default()
+        })
+    }
+}
