@@ -1,1 +1,145 @@
-fn main() {}
+//! Fleet throughput on the embedded default, measured against a baseline from the same
+//! run: `cargo bench --bench fleet`.
+//!
+//! 1. No-op jobs per second through the embedded queue with 1 worker process and with
+//!    4 worker processes.
+//! 2. Scaling for 100 ms jobs: 4 workers versus 1 (the goal is at least 3.6×).
+//!
+//! Each scenario enqueues its jobs first, then starts the workers and times until the
+//! manifest holds every job. Set `LABELFLEET_BENCH_NOOP_JOBS` / `LABELFLEET_BENCH_SLOW_JOBS`
+//! to change the job counts.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use labelfleet_embedded::EmbeddedHome;
+use labelfleet_manifest::Manifest;
+
+const BIN: &str = env!("CARGO_BIN_EXE_labelfleet");
+
+fn count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn labelfleet(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("LABELFLEET_HOME", home)
+        .env("LABELFLEET_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+fn manifest_count(manifest: &dyn Manifest, runtime: &tokio::runtime::Runtime) -> u64 {
+    runtime
+        .block_on(manifest.groups())
+        .unwrap()
+        .iter()
+        .map(|g| g.entries)
+        .sum()
+}
+
+/// Enqueues `jobs` noop jobs of `sleep_ms`, runs `workers` worker processes until all
+/// are recorded, and returns the elapsed seconds.
+fn scenario(jobs: usize, sleep_ms: u64, workers: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    for i in 0..jobs {
+        let job = serde_json::json!({"kind": "noop", "group_id": "bench", "noop": {"sleep_ms": sleep_ms}});
+        std::fs::write(runs.join(format!("job_{i:05}.json")), job.to_string()).unwrap();
+    }
+    let home = dir.path().join("home");
+    let status = labelfleet(&home, &["enqueue", runs.to_str().unwrap(), "--allow-dirty"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "enqueue failed");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let manifest = EmbeddedHome::new(&home).manifest().unwrap();
+    let started = Instant::now();
+    let mut children: Vec<Child> = (0..workers)
+        .map(|w| {
+            labelfleet(
+                &home,
+                &[
+                    "worker",
+                    "--wait",
+                    "1",
+                    "--worker-id",
+                    &format!("bench-{w}"),
+                ],
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    while manifest_count(&manifest, &runtime) < jobs as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the benchmark stalled"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for child in &mut children {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+    for child in &mut children {
+        let _ = child.wait();
+    }
+    elapsed
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects nothing here.
+    let noop_jobs = count("LABELFLEET_BENCH_NOOP_JOBS", 600);
+    let slow_jobs = count("LABELFLEET_BENCH_SLOW_JOBS", 48);
+    println!(
+        "labelfleet fleet benchmark (embedded default, {} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let one = scenario(noop_jobs, 0, 1);
+    let four = scenario(noop_jobs, 0, 4);
+    println!(
+        "\nno-op jobs through the embedded queue ({noop_jobs} jobs, time to the last manifest entry)"
+    );
+    println!(
+        "  1 worker : {:8.1} jobs/s  ({one:.2} s)",
+        noop_jobs as f64 / one
+    );
+    println!(
+        "  4 workers: {:8.1} jobs/s  ({four:.2} s)",
+        noop_jobs as f64 / four
+    );
+    println!("  ratio 4 vs 1: {:.2}x", one / four);
+
+    let slow_one = scenario(slow_jobs, 100, 1);
+    let slow_four = scenario(slow_jobs, 100, 4);
+    let ratio = slow_one / slow_four;
+    println!("\n100 ms jobs ({slow_jobs} jobs)");
+    println!(
+        "  1 worker : {:8.2} jobs/s  ({slow_one:.2} s)",
+        slow_jobs as f64 / slow_one
+    );
+    println!(
+        "  4 workers: {:8.2} jobs/s  ({slow_four:.2} s)",
+        slow_jobs as f64 / slow_four
+    );
+    println!(
+        "  scaling 4 vs 1: {ratio:.2}x  (goal >= 3.6x: {})",
+        if ratio >= 3.6 { "met" } else { "NOT met" }
+    );
+}

@@ -454,11 +454,14 @@ pub fn canonical_json(value: &Value) -> String {
 /// Parses JSON text, turning syntax errors into a [`JobError`] with line and column.
 pub fn parse_json(text: &str, file: &str) -> Result<Value, JobError> {
     serde_json::from_str(text).map_err(|e| {
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        let text = e.to_string();
+        let what = text.strip_suffix(&position).unwrap_or(&text);
         JobError::new(
             file,
             "",
             format!(
-                "not valid JSON (line {}, column {}): {e}",
+                "not valid JSON (line {}, column {}): {what}",
                 e.line(),
                 e.column()
             ),

@@ -47,7 +47,7 @@ impl Dialogue {
             .enumerate()
             .map(|(i, (system_utterance, user_utterance, slot_values))| {
                 let turn_slot_values = delta(&last, &slot_values);
-                let turn = Turn {
+                Turn {
                     dialogue_id: dialogue_id.clone(),
                     turn_id: i as u32,
                     system_utterance,
@@ -55,8 +55,7 @@ impl Dialogue {
                     last_slot_values: std::mem::replace(&mut last, slot_values.clone()),
                     slot_values,
                     turn_slot_values,
-                };
-                turn
+                }
             })
             .collect();
         Dialogue { dialogue_id, turns }

@@ -26,8 +26,13 @@ pub const MINI_DIALOGUES: usize = 2;
 /// modification time), since many jobs score against one gold set.
 #[derive(Default)]
 pub struct EvalRunner {
-    gold_cache: Mutex<HashMap<(PathBuf, String), (Option<SystemTime>, Arc<Vec<Dialogue>>)>>,
+    gold_cache: Mutex<HashMap<GoldKey, CachedGold>>,
 }
+
+/// A gold file and its format.
+type GoldKey = (PathBuf, String);
+/// A parsed gold file and the modification time it was read at.
+type CachedGold = (Option<SystemTime>, Arc<Vec<Dialogue>>);
 
 fn format_of(format: DatasetFormat) -> Format {
     match format {
