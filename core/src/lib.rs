@@ -25,6 +25,8 @@
 //! With the `conformance` feature, [`conformance`] holds the test suites that every
 //! backend of these contracts must pass unchanged.
 
+#![warn(missing_docs)]
+
 pub mod artifacts;
 pub mod board;
 pub mod error;

@@ -13,6 +13,8 @@
 //!   joint goal accuracy, turn (delta) accuracy, slot precision/recall/F1, overall and
 //!   per domain.
 
+#![warn(missing_docs)]
+
 pub mod metrics;
 mod predictions;
 mod readers;

@@ -17,6 +17,8 @@
 //! processes never hand out one message twice or write one manifest key twice. The
 //! blocking SQLite calls run on tokio's blocking pool ([`sqlite::Db`]).
 
+#![warn(missing_docs)]
+
 mod artifacts;
 mod board;
 mod home;

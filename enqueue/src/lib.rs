@@ -16,6 +16,8 @@
 //! 5. Later, [`release`] sends held jobs once their dependencies complete: workers call
 //!    it after each job, and on start-up as a sweep.
 
+#![warn(missing_docs)]
+
 pub mod folder;
 pub mod git;
 pub mod plan;

@@ -12,6 +12,8 @@
 //! With the `conformance` feature, [`conformance`] holds the suite every manifest
 //! backend passes unchanged.
 
+#![warn(missing_docs)]
+
 pub mod completion;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -1,5 +1,7 @@
 //! tracing set-up: text on a terminal, JSON lines with `--log-json`; always on stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use super::GlobalArgs;
@@ -13,6 +15,10 @@ pub fn init(args: &GlobalArgs) {
     if args.log_json {
         builder.json().with_current_span(true).init();
     } else {
-        builder.with_target(false).init();
+        // Colour only on a terminal, so logs piped to files stay plain text.
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
     }
 }

@@ -16,6 +16,8 @@
 //! - [`shutdown::Shutdown`] turns SIGINT/SIGTERM into "stop receiving, finish the
 //!   running job within the grace period or release it".
 
+#![warn(missing_docs)]
+
 pub mod execute;
 pub mod heartbeat;
 pub mod runner;
