@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{Fleet, block_on, find, noop, wait_until, write_job};
 use labelfleet_core::board::{JobBoard, WorkerState};
+use labelfleet_core::job::{Job, ProvenancePolicy};
 use labelfleet_core::queue::{Envelope, OutgoingMessage, Queue};
 use labelfleet_manifest::list_all;
 use serde_json::json;
@@ -16,6 +17,17 @@ use serde_json::json;
 fn entries(fleet: &Fleet, group: &str) -> Vec<labelfleet_manifest::ManifestEntry> {
     let manifest = fleet.embedded().manifest().unwrap();
     block_on(list_all(&manifest, group)).unwrap()
+}
+
+/// Sends a job straight to the queue, bypassing `enqueue` (no board, no provenance).
+fn send_by_hand(queue: &dyn Queue, job: serde_json::Value, name: &str) {
+    let job = Job::parse(job, "sent by hand", Some(name), ProvenancePolicy::Reject).unwrap();
+    let message = OutgoingMessage {
+        body: Envelope::wrap(&job),
+        dedup_id: format!("by-hand-{name}-{}", job.content_hash()),
+        group: name.into(),
+    };
+    block_on(queue.send(&[message])).unwrap();
 }
 
 #[test]
@@ -351,19 +363,7 @@ fn a_hand_sent_dependent_is_held_until_its_dependency_completes() {
         "--allow-dirty",
         "--dry-run",
     ]);
-    let dependent = labelfleet_core::job::Job::parse(
-        noop("hand", 10, &["job_0"]),
-        "hand-sent",
-        Some("dep"),
-        labelfleet_core::job::ProvenancePolicy::Reject,
-    )
-    .unwrap();
-    block_on(queue.send(&[OutgoingMessage {
-        body: Envelope::wrap(&dependent),
-        dedup_id: "dep".into(),
-        group: "dep".into(),
-    }]))
-    .unwrap();
+    send_by_hand(&queue, noop("hand", 10, &["job_0"]), "dep");
     let mut first = fleet.spawn_worker("first", &["--once", "--wait", "1"]);
     assert!(first.wait(Duration::from_secs(20)).success());
     assert!(
@@ -392,19 +392,7 @@ fn a_duplicate_delivery_of_a_completed_job_is_acknowledged_without_running() {
     assert!(w.wait(Duration::from_secs(20)).success());
     // The same job arrives again (a second enqueue: new provenance, new dedup id).
     let queue = fleet.embedded().queue(5).unwrap();
-    let job = labelfleet_core::job::Job::parse(
-        noop("dup", 10, &[]),
-        "again",
-        Some("job"),
-        labelfleet_core::job::ProvenancePolicy::Reject,
-    )
-    .unwrap();
-    block_on(queue.send(&[OutgoingMessage {
-        body: Envelope::wrap(&job),
-        dedup_id: "again".into(),
-        group: "dup".into(),
-    }]))
-    .unwrap();
+    send_by_hand(&queue, noop("dup", 10, &[]), "job");
     let mut again = fleet.spawn_worker("w2", &["--once", "--wait", "1"]);
     assert!(again.wait(Duration::from_secs(20)).success());
     assert!(find(&again.events(), "job started", None).is_empty());

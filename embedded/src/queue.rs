@@ -139,6 +139,34 @@ fn move_to_dead_letters(
     Ok(())
 }
 
+impl SqliteQueue {
+    /// Runs `sql` on the message a receipt holds. Its parameters are ?1 the new
+    /// `visible_at` (unused by a delete), ?2 the message id and ?3 the receipt; when no
+    /// row matches, the receipt no longer holds its message: it is stale.
+    async fn update_held(
+        &self,
+        receipt: &Receipt,
+        sql: &'static str,
+        visible_at: Option<i64>,
+    ) -> BackendResult<()> {
+        let id = message_id(receipt)?;
+        let receipt = receipt.0.clone();
+        self.db
+            .call(move |conn| {
+                let changed = conn.prepare_cached(sql)?.execute(params![
+                    visible_at.unwrap_or(0),
+                    id,
+                    receipt
+                ])?;
+                if changed == 0 {
+                    return Err(BackendError::StaleReceipt.into());
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
 fn message_id(receipt: &Receipt) -> BackendResult<i64> {
     receipt
         .0
@@ -197,54 +225,32 @@ impl Queue for SqliteQueue {
     }
 
     async fn extend(&self, receipt: &Receipt, visibility: Duration) -> BackendResult<()> {
-        let id = message_id(receipt)?;
-        let receipt = receipt.0.clone();
-        self.db
-            .call(move |conn| {
-                let changed = conn.execute(
-                    "UPDATE messages SET visible_at = ?1 WHERE id = ?2 AND receipt = ?3",
-                    params![now_ms() + visibility.as_millis() as i64, id, receipt],
-                )?;
-                if changed == 0 {
-                    return Err(BackendError::StaleReceipt.into());
-                }
-                Ok(())
-            })
-            .await
+        let visible_at = now_ms() + visibility.as_millis() as i64;
+        self.update_held(
+            receipt,
+            "UPDATE messages SET visible_at = ?1 WHERE id = ?2 AND receipt = ?3",
+            Some(visible_at),
+        )
+        .await
     }
 
     async fn ack(&self, receipt: &Receipt) -> BackendResult<()> {
-        let id = message_id(receipt)?;
-        let receipt = receipt.0.clone();
-        self.db
-            .call(move |conn| {
-                let changed = conn.execute(
-                    "DELETE FROM messages WHERE id = ?1 AND receipt = ?2",
-                    params![id, receipt],
-                )?;
-                if changed == 0 {
-                    return Err(BackendError::StaleReceipt.into());
-                }
-                Ok(())
-            })
-            .await
+        self.update_held(
+            receipt,
+            "DELETE FROM messages WHERE id = ?2 AND receipt = ?3",
+            None,
+        )
+        .await
     }
 
     async fn release(&self, receipt: &Receipt, delay: Duration) -> BackendResult<()> {
-        let id = message_id(receipt)?;
-        let receipt = receipt.0.clone();
-        self.db
-            .call(move |conn| {
-                let changed = conn.execute(
-                    "UPDATE messages SET visible_at = ?1, receipt = NULL WHERE id = ?2 AND receipt = ?3",
-                    params![now_ms() + delay.as_millis() as i64, id, receipt],
-                )?;
-                if changed == 0 {
-                    return Err(BackendError::StaleReceipt.into());
-                }
-                Ok(())
-            })
-            .await?;
+        let visible_at = now_ms() + delay.as_millis() as i64;
+        self.update_held(
+            receipt,
+            "UPDATE messages SET visible_at = ?1, receipt = NULL WHERE id = ?2 AND receipt = ?3",
+            Some(visible_at),
+        )
+        .await?;
         if delay.is_zero() {
             self.sent.notify_waiters();
         }

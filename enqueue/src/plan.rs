@@ -242,3 +242,108 @@ pub async fn resolve_live(
         Dependency::Job(key)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labelfleet_core::job::ProvenancePolicy;
+    use serde_json::json;
+
+    fn loaded(group: &str, name: &str, after: &[&str]) -> LoadedJob {
+        let value =
+            json!({"kind": "noop", "name": name, "group_id": group, "after": after, "noop": {}});
+        LoadedJob {
+            source: format!("{name}.json").into(),
+            job: Job::parse(value, name, None, ProvenancePolicy::Reject).unwrap(),
+        }
+    }
+
+    fn known_from(jobs: &[LoadedJob]) -> Known {
+        let mut known = Known::default();
+        for j in jobs {
+            known.jobs.insert(j.job.key());
+            known.groups.insert(j.job.group_id.clone());
+        }
+        known
+    }
+
+    fn names(planned: &[PlannedJob]) -> Vec<String> {
+        planned
+            .iter()
+            .map(|p| p.loaded.job.key().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn dependencies_come_first_and_file_order_is_kept_otherwise() {
+        let jobs = vec![
+            loaded("g", "dep_b", &["job_0"]),
+            loaded("report", "summary", &["g"]),
+            loaded("g", "dep_a", &["job_0"]),
+            loaded("g", "job_0", &[]),
+        ];
+        let known = known_from(&jobs);
+        let planned = plan(jobs, &known).unwrap();
+        assert_eq!(
+            names(&planned),
+            ["g/job_0", "g/dep_b", "g/dep_a", "report/summary"]
+        );
+        assert_eq!(planned[3].after, [Dependency::Group("g".into())]);
+        assert_eq!(
+            planned[1].after,
+            [Dependency::Job(JobKey {
+                group_id: "g".into(),
+                name: "job_0".into()
+            })]
+        );
+    }
+
+    #[test]
+    fn a_plain_name_is_a_job_of_the_same_group_before_it_is_a_group() {
+        let mut known = Known::default();
+        known.jobs.insert(JobKey {
+            group_id: "g".into(),
+            name: "seed".into(),
+        });
+        known.groups.insert("seed".into());
+        assert_eq!(
+            resolve("seed", "g", &known),
+            Some(Dependency::Job(JobKey {
+                group_id: "g".into(),
+                name: "seed".into()
+            }))
+        );
+        assert_eq!(
+            resolve("seed", "other", &known),
+            Some(Dependency::Group("seed".into()))
+        );
+        assert_eq!(
+            resolve("g/seed", "other", &known).map(|d| d.token()),
+            Some("job:g/seed".into())
+        );
+        assert_eq!(resolve("g/nothing", "other", &known), None);
+        assert_eq!(resolve("nothing", "g", &known), None);
+    }
+
+    #[test]
+    fn self_and_own_group_dependencies_are_errors() {
+        let jobs = vec![loaded("g", "a", &["a"]), loaded("g", "b", &["g"])];
+        let known = known_from(&jobs);
+        let errors = plan(jobs, &known).unwrap_err().errors;
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].message.contains("cannot wait for itself"));
+        assert!(errors[1].message.contains("its own group"));
+    }
+
+    #[test]
+    fn cycles_through_groups_are_found() {
+        let jobs = vec![loaded("x", "a", &["y"]), loaded("y", "b", &["x"])];
+        let known = known_from(&jobs);
+        let errors = plan(jobs, &known).unwrap_err().errors;
+        assert!(
+            errors[0].message.contains("cycle among x/a, y/b"),
+            "{}",
+            errors[0]
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! `labelfleet enqueue runs/<dir>`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use labelfleet_core::overrides::Override;
@@ -18,33 +18,60 @@ use super::backends::{self, DEFAULT_MAX_RECEIVES};
 pub struct EnqueueArgs {
     /// The folder of job files (every *.json in it and its subfolders).
     pub dir: PathBuf,
-    /// Override a setting in every job: `path.to.key=value` (typed by the schema).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
-    /// Remove a setting from every job: `path.to.key`.
-    #[arg(long = "unset", value_name = "PATH")]
-    pub unset: Vec<String>,
-    /// Mark the jobs to process a tiny subset (a couple of dialogues), to smoke-test a pipeline.
-    #[arg(long)]
-    pub mini: bool,
-    /// Enqueue even if the git tree holding the folder is dirty; the jobs are marked not reproducible.
-    #[arg(long)]
-    pub allow_dirty: bool,
+    #[command(flatten)]
+    pub options: JobOptions,
     /// Validate and show the plan without sending anything.
     #[arg(long)]
     pub dry_run: bool,
 }
 
-/// Parses `--set` and `--unset` into overrides, in the order `--set`s then `--unset`s.
-pub fn parse_overrides(set: &[String], unset: &[String]) -> anyhow::Result<Vec<Override>> {
-    let mut overrides = Vec::new();
-    for s in set {
-        overrides.push(Override::parse_set(s).map_err(anyhow::Error::msg)?);
+/// How job files are adjusted and checked before they run: shared by `enqueue` and `run`.
+#[derive(clap::Args, Debug)]
+pub struct JobOptions {
+    /// Override a setting: `path.to.key=value` (typed by the schema).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Remove a setting: `path.to.key`.
+    #[arg(long = "unset", value_name = "PATH")]
+    pub unset: Vec<String>,
+    /// Process a tiny subset (a couple of dialogues), to smoke-test a pipeline.
+    #[arg(long)]
+    pub mini: bool,
+    /// Go ahead even if the git tree holding the jobs is dirty; the jobs are marked not reproducible.
+    #[arg(long)]
+    pub allow_dirty: bool,
+}
+
+impl JobOptions {
+    /// The overrides, `--set`s then `--unset`s.
+    pub fn overrides(&self) -> anyhow::Result<Vec<Override>> {
+        let mut overrides = Vec::new();
+        for s in &self.set {
+            overrides.push(Override::parse_set(s).map_err(anyhow::Error::msg)?);
+        }
+        for u in &self.unset {
+            overrides.push(Override::parse_unset(u).map_err(anyhow::Error::msg)?);
+        }
+        Ok(overrides)
     }
-    for u in unset {
-        overrides.push(Override::parse_unset(u).map_err(anyhow::Error::msg)?);
+
+    /// The overrides as provenance records them, `--mini` included.
+    pub fn describe(&self, overrides: &[Override]) -> Vec<String> {
+        let mut described: Vec<String> = overrides.iter().map(Override::describe).collect();
+        if self.mini {
+            described.push("--mini".into());
+        }
+        described
     }
-    Ok(overrides)
+
+    /// Inspects the git tree holding `dir`, refusing a dirty one unless allowed.
+    pub fn check_git(&self, dir: &Path) -> anyhow::Result<GitState> {
+        let git = GitState::of(dir);
+        if git.dirty && !self.allow_dirty {
+            bail!(git.refusal(dir));
+        }
+        Ok(git)
+    }
 }
 
 /// `user@host`, when known.
@@ -70,17 +97,10 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
     if !args.dir.is_dir() {
         bail!("{} is not a folder of job files", args.dir.display());
     }
-    let overrides = parse_overrides(&args.set, &args.unset)?;
-    let mut jobs = load_folder(&args.dir, &overrides, args.mini)?;
-    let git = GitState::of(&args.dir);
-    if git.dirty && !args.allow_dirty {
-        bail!(git.refusal(&args.dir));
-    }
-    let mut described: Vec<String> = overrides.iter().map(Override::describe).collect();
-    if args.mini {
-        described.push("--mini".into());
-    }
-    stamp_provenance(&mut jobs, &git, &described, who());
+    let overrides = args.options.overrides()?;
+    let mut jobs = load_folder(&args.dir, &overrides, args.options.mini)?;
+    let git = args.options.check_git(&args.dir)?;
+    stamp_provenance(&mut jobs, &git, &args.options.describe(&overrides), who());
     let backends = backends::open(global, DEFAULT_MAX_RECEIVES)?;
     let known = Known::gather(&jobs, &*backends.board, &*backends.manifest)
         .await

@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use labelfleet_enqueue::folder::{LoadedJob, load_file};
-use labelfleet_enqueue::git::GitState;
 use labelfleet_enqueue::stamp_provenance;
 use labelfleet_manifest::ManifestKey;
 use labelfleet_worker::execute::execute;
@@ -13,44 +11,28 @@ use tokio_util::sync::CancellationToken;
 
 use super::GlobalArgs;
 use super::backends::{self, DEFAULT_MAX_RECEIVES};
-use super::enqueue::{hostname, parse_overrides, who};
+use super::enqueue::{JobOptions, hostname, who};
 
 /// Arguments of `run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// The job file.
     pub job: PathBuf,
-    /// Override a setting: `path.to.key=value` (typed by the schema).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
-    /// Remove a setting: `path.to.key`.
-    #[arg(long = "unset", value_name = "PATH")]
-    pub unset: Vec<String>,
-    /// Process a tiny subset (a couple of dialogues).
-    #[arg(long)]
-    pub mini: bool,
-    /// Run even if the git tree holding the job is dirty; the result is marked not reproducible.
-    #[arg(long)]
-    pub allow_dirty: bool,
+    #[command(flatten)]
+    pub options: JobOptions,
 }
 
 /// Runs `run`.
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
-    let overrides = parse_overrides(&args.set, &args.unset)?;
-    let job = load_file(&args.job, &overrides, args.mini)?;
+    let overrides = args.options.overrides()?;
+    let job = load_file(&args.job, &overrides, args.options.mini)?;
     let folder = args
         .job
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let git = GitState::of(folder);
-    if git.dirty && !args.allow_dirty {
-        bail!(git.refusal(folder));
-    }
-    let mut described: Vec<String> = overrides.iter().map(|o| o.describe()).collect();
-    if args.mini {
-        described.push("--mini".into());
-    }
+    let git = args.options.check_git(folder)?;
+    let described = args.options.describe(&overrides);
     let mut loaded = [LoadedJob {
         source: args.job.clone(),
         job,

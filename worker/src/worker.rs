@@ -340,11 +340,7 @@ impl Worker {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the manifest; giving the message back");
-                let _ = self
-                    .backends
-                    .queue
-                    .release(&message.receipt, Duration::from_secs(5))
+                self.give_back(&message, "cannot read the manifest", &e)
                     .await;
                 return (Handled::Skipped, false);
             }
@@ -353,11 +349,7 @@ impl Worker {
             Ok(true) => return (Handled::Skipped, false),
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "cannot check dependencies; giving the message back");
-                let _ = self
-                    .backends
-                    .queue
-                    .release(&message.receipt, Duration::from_secs(5))
+                self.give_back(&message, "cannot check dependencies", &e)
                     .await;
                 return (Handled::Skipped, false);
             }
@@ -527,6 +519,17 @@ impl Worker {
                 (Handled::Ran, false)
             }
         }
+    }
+
+    /// Gives a message back for a moment when a backend error kept us from deciding
+    /// what to do with it (it is not the job's fault, so no retry is spent on it).
+    async fn give_back(&self, message: &ReceivedMessage, what: &str, error: &BackendError) {
+        tracing::warn!(%error, "{what}; giving the message back for 5 s");
+        let _ = self
+            .backends
+            .queue
+            .release(&message.receipt, Duration::from_secs(5))
+            .await;
     }
 
     async fn ack(&self, message: &ReceivedMessage) {
