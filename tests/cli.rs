@@ -228,6 +228,16 @@ fn eval_of_a_predictions_file_matches_the_metrics_computed_directly() {
     )
     .unwrap();
     assert!(report["per_domain"]["hotel"]["turns"].as_u64().unwrap() > 0);
+    // The job itself, with its provenance, sits beside its outputs.
+    let recorded: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fleet.home().join("artifacts").join(&entry.artifacts["job"])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        recorded["provenance"]["source_file"],
+        dir.join("jobs/score.json").display().to_string()
+    );
+    assert_eq!(recorded["eval"]["gold"]["format"], "multiwoz21");
     // Running it again does nothing: it is in the manifest.
     let again = fleet.ok(&[
         "run",

@@ -45,7 +45,12 @@ pub async fn execute(
         cancel,
         attempt,
     };
-    let output = runner.run(job, &ctx).await?;
+    // Every job's artifact folder starts with the job itself: its resolved config and
+    // provenance travel with whatever the runner writes beside it.
+    let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");
+    let job_key = ctx.write_artifact(job, "job.json", job_json).await?;
+    let mut output = runner.run(job, &ctx).await?;
+    output.artifacts.insert("job".to_string(), job_key);
     let entry = ManifestEntry {
         group_id: job.group_id.clone(),
         run_id: job.name.clone(),
