@@ -11,8 +11,13 @@
 //!   [`Receipt`]. The holder keeps it with [`Queue::extend`] (heartbeats), ends it with
 //!   [`Queue::ack`], gives it back with [`Queue::release`], or moves it to the
 //!   dead-letter queue with [`Queue::dead_letter`]. Once the timeout runs out the
-//!   message is received again (with a higher receive count) and the old receipt goes
-//!   stale.
+//!   message is received again, with a higher receive count and a new receipt.
+//! - A backend *may* refuse the superseded receipt with
+//!   [`BackendError::StaleReceipt`](crate::BackendError::StaleReceipt) (the embedded
+//!   queue does), but need not: SQS documents that a delete with an old receipt can
+//!   succeed, and moto accepts any receipt a message ever had. So a worker treats its
+//!   lease as lost once its heartbeats have failed for a whole visibility timeout,
+//!   whatever the backend says.
 //! - A message received more than `max_receives` times without being acknowledged is
 //!   moved to the dead-letter queue by the backend itself (SQS's redrive policy).
 

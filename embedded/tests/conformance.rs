@@ -38,3 +38,49 @@ labelfleet_core::queue_conformance!(fresh_queue);
 labelfleet_manifest::manifest_conformance!(fresh_manifest);
 labelfleet_core::artifact_store_conformance!(fresh_artifacts);
 labelfleet_core::job_board_conformance!(fresh_board);
+
+/// Beyond the shared suite: the embedded queue refuses a receipt that a later receive
+/// superseded, for every operation.
+#[tokio::test]
+async fn superseded_receipts_are_refused() {
+    use labelfleet_core::BackendError;
+    use labelfleet_core::queue::OutgoingMessage;
+    use std::time::Duration;
+    let fixture = fresh_queue(5).await;
+    let q = fixture.backend;
+    q.send(&[OutgoingMessage {
+        body: "b".into(),
+        dedup_id: "d".into(),
+        group: "g".into(),
+    }])
+    .await
+    .unwrap();
+    let first = q
+        .receive(1, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = q
+        .receive(1, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(matches!(
+        q.extend(&first.receipt, Duration::from_secs(60)).await,
+        Err(BackendError::StaleReceipt)
+    ));
+    assert!(matches!(
+        q.release(&first.receipt, Duration::ZERO).await,
+        Err(BackendError::StaleReceipt)
+    ));
+    assert!(matches!(
+        q.ack(&first.receipt).await,
+        Err(BackendError::StaleReceipt)
+    ));
+    assert!(matches!(
+        q.dead_letter(&first, "x").await,
+        Err(BackendError::StaleReceipt)
+    ));
+    q.ack(&second.receipt).await.unwrap();
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use labelfleet_core::error::BackendError;
 use labelfleet_core::queue::{Queue, Receipt};
@@ -16,8 +16,10 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Starts heartbeating. If the receipt goes stale (the lease was lost: another
-    /// worker may now hold the message), `on_loss` is cancelled so the job stops.
+    /// Starts heartbeating. The lease counts as lost (and `on_loss` is cancelled, so the
+    /// job stops) when the backend says the receipt is stale, or when no heartbeat has
+    /// succeeded for a whole visibility timeout: by then another worker may hold the
+    /// message, whether or not the backend would refuse this receipt.
     pub fn start(
         queue: Arc<dyn Queue>,
         receipt: Receipt,
@@ -28,25 +30,34 @@ impl Heartbeat {
         let lost = Arc::new(AtomicBool::new(false));
         let flag = lost.clone();
         let task = tokio::spawn(async move {
+            let mut last_ok = Instant::now();
             let mut pause = every;
             loop {
                 tokio::time::sleep(pause).await;
-                match queue.extend(&receipt, visibility).await {
-                    Ok(()) => pause = every,
-                    Err(BackendError::StaleReceipt) => {
-                        tracing::warn!(
-                            "lost the lease on the running job (its receipt went stale); stopping it"
-                        );
-                        flag.store(true, Ordering::SeqCst);
-                        on_loss.cancel();
-                        return;
+                let outcome = queue.extend(&receipt, visibility).await;
+                let why = match outcome {
+                    Ok(()) => {
+                        last_ok = Instant::now();
+                        pause = every;
+                        continue;
+                    }
+                    Err(BackendError::StaleReceipt) => "its receipt went stale".to_string(),
+                    Err(e) if last_ok.elapsed() >= visibility => {
+                        format!(
+                            "no heartbeat succeeded for a whole visibility timeout (last error: {e})"
+                        )
                     }
                     Err(e) => {
                         // Keep trying, sooner: the lease lasts `visibility` from the last success.
                         tracing::warn!(error = %e, "heartbeat failed; retrying");
                         pause = (every / 4).max(Duration::from_millis(200));
+                        continue;
                     }
-                }
+                };
+                tracing::warn!(reason = %why, "lost the lease on the running job; stopping it (another worker may hold it now)");
+                flag.store(true, Ordering::SeqCst);
+                on_loss.cancel();
+                return;
             }
         });
         Heartbeat { task, lost }

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::BackendError;
 use crate::queue::{OutgoingMessage, Queue, ReceivedMessage};
 
 const NO_WAIT: Duration = Duration::ZERO;
@@ -40,7 +39,11 @@ pub async fn send_receive_ack(q: &dyn Queue) {
 }
 
 /// A message that is not acknowledged comes back after its visibility timeout, with a
-/// higher receive count, and the first receipt goes stale.
+/// higher receive count and a receipt of its own.
+///
+/// Whether the first receipt is refused afterwards differs by backend (the embedded
+/// queue refuses it; SQS and moto may accept it), so this suite does not ask; workers
+/// do not rely on it either (see `Queue`'s docs).
 pub async fn visibility_timeout_redelivers(q: &dyn Queue) {
     q.send(&[message("redeliver", "g")]).await.unwrap();
     let first = receive_one(q, Duration::from_secs(1))
@@ -51,11 +54,10 @@ pub async fn visibility_timeout_redelivers(q: &dyn Queue) {
     let second = receive_one(q, LONG_VIS).await.expect("redelivered");
     assert_eq!(second.id, first.id);
     assert_eq!(second.receive_count, 2);
-    assert!(matches!(
-        q.extend(&first.receipt, LONG_VIS).await,
-        Err(BackendError::StaleReceipt)
-    ));
+    assert_ne!(second.receipt, first.receipt);
+    q.extend(&second.receipt, LONG_VIS).await.unwrap();
     q.ack(&second.receipt).await.unwrap();
+    assert!(q.receive(1, LONG_VIS, NO_WAIT).await.unwrap().is_empty());
 }
 
 /// Heartbeats keep a message invisible well past its first timeout.

@@ -1,0 +1,237 @@
+//! Artifacts in S3.
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
+use labelfleet_core::error::{BackendError, BackendResult};
+use sha2::{Digest, Sha256};
+
+use crate::errors::{classify, code};
+
+/// Objects at or above this size are uploaded in parts of this size.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+const CHECKSUM_KEY: &str = "labelfleet-sha256";
+
+/// Artifacts as objects `s3://bucket/prefix/<key>`, each with its SHA-256 in the
+/// object's metadata, checked on every read.
+#[derive(Clone)]
+pub struct S3ArtifactStore {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    part_size: usize,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl S3ArtifactStore {
+    /// A store in `bucket` under `prefix` (may be empty).
+    pub fn new(sdk: &aws_config::SdkConfig, bucket: &str, prefix: &str) -> S3ArtifactStore {
+        // Path-style addressing works with every endpoint (S3-compatible stores, emulators).
+        let config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(true)
+            .build();
+        S3ArtifactStore {
+            client: Client::from_conf(config),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            part_size: PART_SIZE,
+        }
+    }
+
+    /// Uses parts of `bytes` bytes for multipart uploads (S3's minimum is 5 MiB).
+    pub fn with_part_size(mut self, bytes: usize) -> S3ArtifactStore {
+        self.part_size = bytes.max(5 * 1024 * 1024);
+        self
+    }
+
+    /// The client, for set-up.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn object_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    async fn put_multipart(&self, object: &str, bytes: &[u8], checksum: &str) -> BackendResult<()> {
+        let op = format!("S3 multipart upload of s3://{}/{object}", self.bucket);
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .metadata(CHECKSUM_KEY, checksum)
+            .send()
+            .await
+            .map_err(|e| classify(&op, e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            for (i, chunk) in bytes.chunks(self.part_size).enumerate() {
+                let number = i as i32 + 1;
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(object)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| classify(&op, e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag().map(str::to_string))
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(object)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| classify(&op, e))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(object)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for S3ArtifactStore {
+    fn describe(&self) -> String {
+        format!("artifacts in s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    async fn put(&self, key: &ArtifactKey, bytes: Vec<u8>) -> BackendResult<()> {
+        let object = self.object_key(key.as_str());
+        let checksum = sha256_hex(&bytes);
+        // S3 makes an object visible only once it is complete, so both paths are atomic.
+        if bytes.len() >= self.part_size {
+            return self.put_multipart(&object, &bytes, &checksum).await;
+        }
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .metadata(CHECKSUM_KEY, &checksum)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| classify(&format!("S3 PutObject s3://{}/{object}", self.bucket), e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &ArtifactKey) -> BackendResult<Option<Vec<u8>>> {
+        let object = self.object_key(key.as_str());
+        let op = format!("S3 GetObject s3://{}/{object}", self.bucket);
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if code(&e) == Some("NoSuchKey") => return Ok(None),
+            Err(e) => return Err(classify(&op, e)),
+        };
+        let expected = response
+            .metadata()
+            .and_then(|m| m.get(CHECKSUM_KEY))
+            .cloned();
+        let bytes = response
+            .body
+            .collect()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("{op}: reading the body: {e}")))?
+            .into_bytes()
+            .to_vec();
+        if let Some(expected) = expected
+            && sha256_hex(&bytes) != expected
+        {
+            return Err(BackendError::Other(format!(
+                "{op}: the object's SHA-256 does not match the one recorded at upload; it is corrupt (re-run the job that wrote it)"
+            )));
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>> {
+        let prefix = prefix.trim_end_matches('/');
+        let full = self.object_key(prefix);
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(&format!("S3 ListObjectsV2 s3://{}/{full}", self.bucket), e)
+                })?;
+            for object in page.contents() {
+                let Some(k) = object.key() else { continue };
+                let relative = &k[strip.min(k.len())..];
+                let inside = prefix.is_empty()
+                    || relative == prefix
+                    || relative.starts_with(&format!("{prefix}/"));
+                if inside && let Ok(key) = ArtifactKey::new(relative) {
+                    keys.push(key);
+                }
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn locate(&self, key: &ArtifactKey) -> String {
+        format!("s3://{}/{}", self.bucket, self.object_key(key.as_str()))
+    }
+}
