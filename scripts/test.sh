@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks: formatting, clippy with warnings as errors, and every test
 # (unit, conformance suites, and end-to-end fleet tests with real worker processes).
-# The dataset tests read ../shared/data beside the checkout (or $LABELFLEET_DATA).
+# The dataset tests read ../shared/data beside the checkout (or $LABELFLEET_DATA); the
+# AWS tests need python3 (with venv) to install the moto emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,15 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# The AWS tests run against a real moto server (SQS, DynamoDB, S3 on 127.0.0.1), from
+# PyPI into .venv; the tests start and stop it themselves.
+MOTO_VERSION=5.2.5
+if ! .venv/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  echo "==> installing moto $MOTO_VERSION into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -5,7 +5,7 @@
 //! is stopped when dropped — or, for one kept in a static, when the test process exits
 //! (it watches its standard input, which closes with the process).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -21,7 +21,8 @@ pub struct MotoServer {
     /// The server's process id (to stop and continue it).
     pub pid: u32,
     child: Child,
-    _stdin: ChildStdin,
+    /// Closing it tells the wrapper shell to stop moto.
+    stdin: Option<ChildStdin>,
 }
 
 fn moto_binary() -> PathBuf {
@@ -74,7 +75,7 @@ impl MotoServer {
             endpoint: format!("http://127.0.0.1:{port}"),
             pid,
             child,
-            _stdin: stdin,
+            stdin: Some(stdin),
         }
     }
 
@@ -135,9 +136,12 @@ fn signal(pid: u32, name: &str) {
 
 impl Drop for MotoServer {
     fn drop(&mut self) {
-        let _ = self._stdin.write_all(b"");
-        signal(self.pid, "CONT");
-        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        // Wake a frozen server, then close the wrapper's stdin: it stops moto and exits.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.pid.to_string())
+            .status();
+        drop(self.stdin.take());
         let _ = self.child.wait();
     }
 }

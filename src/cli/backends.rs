@@ -1,24 +1,74 @@
-//! Opening the configured backends.
+//! Opening the configured backends: the embedded default under `--home`, or AWS when
+//! `--queue`, `--manifest` and `--artifacts` are given.
 
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use labelfleet_aws::{
+    AwsTarget, DynamoBoard, DynamoManifest, S3ArtifactStore, Spill, SqsQueue, load_sdk_config,
+};
 use labelfleet_embedded::EmbeddedHome;
 use labelfleet_worker::Backends;
 
 use super::GlobalArgs;
 
-/// Opens the embedded backends under `--home`.
-pub fn open(global: &GlobalArgs, max_receives: u32) -> anyhow::Result<Backends> {
-    let home = EmbeddedHome::new(&global.home);
-    let context = || format!("cannot open the labelfleet home {}", global.home.display());
-    Ok(Backends {
-        queue: Arc::new(home.queue(max_receives).with_context(context)?),
-        manifest: Arc::new(home.manifest().with_context(context)?),
-        artifacts: Arc::new(home.artifacts()),
-        board: Arc::new(home.board().with_context(context)?),
-    })
+/// The default redrive limit of the embedded queue.
+pub const DEFAULT_MAX_RECEIVES: u32 = EmbeddedHome::DEFAULT_MAX_RECEIVES;
+
+/// Opened backends, and the queue's own redrive limit when it has one (SQS).
+pub struct Opened {
+    /// The backends.
+    pub backends: Backends,
+    /// `maxReceiveCount` of the queue's redrive policy, on SQS.
+    pub redrive_max_receives: Option<u32>,
 }
 
-/// The default redrive limit, for commands that only look at the queue.
-pub const DEFAULT_MAX_RECEIVES: u32 = EmbeddedHome::DEFAULT_MAX_RECEIVES;
+/// The AWS resources named on the command line, if any.
+pub fn aws_target(global: &GlobalArgs) -> anyhow::Result<Option<AwsTarget>> {
+    match (&global.queue, &global.manifest, &global.artifacts) {
+        (None, None, None) => Ok(None),
+        (Some(q), Some(m), Some(a)) => Ok(Some(AwsTarget::parse(q, m, a)?)),
+        _ => bail!(
+            "to use AWS, give all three of --queue (LABELFLEET_QUEUE), --manifest dynamodb://TABLE (LABELFLEET_MANIFEST) \
+             and --artifacts s3://BUCKET/PREFIX (LABELFLEET_ARTIFACTS); give none of them for the embedded default"
+        ),
+    }
+}
+
+/// Opens the configured backends. `max_receives` applies to the embedded queue; SQS has
+/// its own in the redrive policy (see `labelfleet setup`).
+pub async fn open(global: &GlobalArgs, max_receives: u32) -> anyhow::Result<Opened> {
+    let Some(target) = aws_target(global)? else {
+        let home = EmbeddedHome::new(&global.home);
+        let context = || format!("cannot open the labelfleet home {}", global.home.display());
+        return Ok(Opened {
+            backends: Backends {
+                queue: Arc::new(home.queue(max_receives).with_context(context)?),
+                manifest: Arc::new(home.manifest().with_context(context)?),
+                artifacts: Arc::new(home.artifacts()),
+                board: Arc::new(home.board().with_context(context)?),
+            },
+            redrive_max_receives: None,
+        });
+    };
+    let sdk = load_sdk_config().await;
+    let artifacts = Arc::new(S3ArtifactStore::new(&sdk, &target.bucket, &target.prefix));
+    let spill = Spill::new(artifacts.clone());
+    let queue = SqsQueue::connect(&sdk, &target.queue, Some(spill.clone()))
+        .await
+        .context("connecting to the SQS queue")?;
+    let redrive = queue.max_receives();
+    Ok(Opened {
+        backends: Backends {
+            queue: Arc::new(queue),
+            manifest: Arc::new(DynamoManifest::new(
+                &sdk,
+                &target.table,
+                Some(spill.clone()),
+            )),
+            artifacts,
+            board: Arc::new(DynamoBoard::new(&sdk, &target.table, Some(spill))),
+        },
+        redrive_max_receives: Some(redrive),
+    })
+}

@@ -101,7 +101,7 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
     let mut jobs = load_folder(&args.dir, &overrides, args.options.mini)?;
     let git = args.options.check_git(&args.dir)?;
     stamp_provenance(&mut jobs, &git, &args.options.describe(&overrides), who());
-    let backends = backends::open(global, DEFAULT_MAX_RECEIVES)?;
+    let backends = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
     let known = Known::gather(&jobs, &*backends.board, &*backends.manifest)
         .await
         .context("reading the job board and manifest")?;

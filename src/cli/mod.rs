@@ -5,6 +5,7 @@ mod enqueue;
 mod logging;
 mod results;
 mod run;
+mod setup;
 mod status;
 mod table;
 mod worker;
@@ -43,6 +44,15 @@ pub struct GlobalArgs {
     /// Log filter, e.g. `debug` or `labelfleet_worker=debug` (RUST_LOG syntax).
     #[arg(long, global = true, env = "LABELFLEET_LOG", default_value = "info")]
     pub log: String,
+    /// AWS: the SQS FIFO queue (URL or name). With --manifest and --artifacts, selects the AWS backends.
+    #[arg(long, global = true, env = "LABELFLEET_QUEUE")]
+    pub queue: Option<String>,
+    /// AWS: the DynamoDB table for the manifest and job board, as dynamodb://TABLE.
+    #[arg(long, global = true, env = "LABELFLEET_MANIFEST")]
+    pub manifest: Option<String>,
+    /// AWS: where artifacts go, as s3://BUCKET/PREFIX.
+    #[arg(long, global = true, env = "LABELFLEET_ARTIFACTS")]
+    pub artifacts: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,9 +68,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print the manifest entries (metrics) of a group, or of every group.
     Results(results::ResultsArgs),
+    /// Create the AWS queue (with its dead-letter queue), table and bucket; idempotent.
+    Setup(setup::SetupArgs),
 }
 
-const ALIASES: [&str; 5] = ["enqueue", "worker", "status", "run", "results"];
+const ALIASES: [&str; 6] = ["enqueue", "worker", "status", "run", "results", "setup"];
 
 /// Inserts the subcommand when the binary is invoked under a subcommand's name.
 fn arguments() -> Vec<OsString> {
@@ -99,6 +111,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::run(&cli.global, args).await,
             Command::Run(args) => run::run(&cli.global, args).await,
             Command::Results(args) => results::run(&cli.global, args).await,
+            Command::Setup(args) => setup::run(&cli.global, args).await,
         }
     });
     match result {

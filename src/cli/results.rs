@@ -20,7 +20,7 @@ pub struct ResultsArgs {
 
 /// Runs `results`.
 pub async fn run(global: &GlobalArgs, args: ResultsArgs) -> anyhow::Result<()> {
-    let b = backends::open(global, DEFAULT_MAX_RECEIVES)?;
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
     let groups: Vec<String> = match &args.group {
         Some(g) => vec![g.clone()],
         None => b

@@ -39,7 +39,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
     }];
     stamp_provenance(&mut loaded, &git, &described, who());
     let [LoadedJob { job, .. }] = loaded;
-    let backends = backends::open(global, DEFAULT_MAX_RECEIVES)?;
+    let backends = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
     if let Some(entry) = backends
         .manifest
         .get(&ManifestKey::from(&job.key()))

@@ -26,7 +26,7 @@ pub struct StatusArgs {
 
 /// Gathers the fleet's state as JSON (the `--json` output; the tables render it).
 pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Value> {
-    let b = backends::open(global, DEFAULT_MAX_RECEIVES)?;
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
     let depth = b.queue.depth().await.context("reading the queue")?;
     let board_groups = b.board.groups().await.context("reading the job board")?;
     let manifest_groups = b.manifest.groups().await.context("reading the manifest")?;

@@ -77,7 +77,19 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         .map(|s| seconds(s, "idle-exit"))
         .transpose()?;
     config.once = args.once;
-    let backends = backends::open(global, config.max_receives)?;
+    let opened = backends::open(global, config.max_receives).await?;
+    if let Some(redrive) = opened.redrive_max_receives {
+        // SQS moves a message to the dead-letter queue by itself after `redrive`
+        // receives; failing jobs must be dead-lettered (with their reason) by then.
+        if config.max_receives > redrive {
+            tracing::info!(
+                max_receives = redrive,
+                "using the queue's redrive limit as --max-receives"
+            );
+        }
+        config.max_receives = config.max_receives.min(redrive);
+    }
+    let backends = opened.backends;
     let shutdown = Shutdown::default();
     shutdown.listen_for_signals()?;
     Worker::new(config, backends, Runners::standard(), shutdown, host)

@@ -10,16 +10,51 @@ use std::time::{Duration, Instant};
 use labelfleet_embedded::EmbeddedHome;
 use serde_json::Value;
 
-/// A temporary fleet: its home folder and a folder for job files and logs.
+/// A temporary fleet: its home folder and a folder for job files and logs; on the
+/// embedded default, or on AWS (a moto server) when built with [`Fleet::on_aws`].
 pub struct Fleet {
     pub dir: tempfile::TempDir,
+    /// Extra environment for every command (the AWS selection and endpoint).
+    pub env: Vec<(String, String)>,
 }
 
 impl Fleet {
     pub fn new() -> Fleet {
         Fleet {
             dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
         }
+    }
+
+    /// A fleet on fresh AWS resources (queue, table, bucket) of a moto server, set up
+    /// with `labelfleet setup --max-receives <max_receives>`.
+    pub fn on_aws(server: &labelfleet_aws::testing::MotoServer, max_receives: u32) -> Fleet {
+        let mut fleet = Fleet::new();
+        let name = labelfleet_core::conformance::unique("fleet").to_lowercase();
+        fleet.env = server
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        fleet.env.push(("LABELFLEET_QUEUE".into(), name.clone()));
+        fleet
+            .env
+            .push(("LABELFLEET_MANIFEST".into(), format!("dynamodb://{name}")));
+        fleet
+            .env
+            .push(("LABELFLEET_ARTIFACTS".into(), format!("s3://{name}/fleet")));
+        fleet.ok(&["setup", "--max-receives", &max_receives.to_string()]);
+        fleet
+    }
+
+    /// The manifest entries of a group, read through `labelfleet results --json`.
+    pub fn entries(&self, group: &str) -> Vec<labelfleet_manifest::ManifestEntry> {
+        serde_json::from_str(&self.ok(&["results", "--json", "--group", group])).unwrap()
+    }
+
+    /// `labelfleet status --json`.
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json", "--dead-letters", "50"])).unwrap()
     }
 
     pub fn home(&self) -> PathBuf {
@@ -39,6 +74,7 @@ impl Fleet {
             .env("LABELFLEET_HOME", self.home())
             .env("LABELFLEET_LOG_JSON", "true")
             .env_remove("LABELFLEET_MAX_RECEIVES")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
         cmd
     }
