@@ -7,7 +7,7 @@ use labelfleet_manifest::{GroupSummary, Manifest, ManifestEntry, ManifestKey, Pa
 
 use crate::errors::{classify, code};
 use crate::spill::Spill;
-use crate::table::{Item, PK, SK, Table, s, text};
+use crate::table::{Item, PK, SK, Table, key, s, text};
 
 /// Per-group entry counters live in this partition (group ids never start with `#`).
 const GROUPS: &str = "#groups";
@@ -45,13 +45,9 @@ impl DynamoManifest {
     }
 }
 
-#[async_trait]
-impl Manifest for DynamoManifest {
-    fn describe(&self) -> String {
-        format!("DynamoDB manifest dynamodb://{}", self.table.name)
-    }
-
-    async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome> {
+impl DynamoManifest {
+    /// The entry as a conditional put (the key must not exist yet).
+    async fn conditional_put(&self, entry: &ManifestEntry) -> BackendResult<Put> {
         let mut json =
             serde_json::to_string(entry).map_err(|e| BackendError::Other(e.to_string()))?;
         if json.len() > MAX_INLINE_ENTRY {
@@ -71,21 +67,37 @@ impl Manifest for DynamoManifest {
             (SK.to_string(), s(&entry.run_id)),
             ("entry".to_string(), s(json)),
         ]);
-        let put = Put::builder()
+        Put::builder()
             .table_name(&self.table.name)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(#sk)")
             .expression_attribute_names("#sk", SK)
             .build()
-            .map_err(|e| BackendError::Invalid(e.to_string()))?;
-        let count = Update::builder()
+            .map_err(|e| BackendError::Invalid(e.to_string()))
+    }
+
+    /// Adds `n` to a group's entry counter.
+    fn count_update(&self, group_id: &str, n: usize) -> BackendResult<Update> {
+        Update::builder()
             .table_name(&self.table.name)
             .key(PK, s(GROUPS))
-            .key(SK, s(&entry.group_id))
-            .update_expression("ADD entries :one")
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .key(SK, s(group_id))
+            .update_expression("ADD entries :n")
+            .expression_attribute_values(":n", AttributeValue::N(n.to_string()))
             .build()
-            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+            .map_err(|e| BackendError::Invalid(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Manifest for DynamoManifest {
+    fn describe(&self) -> String {
+        format!("DynamoDB manifest dynamodb://{}", self.table.name)
+    }
+
+    async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome> {
+        let put = self.conditional_put(entry).await?;
+        let count = self.count_update(&entry.group_id, 1)?;
         let result = self
             .table
             .client
@@ -110,6 +122,72 @@ impl Manifest for DynamoManifest {
             }
             Err(e) => Err(classify(&self.table.op("TransactWriteItems"), e)),
         }
+    }
+
+    async fn put_many(&self, entries: &[ManifestEntry]) -> BackendResult<Vec<PutOutcome>> {
+        // One transaction per chunk: the puts plus one counter update per group (a
+        // transaction may touch an item once). If any key exists, the transaction is
+        // cancelled whole, and that chunk falls back to one put per entry.
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(40) {
+            let mut keys: Vec<ManifestKey> = chunk.iter().map(ManifestEntry::key).collect();
+            keys.sort();
+            keys.dedup();
+            if keys.len() < chunk.len() {
+                // A transaction may not touch one item twice: one put at a time.
+                for entry in chunk {
+                    outcomes.push(self.put(entry).await?);
+                }
+                continue;
+            }
+            let mut request = self.table.client.transact_write_items();
+            let mut per_group: Vec<(&str, usize)> = Vec::new();
+            for entry in chunk {
+                request = request.transact_items(
+                    TransactWriteItem::builder()
+                        .put(self.conditional_put(entry).await?)
+                        .build(),
+                );
+                match per_group.iter_mut().find(|(g, _)| *g == entry.group_id) {
+                    Some((_, n)) => *n += 1,
+                    None => per_group.push((&entry.group_id, 1)),
+                }
+            }
+            for (group, n) in per_group {
+                request = request.transact_items(
+                    TransactWriteItem::builder()
+                        .update(self.count_update(group, n)?)
+                        .build(),
+                );
+            }
+            match request.send().await {
+                Ok(_) => outcomes.extend(chunk.iter().map(|_| PutOutcome::Written)),
+                Err(e) if code(&e) == Some("TransactionCanceledException") => {
+                    for entry in chunk {
+                        outcomes.push(self.put(entry).await?);
+                    }
+                }
+                Err(e) => return Err(classify(&self.table.op("TransactWriteItems"), e)),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_many(&self, keys: &[ManifestKey]) -> BackendResult<Vec<Option<ManifestEntry>>> {
+        // A batch may not name one key twice.
+        let mut unique: Vec<&ManifestKey> = keys.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let items = self
+            .table
+            .batch_get(unique.iter().map(|k| key(&k.group_id, &k.run_id)).collect())
+            .await?;
+        let mut found = std::collections::HashMap::new();
+        for item in &items {
+            let entry = self.decode(item).await?;
+            found.insert(entry.key(), entry);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     async fn get(&self, key: &ManifestKey) -> BackendResult<Option<ManifestEntry>> {

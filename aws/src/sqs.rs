@@ -1,13 +1,15 @@
 //! The queue on SQS FIFO.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_core::queue::{
@@ -34,6 +36,8 @@ pub struct SqsQueue {
     max_receives: u32,
     max_body: usize,
     spill: Option<Spill>,
+    /// Calls made to SQS through this handle.
+    calls: Arc<AtomicU64>,
 }
 
 fn ceil_secs(d: Duration) -> i32 {
@@ -118,7 +122,14 @@ impl SqsQueue {
             max_receives,
             max_body,
             spill,
+            calls: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The client, counting the call about to be made.
+    fn counted(&self) -> &Client {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        &self.client
     }
 
     /// The queue's URL.
@@ -154,7 +165,7 @@ impl SqsQueue {
 
     async fn count(&self, url: &str) -> BackendResult<(u64, u64)> {
         let out = self
-            .client
+            .counted()
             .get_queue_attributes()
             .queue_url(url)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
@@ -223,7 +234,7 @@ impl Queue for SqsQueue {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let out = self
-                .client
+                .counted()
                 .receive_message()
                 .queue_url(&self.url)
                 .max_number_of_messages(max.clamp(1, 10) as i32)
@@ -266,7 +277,7 @@ impl Queue for SqsQueue {
 
     async fn ack(&self, receipt: &Receipt) -> BackendResult<()> {
         match self
-            .client
+            .counted()
             .delete_message()
             .queue_url(&self.url)
             .receipt_handle(&receipt.0)
@@ -277,6 +288,70 @@ impl Queue for SqsQueue {
             Err(e) if is_stale(&e) => Err(BackendError::StaleReceipt),
             Err(e) => Err(classify(&format!("SQS DeleteMessage {}", self.url), e)),
         }
+    }
+
+    async fn ack_batch(&self, receipts: &[Receipt]) -> Vec<BackendResult<()>> {
+        let mut results = Vec::with_capacity(receipts.len());
+        for chunk in receipts.chunks(10) {
+            let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&r.0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            match self
+                .counted()
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    for i in 0..chunk.len() {
+                        let failure = out.failed().iter().find(|f| f.id() == i.to_string());
+                        results.push(match failure {
+                            None => Ok(()),
+                            Some(f)
+                                if matches!(
+                                    f.code(),
+                                    "ReceiptHandleIsInvalid"
+                                        | "InvalidParameterValue"
+                                        | "MessageNotInflight"
+                                ) =>
+                            {
+                                Err(BackendError::StaleReceipt)
+                            }
+                            Some(f) => Err(BackendError::Unavailable(format!(
+                                "SQS DeleteMessageBatch {}: {}: {}",
+                                self.url,
+                                f.code(),
+                                f.message().unwrap_or_default()
+                            ))),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let e = classify(&format!("SQS DeleteMessageBatch {}", self.url), e);
+                    for _ in chunk {
+                        results.push(Err(match &e {
+                            BackendError::Unavailable(m) => BackendError::Unavailable(m.clone()),
+                            other => BackendError::Other(other.to_string()),
+                        }));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    fn transport_calls(&self) -> Option<u64> {
+        Some(self.calls.load(Ordering::Relaxed))
     }
 
     async fn release(&self, receipt: &Receipt, delay: Duration) -> BackendResult<()> {
@@ -297,7 +372,7 @@ impl Queue for SqsQueue {
             .unwrap_or(0);
         // SQS caps a message attribute with the body; keep the reason readable but bounded.
         let reason: String = reason.chars().take(8_000).collect();
-        self.client
+        self.counted()
             .send_message()
             .queue_url(&self.dlq_url)
             .message_body(self.outgoing_body(&message.body).await?)
@@ -326,7 +401,7 @@ impl Queue for SqsQueue {
         let mut letters = Vec::new();
         while letters.len() < limit {
             let out = self
-                .client
+                .counted()
                 .receive_message()
                 .queue_url(&self.dlq_url)
                 .max_number_of_messages((limit - letters.len()).clamp(1, 10) as i32)
@@ -391,7 +466,7 @@ impl Queue for SqsQueue {
 impl SqsQueue {
     async fn send_batch(&self, entries: Vec<SendMessageBatchRequestEntry>) -> BackendResult<()> {
         let out = self
-            .client
+            .counted()
             .send_message_batch()
             .queue_url(&self.url)
             .set_entries(Some(entries))
@@ -417,7 +492,7 @@ impl SqsQueue {
 
     async fn change_visibility(&self, receipt: &Receipt, seconds: i32) -> BackendResult<()> {
         match self
-            .client
+            .counted()
             .change_message_visibility()
             .queue_url(&self.url)
             .receipt_handle(&receipt.0)

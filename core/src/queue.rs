@@ -111,6 +111,22 @@ pub trait Queue: Send + Sync {
     /// Deletes a received message: the work is done.
     async fn ack(&self, receipt: &Receipt) -> BackendResult<()>;
 
+    /// Deletes several received messages, in as few calls as the backend allows; one
+    /// result per receipt, in order.
+    async fn ack_batch(&self, receipts: &[Receipt]) -> Vec<BackendResult<()>> {
+        let mut results = Vec::with_capacity(receipts.len());
+        for receipt in receipts {
+            results.push(self.ack(receipt).await);
+        }
+        results
+    }
+
+    /// How many calls this handle has made to the queue service so far, where the
+    /// backend counts them (for benchmarks: transport calls per job).
+    fn transport_calls(&self) -> Option<u64> {
+        None
+    }
+
     /// Gives a received message back, visible again after `delay`.
     async fn release(&self, receipt: &Receipt, delay: Duration) -> BackendResult<()>;
 

@@ -49,28 +49,44 @@ impl Manifest for SqliteManifest {
     }
 
     async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome> {
-        let entry = entry.clone();
-        let text = serde_json::to_string(&entry)
-            .map_err(|e| BackendError::Other(format!("cannot serialise the entry: {e}")))?;
+        let mut outcomes = self.put_many(std::slice::from_ref(entry)).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    async fn put_many(&self, entries: &[ManifestEntry]) -> BackendResult<Vec<PutOutcome>> {
+        let rows = entries
+            .iter()
+            .map(|e| {
+                serde_json::to_string(e)
+                    .map(|text| (e.group_id.clone(), e.run_id.clone(), text))
+                    .map_err(|err| {
+                        BackendError::Other(format!("cannot serialise the entry: {err}"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         self.db
             .call(move |conn| {
+                // One transaction for the batch; each key is still written at most once.
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO entries (group_id, run_id, entry, written_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![entry.group_id, entry.run_id, text, now_ms()],
-                )?;
-                let outcome = if inserted == 1 {
-                    PutOutcome::Written
-                } else {
-                    let existing: String = tx.query_row(
-                        "SELECT entry FROM entries WHERE group_id = ?1 AND run_id = ?2",
-                        params![entry.group_id, entry.run_id],
-                        |r| r.get(0),
+                let mut outcomes = Vec::with_capacity(rows.len());
+                for (group_id, run_id, text) in &rows {
+                    let inserted = tx.execute(
+                        "INSERT OR IGNORE INTO entries (group_id, run_id, entry, written_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![group_id, run_id, text, now_ms()],
                     )?;
-                    PutOutcome::AlreadyThere(Box::new(decode(&existing)?))
-                };
+                    outcomes.push(if inserted == 1 {
+                        PutOutcome::Written
+                    } else {
+                        let existing: String = tx.query_row(
+                            "SELECT entry FROM entries WHERE group_id = ?1 AND run_id = ?2",
+                            params![group_id, run_id],
+                            |r| r.get(0),
+                        )?;
+                        PutOutcome::AlreadyThere(Box::new(decode(&existing)?))
+                    });
+                }
                 tx.commit()?;
-                Ok(outcome)
+                Ok(outcomes)
             })
             .await
     }

@@ -103,6 +103,41 @@ pub async fn concurrent_puts_write_once(m: Arc<dyn Manifest>) {
     assert_eq!(list_all(&*m, &g).await.unwrap().len(), 1);
 }
 
+/// Batched writes keep each entry's semantics: new keys are written, an existing key
+/// is reported with its first entry; batched reads find what exists.
+pub async fn batches_keep_per_entry_semantics(m: &dyn Manifest) {
+    let g = unique("batch");
+    let first = entry(&g, "run_3", "worker-a");
+    m.put(&first).await.unwrap();
+    let batch: Vec<ManifestEntry> = (0..12)
+        .map(|i| entry(&g, &format!("run_{i}"), "worker-b"))
+        .collect();
+    let outcomes = m.put_many(&batch).await.unwrap();
+    assert_eq!(outcomes.len(), 12);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match outcome {
+            PutOutcome::AlreadyThere(existing) => {
+                assert_eq!(i, 3);
+                assert_eq!(**existing, first);
+            }
+            PutOutcome::Written => assert_ne!(i, 3),
+        }
+    }
+    let mut keys: Vec<ManifestKey> = batch.iter().map(ManifestEntry::key).collect();
+    keys.push(ManifestKey {
+        group_id: g.clone(),
+        run_id: "missing".into(),
+    });
+    let found = m.get_many(&keys).await.unwrap();
+    assert_eq!(found.len(), 13);
+    assert!(found[..12].iter().all(Option::is_some));
+    assert_eq!(found[3].as_ref().unwrap().worker, "worker-a");
+    assert!(found[12].is_none());
+    assert_eq!(list_all(m, &g).await.unwrap().len(), 12);
+    let groups = m.groups().await.unwrap();
+    assert_eq!(groups.iter().find(|s| s.group_id == g).unwrap().entries, 12);
+}
+
 /// Generates one `#[tokio::test]` per manifest conformance case. `$factory` is an
 /// async function `() -> Fixture<dyn Manifest>`.
 #[macro_export]
@@ -128,6 +163,9 @@ macro_rules! manifest_conformance {
             });
             case!(concurrent_puts_write_once, |m| {
                 cases::concurrent_puts_write_once(m)
+            });
+            case!(batches_keep_per_entry_semantics, |m| {
+                cases::batches_keep_per_entry_semantics(&*m)
             });
         }
     };

@@ -63,6 +63,26 @@ pub trait Manifest: Send + Sync {
     /// Reads one entry.
     async fn get(&self, key: &ManifestKey) -> BackendResult<Option<ManifestEntry>>;
 
+    /// Writes several entries, each with [`Manifest::put`]'s semantics, in as few calls
+    /// as the backend allows; one outcome per entry, in order.
+    async fn put_many(&self, entries: &[ManifestEntry]) -> BackendResult<Vec<PutOutcome>> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            outcomes.push(self.put(entry).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Reads several entries in as few calls as the backend allows; one per key, in
+    /// order.
+    async fn get_many(&self, keys: &[ManifestKey]) -> BackendResult<Vec<Option<ManifestEntry>>> {
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            entries.push(self.get(key).await?);
+        }
+        Ok(entries)
+    }
+
     /// Lists a group's entries by `run_id`, `limit` at a time, starting after the
     /// page token `after` (`None` for the first page).
     async fn list(&self, group_id: &str, after: Option<&str>, limit: usize) -> BackendResult<Page>;

@@ -265,6 +265,25 @@ pub async fn concurrent_receivers_never_share(q: Arc<dyn Queue>) {
     assert_eq!(all.len(), 40);
 }
 
+/// A batch acknowledgement deletes every message it names.
+pub async fn ack_batch_deletes_all(q: &dyn Queue) {
+    let batch: Vec<OutgoingMessage> = (0..13)
+        .map(|i| message(&format!("a{i}"), &format!("g{i}")))
+        .collect();
+    q.send(&batch).await.unwrap();
+    let mut receipts = Vec::new();
+    while receipts.len() < 13 {
+        let got = q.receive(10, LONG_VIS, SHORT_WAIT).await.unwrap();
+        assert!(!got.is_empty(), "only {} of 13 received", receipts.len());
+        receipts.extend(got.into_iter().map(|m| m.receipt));
+    }
+    let results = q.ack_batch(&receipts).await;
+    assert_eq!(results.len(), 13);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let depth = q.depth().await.unwrap();
+    assert_eq!((depth.visible, depth.in_flight), (0, 0));
+}
+
 /// Generates one `#[tokio::test]` per queue conformance case. `$factory` is an async
 /// function `(max_receives: u32) -> Fixture<dyn Queue>` building a fresh, empty queue.
 #[macro_export]
@@ -315,6 +334,7 @@ macro_rules! queue_conformance {
             case!(concurrent_receivers_never_share, |q| {
                 cases::concurrent_receivers_never_share(q)
             });
+            case!(ack_batch_deletes_all, |q| cases::ack_batch_deletes_all(&*q));
         }
     };
 }
