@@ -450,3 +450,52 @@ fn a_failing_job_is_retried_with_backoff_before_it_is_dead_lettered() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].receive_count, 3);
 }
+
+#[test]
+fn job_slots_bound_how_many_messages_a_worker_holds() {
+    for (slots, jobs) in [(3usize, 6usize), (1, 3)] {
+        let fleet = Fleet::new();
+        let dir = fleet.jobs_dir("slots");
+        for i in 0..jobs {
+            write_job(&dir, &format!("job_{i}.json"), &noop("slots", 700, &[]));
+        }
+        fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+        let queue = fleet.embedded().queue(5).unwrap();
+        let concurrency = slots.to_string();
+        let mut worker = fleet.spawn_worker(
+            "w",
+            &[
+                "--concurrency",
+                &concurrency,
+                "--wait",
+                "0.5",
+                "--idle-exit",
+                "2",
+            ],
+        );
+        let mut most_in_flight = 0;
+        while worker.child.try_wait().unwrap().is_none() {
+            most_in_flight = most_in_flight.max(block_on(queue.depth()).unwrap().in_flight);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(worker.wait(Duration::from_secs(5)).success());
+        assert_eq!(
+            most_in_flight, slots as u64,
+            "{slots} slot(s) must hold {slots} message(s) at most, and fill them"
+        );
+        assert_eq!(entries(&fleet, "slots").len(), jobs);
+        // With several slots the jobs overlapped: more started than finished at some point.
+        let events = worker.events();
+        let mut running = 0i32;
+        let mut most_running = 0;
+        for e in &events {
+            match e["fields"]["message"].as_str() {
+                Some("job started") => running += 1,
+                Some("job completed") => running -= 1,
+                _ => {}
+            }
+            most_running = most_running.max(running);
+        }
+        assert_eq!(most_running, slots as i32);
+    }
+}

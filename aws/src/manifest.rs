@@ -1,7 +1,9 @@
 //! The manifest on DynamoDB.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_manifest::{GroupSummary, Manifest, ManifestEntry, ManifestKey, Page, PutOutcome};
 
@@ -9,16 +11,25 @@ use crate::errors::{classify, code};
 use crate::spill::Spill;
 use crate::table::{Item, PK, SK, Table, key, s, text};
 
-/// Per-group entry counters live in this partition (group ids never start with `#`).
+/// One marker item per group lives in this partition (group ids never start with `#`),
+/// so that `groups` can list them; counts come from `COUNT` queries.
 const GROUPS: &str = "#groups";
 /// Entries whose JSON is larger than this keep it in S3 (DynamoDB's item limit is 400 KB).
 const MAX_INLINE_ENTRY: usize = 350_000;
+/// Entries written at once by `put_many`.
+const CONCURRENT_PUTS: usize = 10;
 
 /// The manifest in a DynamoDB table with partition key `group_id` and sort key `run_id`.
+///
+/// Each entry is one conditional `PutItem` (`attribute_not_exists`): a second write of a
+/// key fails the condition and changes nothing. Not a transaction: an entry stands
+/// alone, and transactions cost more (moto even copies the whole table per item).
 #[derive(Clone)]
 pub struct DynamoManifest {
     table: Table,
     spill: Option<Spill>,
+    /// Groups whose marker this process has written.
+    marked: Arc<Mutex<HashSet<String>>>,
 }
 
 impl DynamoManifest {
@@ -27,6 +38,7 @@ impl DynamoManifest {
         DynamoManifest {
             table: Table::new(sdk, table),
             spill,
+            marked: Arc::default(),
         }
     }
 
@@ -46,8 +58,8 @@ impl DynamoManifest {
 }
 
 impl DynamoManifest {
-    /// The entry as a conditional put (the key must not exist yet).
-    async fn conditional_put(&self, entry: &ManifestEntry) -> BackendResult<Put> {
+    /// The entry as an item, its JSON kept in S3 if it is too large for one.
+    async fn item_for(&self, entry: &ManifestEntry) -> BackendResult<Item> {
         let mut json =
             serde_json::to_string(entry).map_err(|e| BackendError::Other(e.to_string()))?;
         if json.len() > MAX_INLINE_ENTRY {
@@ -62,30 +74,29 @@ impl DynamoManifest {
                 }
             };
         }
-        let item = Item::from([
+        Ok(Item::from([
             (PK.to_string(), s(&entry.group_id)),
             (SK.to_string(), s(&entry.run_id)),
             ("entry".to_string(), s(json)),
-        ]);
-        Put::builder()
-            .table_name(&self.table.name)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#sk)")
-            .expression_attribute_names("#sk", SK)
-            .build()
-            .map_err(|e| BackendError::Invalid(e.to_string()))
+        ]))
     }
 
-    /// Adds `n` to a group's entry counter.
-    fn count_update(&self, group_id: &str, n: usize) -> BackendResult<Update> {
-        Update::builder()
-            .table_name(&self.table.name)
-            .key(PK, s(GROUPS))
-            .key(SK, s(group_id))
-            .update_expression("ADD entries :n")
-            .expression_attribute_values(":n", AttributeValue::N(n.to_string()))
-            .build()
-            .map_err(|e| BackendError::Invalid(e.to_string()))
+    /// Writes the group's marker once per process (idempotent).
+    async fn mark_group(&self, group_id: &str) -> BackendResult<()> {
+        if self.marked.lock().expect("marked lock").contains(group_id) {
+            return Ok(());
+        }
+        self.table
+            .put(Item::from([
+                (PK.to_string(), s(GROUPS)),
+                (SK.to_string(), s(group_id)),
+            ]))
+            .await?;
+        self.marked
+            .lock()
+            .expect("marked lock")
+            .insert(group_id.to_string());
+        Ok(())
     }
 }
 
@@ -96,78 +107,53 @@ impl Manifest for DynamoManifest {
     }
 
     async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome> {
-        let put = self.conditional_put(entry).await?;
-        let count = self.count_update(&entry.group_id, 1)?;
+        self.mark_group(&entry.group_id).await?;
+        let item = self.item_for(entry).await?;
         let result = self
             .table
             .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .transact_items(TransactWriteItem::builder().update(count).build())
+            .put_item()
+            .table_name(&self.table.name)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#sk)")
+            .expression_attribute_names("#sk", SK)
             .send()
             .await;
         match result {
             Ok(_) => Ok(PutOutcome::Written),
-            Err(e) if code(&e) == Some("TransactionCanceledException") => {
-                // Cancelled because the key exists (the condition failed) — or by a
-                // conflicting transaction, in which case the caller retries.
+            Err(e) if code(&e) == Some("ConditionalCheckFailedException") => {
                 match self.get(&entry.key()).await? {
                     Some(existing) => Ok(PutOutcome::AlreadyThere(Box::new(existing))),
                     None => Err(BackendError::Unavailable(format!(
-                        "{}: the write of {} was cancelled by a conflicting transaction",
-                        self.table.op("TransactWriteItems"),
+                        "{}: the write of {} failed its condition, yet the entry is not there; retry",
+                        self.table.op("PutItem"),
                         entry.key()
                     ))),
                 }
             }
-            Err(e) => Err(classify(&self.table.op("TransactWriteItems"), e)),
+            Err(e) => Err(classify(&self.table.op("PutItem"), e)),
         }
     }
 
     async fn put_many(&self, entries: &[ManifestEntry]) -> BackendResult<Vec<PutOutcome>> {
-        // One transaction per chunk: the puts plus one counter update per group (a
-        // transaction may touch an item once). If any key exists, the transaction is
-        // cancelled whole, and that chunk falls back to one put per entry.
+        // Independent conditional puts, several in flight at once.
         let mut outcomes = Vec::with_capacity(entries.len());
-        for chunk in entries.chunks(40) {
-            let mut keys: Vec<ManifestKey> = chunk.iter().map(ManifestEntry::key).collect();
-            keys.sort();
-            keys.dedup();
-            if keys.len() < chunk.len() {
-                // A transaction may not touch one item twice: one put at a time.
-                for entry in chunk {
-                    outcomes.push(self.put(entry).await?);
-                }
-                continue;
+        for chunk in entries.chunks(CONCURRENT_PUTS) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, entry) in chunk.iter().enumerate() {
+                let (me, entry) = (self.clone(), entry.clone());
+                tasks.spawn(async move { (i, me.put(&entry).await) });
             }
-            let mut request = self.table.client.transact_write_items();
-            let mut per_group: Vec<(&str, usize)> = Vec::new();
-            for entry in chunk {
-                request = request.transact_items(
-                    TransactWriteItem::builder()
-                        .put(self.conditional_put(entry).await?)
-                        .build(),
-                );
-                match per_group.iter_mut().find(|(g, _)| *g == entry.group_id) {
-                    Some((_, n)) => *n += 1,
-                    None => per_group.push((&entry.group_id, 1)),
-                }
+            let mut results: Vec<Option<BackendResult<PutOutcome>>> =
+                (0..chunk.len()).map(|_| None).collect();
+            while let Some(done) = tasks.join_next().await {
+                let (i, result) = done.map_err(|e| {
+                    BackendError::Other(format!("a manifest write task failed: {e}"))
+                })?;
+                results[i] = Some(result);
             }
-            for (group, n) in per_group {
-                request = request.transact_items(
-                    TransactWriteItem::builder()
-                        .update(self.count_update(group, n)?)
-                        .build(),
-                );
-            }
-            match request.send().await {
-                Ok(_) => outcomes.extend(chunk.iter().map(|_| PutOutcome::Written)),
-                Err(e) if code(&e) == Some("TransactionCanceledException") => {
-                    for entry in chunk {
-                        outcomes.push(self.put(entry).await?);
-                    }
-                }
-                Err(e) => return Err(classify(&self.table.op("TransactWriteItems"), e)),
+            for result in results {
+                outcomes.push(result.expect("every task reported")?);
             }
         }
         Ok(outcomes)
@@ -210,18 +196,19 @@ impl Manifest for DynamoManifest {
     }
 
     async fn groups(&self) -> BackendResult<Vec<GroupSummary>> {
-        let mut groups: Vec<GroupSummary> = self
-            .table
-            .query_all(GROUPS)
-            .await?
-            .iter()
-            .filter_map(|item| {
-                Some(GroupSummary {
-                    group_id: text(item, SK)?.to_string(),
-                    entries: item.get("entries")?.as_n().ok()?.parse().ok()?,
-                })
-            })
-            .collect();
+        let mut groups = Vec::new();
+        for item in self.table.query_all(GROUPS).await? {
+            let Some(group_id) = text(&item, SK) else {
+                continue;
+            };
+            let entries = self.table.count(group_id).await?;
+            if entries > 0 {
+                groups.push(GroupSummary {
+                    group_id: group_id.to_string(),
+                    entries,
+                });
+            }
+        }
         groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         Ok(groups)
     }

@@ -239,7 +239,9 @@ impl Queue for SqsQueue {
                 .queue_url(&self.url)
                 .max_number_of_messages(max.clamp(1, 10) as i32)
                 .visibility_timeout(ceil_secs(visibility).max(1))
-                .wait_time_seconds(left.as_secs().min(MAX_WAIT_SECS) as i32)
+                // Whole seconds, rounded up: rounding down would turn the last part of a
+                // wait into a burst of zero-second polls.
+                .wait_time_seconds(left.as_secs_f64().ceil().min(MAX_WAIT_SECS as f64) as i32)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .send()

@@ -117,6 +117,31 @@ impl Table {
         Ok((out.items().to_vec(), next))
     }
 
+    /// How many items a partition holds (a `COUNT` query, page by page).
+    pub(crate) async fn count(&self, pk: &str) -> BackendResult<u64> {
+        let mut total = 0u64;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":pk", s(pk))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify(&self.op("Query (count)"), e))?;
+            total += out.count() as u64;
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(total),
+            }
+        }
+    }
+
     /// Every item of a partition, page by page.
     pub(crate) async fn query_all(&self, pk: &str) -> BackendResult<Vec<Item>> {
         let mut all = Vec::new();

@@ -30,6 +30,30 @@ pub async fn release_dependents(
     release_ready(candidates, queue, board, manifest).await
 }
 
+/// The same for a batch of completed jobs, with one read of the held jobs for the whole
+/// batch (a busy worker completes many jobs at once).
+pub async fn release_dependents_of_many(
+    done: &[JobKey],
+    queue: &dyn Queue,
+    board: &dyn JobBoard,
+    manifest: &dyn Manifest,
+) -> BackendResult<Vec<JobKey>> {
+    if let [single] = done {
+        return release_dependents(single, queue, board, manifest).await;
+    }
+    let waits_on_batch = |dep: &Dependency| match dep {
+        Dependency::Job(key) => done.contains(key),
+        Dependency::Group(group) => done.iter().any(|k| &k.group_id == group),
+    };
+    let candidates: Vec<BoardJob> = board
+        .held()
+        .await?
+        .into_iter()
+        .filter(|job| job.after.iter().any(waits_on_batch))
+        .collect();
+    release_ready(candidates, queue, board, manifest).await
+}
+
 /// Sends every held job whose dependencies are complete: the sweep a worker runs at
 /// start-up, which also recovers jobs whose release was interrupted by a crash.
 pub async fn release_all_ready(

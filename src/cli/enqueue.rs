@@ -153,6 +153,13 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
         report.sent.len(),
         plural(report.sent.len())
     );
+    if let Some(calls) = backends.queue.transport_calls() {
+        tracing::info!(
+            jobs = report.sent.len(),
+            queue_calls = calls,
+            "enqueue finished"
+        );
+    }
     if !report.held.is_empty() {
         println!(
             "held {} until their dependencies complete:",

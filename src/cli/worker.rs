@@ -40,6 +40,10 @@ pub struct WorkerArgs {
     /// Handle at most one message, then exit.
     #[arg(long)]
     pub once: bool,
+    /// Job slots: how many jobs this worker runs at once. It receives only as many
+    /// messages as it has free slots, so with 1 it never holds more than one.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub concurrency: usize,
     /// This worker's id in `status` (default: host-pid-random).
     #[arg(long, env = "LABELFLEET_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -77,6 +81,10 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         .map(|s| seconds(s, "idle-exit"))
         .transpose()?;
     config.once = args.once;
+    if args.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    config.concurrency = args.concurrency;
     let opened = backends::open(global, config.max_receives).await?;
     if let Some(redrive) = opened.redrive_max_receives {
         // SQS moves a message to the dead-letter queue by itself after `redrive`

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_core::job::{Job, JobKey};
-use labelfleet_enqueue::release::release_dependents;
+use labelfleet_enqueue::release::release_dependents_of_many;
 use labelfleet_manifest::{ManifestEntry, PutOutcome};
 use tokio_util::sync::CancellationToken;
 
@@ -19,20 +19,19 @@ pub struct Completion {
     pub entry: ManifestEntry,
     /// Whether our entry was written or another was already there.
     pub written: bool,
-    /// Held jobs sent to the queue because this one completed.
-    pub released: Vec<JobKey>,
 }
 
-/// Runs `job` with its runner, writes its manifest entry (a no-op if one exists), and
-/// releases the held jobs that waited on it.
-pub async fn execute(
+/// Runs `job` with its runner and returns the manifest entry to record. For runners
+/// that write artifacts, the job's own config and provenance are written first, as the
+/// `job.json` artifact.
+pub async fn run_job(
     job: &Job,
     attempt: u32,
     worker_id: &str,
     backends: &Backends,
     runners: &Runners,
     cancel: CancellationToken,
-) -> Result<Completion, JobFailure> {
+) -> Result<ManifestEntry, JobFailure> {
     let runner = runners.get(job.kind()).ok_or_else(|| {
         JobFailure::new(format!(
             "this worker has no runner for `{}` jobs",
@@ -45,13 +44,17 @@ pub async fn execute(
         cancel,
         attempt,
     };
-    // Every job's artifact folder starts with the job itself: its resolved config and
-    // provenance travel with whatever the runner writes beside it.
-    let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");
-    let job_key = ctx.write_artifact(job, "job.json", job_json).await?;
+    let job_key = if runner.writes_artifacts() {
+        let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");
+        Some(ctx.write_artifact(job, "job.json", job_json).await?)
+    } else {
+        None
+    };
     let mut output = runner.run(job, &ctx).await?;
-    output.artifacts.insert("job".to_string(), job_key);
-    let entry = ManifestEntry {
+    if let Some(key) = job_key {
+        output.artifacts.insert("job".to_string(), key);
+    }
+    Ok(ManifestEntry {
         group_id: job.group_id.clone(),
         run_id: job.name.clone(),
         kind: job.kind().to_string(),
@@ -62,22 +65,29 @@ pub async fn execute(
         worker: worker_id.to_string(),
         attempt,
         completed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    };
-    let outcome = retry_transient("writing the manifest entry", || {
-        backends.manifest.put(&entry)
     })
-    .await
-    .map_err(|e| {
-        JobFailure::new(format!(
-            "the job ran but its manifest entry could not be written: {e}"
-        ))
-    })?;
-    let (entry, written) = match outcome {
-        PutOutcome::Written => (entry, true),
-        PutOutcome::AlreadyThere(existing) => (*existing, false),
-    };
-    let released = match release_dependents(
-        &job.key(),
+}
+
+/// Records finished jobs: writes their manifest entries (a no-op for keys that exist),
+/// then releases the held jobs that waited on them. Returns one completion per entry,
+/// in order, and the held jobs that were sent.
+pub async fn record(
+    entries: Vec<ManifestEntry>,
+    backends: &Backends,
+) -> BackendResult<(Vec<Completion>, Vec<JobKey>)> {
+    let outcomes = retry_transient("writing manifest entries", || {
+        backends.manifest.put_many(&entries)
+    })
+    .await?;
+    let keys: Vec<JobKey> = entries
+        .iter()
+        .map(|e| JobKey {
+            group_id: e.group_id.clone(),
+            name: e.run_id.clone(),
+        })
+        .collect();
+    let released = match release_dependents_of_many(
+        &keys,
         &*backends.queue,
         &*backends.board,
         &*backends.manifest,
@@ -87,15 +97,43 @@ pub async fn execute(
         Ok(released) => released,
         Err(e) => {
             // The next sweep (every worker runs one at start-up and periodically) sends them.
-            tracing::warn!(job = %job.key(), error = %e, "could not release dependent jobs yet; a later sweep will");
+            tracing::warn!(error = %e, "could not release dependent jobs yet; a later sweep will");
             Vec::new()
         }
     };
-    Ok(Completion {
-        entry,
-        written,
-        released,
-    })
+    let completions = entries
+        .into_iter()
+        .zip(outcomes)
+        .map(|(entry, outcome)| match outcome {
+            PutOutcome::Written => Completion {
+                entry,
+                written: true,
+            },
+            PutOutcome::AlreadyThere(existing) => Completion {
+                entry: *existing,
+                written: false,
+            },
+        })
+        .collect();
+    Ok((completions, released))
+}
+
+/// Runs a job and records it: what `labelfleet run` does in one process.
+pub async fn execute(
+    job: &Job,
+    attempt: u32,
+    worker_id: &str,
+    backends: &Backends,
+    runners: &Runners,
+    cancel: CancellationToken,
+) -> Result<Completion, JobFailure> {
+    let entry = run_job(job, attempt, worker_id, backends, runners, cancel).await?;
+    let (mut completions, _released) = record(vec![entry], backends).await.map_err(|e| {
+        JobFailure::new(format!(
+            "the job ran but its manifest entry could not be written: {e}"
+        ))
+    })?;
+    Ok(completions.remove(0))
 }
 
 /// Retries a backend call while it fails transiently, for up to about a minute, so a

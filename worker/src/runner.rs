@@ -87,6 +87,13 @@ pub trait JobRunner: Send + Sync {
 
     /// Runs a job: reads its inputs, writes its artifacts, and reports its output.
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, JobFailure>;
+
+    /// Whether jobs of this kind write artifacts; their folder then also gets the job's
+    /// `job.json` (config and provenance). Jobs without artifacts keep their provenance
+    /// in the manifest entry alone.
+    fn writes_artifacts(&self) -> bool {
+        true
+    }
 }
 
 /// The runners of a worker, one per kind.

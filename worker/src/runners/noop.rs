@@ -16,6 +16,10 @@ impl JobRunner for NoopRunner {
         JobKind::Noop
     }
 
+    fn writes_artifacts(&self) -> bool {
+        false
+    }
+
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
         let JobBody::Noop(spec) = &job.body else {
             return Err(JobFailure::new("not a noop job"));
