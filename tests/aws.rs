@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Fleet, block_on, find, noop, wait_until, write_job};
+use common::{Fleet, block_on, envelope, find, noop, send_raw, wait_until, write_job};
 use labelfleet_aws::testing::MotoServer;
 use labelfleet_aws::{AwsTarget, S3ArtifactStore, Spill, SqsQueue, setup};
 use labelfleet_core::artifacts::ArtifactStore;
@@ -152,7 +152,6 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reasons() {
         let sdk = server.sdk_config().await;
         SqsQueue::connect(&sdk, &queue_name, None).await.unwrap()
     });
-    let envelope = |job: serde_json::Value| json!({"labelfleet": 1, "job": job}).to_string();
     let bodies = [
         ("bad-json", "{not json".to_string()),
         (
@@ -172,15 +171,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reasons() {
             envelope(json!({"kind": "noop", "name": "good", "group_id": "poison", "noop": {}})),
         ),
     ];
-    let messages: Vec<OutgoingMessage> = bodies
-        .iter()
-        .map(|(id, body)| OutgoingMessage {
-            body: body.clone(),
-            dedup_id: id.to_string(),
-            group: id.to_string(),
-        })
-        .collect();
-    block_on(queue.send(&messages)).unwrap();
+    send_raw(&queue, &bodies);
     let mut worker = fleet.spawn_worker(
         "w",
         &["--retry-base", "1", "--wait", "1", "--idle-exit", "6"],

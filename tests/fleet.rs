@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Fleet, block_on, find, noop, wait_until, write_job};
+use common::{Fleet, block_on, envelope, find, noop, send_raw, wait_until, write_job};
 use labelfleet_core::board::{JobBoard, WorkerState};
 use labelfleet_core::job::{Job, ProvenancePolicy};
 use labelfleet_core::queue::{Envelope, OutgoingMessage, Queue};
@@ -144,7 +144,6 @@ fn a_job_three_times_longer_than_its_visibility_timeout_runs_once() {
 fn poison_messages_are_dead_lettered_with_reasons_and_the_worker_keeps_serving() {
     let fleet = Fleet::new();
     let queue = fleet.embedded().queue(5).unwrap();
-    let envelope = |job: serde_json::Value| json!({"labelfleet": 1, "job": job}).to_string();
     let bodies = [
         ("bad-json", "{not json".to_string()),
         (
@@ -172,15 +171,7 @@ fn poison_messages_are_dead_lettered_with_reasons_and_the_worker_keeps_serving()
             ),
         ),
     ];
-    let messages: Vec<OutgoingMessage> = bodies
-        .iter()
-        .map(|(id, body)| OutgoingMessage {
-            body: body.clone(),
-            dedup_id: id.to_string(),
-            group: id.to_string(),
-        })
-        .collect();
-    block_on(queue.send(&messages)).unwrap();
+    send_raw(&queue, &bodies);
     let mut worker = fleet.spawn_worker(
         "w",
         &[

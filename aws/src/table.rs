@@ -87,6 +87,19 @@ impl Table {
         Ok(())
     }
 
+    /// A query of one partition, to be refined by the caller.
+    fn partition(
+        &self,
+        pk: &str,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.name)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":pk", s(pk))
+    }
+
     /// One page of a partition, sort keys after `after`; returns the items and whether
     /// DynamoDB says there may be more.
     pub(crate) async fn query_page(
@@ -96,12 +109,7 @@ impl Table {
         limit: Option<usize>,
     ) -> BackendResult<(Vec<Item>, Option<String>)> {
         let out = self
-            .client
-            .query()
-            .table_name(&self.name)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_values(":pk", s(pk))
+            .partition(pk)
             .set_exclusive_start_key(after.map(|a| key(pk, a)))
             .set_limit(limit.map(|l| l.min(i32::MAX as usize) as i32))
             .consistent_read(true)
@@ -123,12 +131,7 @@ impl Table {
         let mut start: Option<Item> = None;
         loop {
             let out = self
-                .client
-                .query()
-                .table_name(&self.name)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_values(":pk", s(pk))
+                .partition(pk)
                 .select(aws_sdk_dynamodb::types::Select::Count)
                 .set_exclusive_start_key(start.take())
                 .send()

@@ -219,3 +219,22 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .unwrap()
         .block_on(future)
 }
+
+/// A labelfleet envelope around a raw job document (no validation, no provenance).
+pub fn envelope(job: Value) -> String {
+    serde_json::json!({"labelfleet": 1, "job": job}).to_string()
+}
+
+/// Sends raw bodies straight to a queue, each `(id, body)` as its own group and
+/// deduplication id: how poison reaches a queue without `enqueue`.
+pub fn send_raw(queue: &dyn labelfleet_core::queue::Queue, bodies: &[(&str, String)]) {
+    let messages: Vec<labelfleet_core::queue::OutgoingMessage> = bodies
+        .iter()
+        .map(|(id, body)| labelfleet_core::queue::OutgoingMessage {
+            body: body.clone(),
+            dedup_id: id.to_string(),
+            group: id.to_string(),
+        })
+        .collect();
+    block_on(queue.send(&messages)).unwrap();
+}
