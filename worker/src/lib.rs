@@ -4,15 +4,17 @@
 //! - [`runner::JobRunner`] runs one kind of job; [`runner::Runners`] registers one
 //!   long-lived runner per kind in one place, so models and other heavy state are
 //!   cached across jobs. The runners live in [`runners`].
-//! - [`execute::execute`] is the one code path that runs a job and records it: the
-//!   runner writes artifacts, then the manifest entry is written (idempotently) and the
-//!   held jobs that waited on it are released. `labelfleet run job.json` calls it
-//!   directly; the worker calls it for every message.
-//! - [`worker::Worker`] is the polling loop: receive a message, open its
-//!   [`Envelope`](labelfleet_core::queue::Envelope), skip it if the manifest already
-//!   has it, hold it if its dependencies are not complete, otherwise run it under
-//!   heartbeats ([`heartbeat`]), then acknowledge — or release it with backoff, or
-//!   dead-letter it with its reason. A job's error never stops the worker.
+//! - [`execute`] holds the code path every job takes: [`execute::run_job`] runs it
+//!   with its runner (which writes artifacts) and returns its manifest entry;
+//!   [`execute::record`] writes entries (idempotently) and releases the held jobs that
+//!   waited on them. `labelfleet run job.json` calls both through
+//!   [`execute::execute`]; the worker calls them for every message.
+//! - [`worker::Worker`] is the polling loop: receive up to its free job slots, open each
+//!   [`Envelope`](labelfleet_core::queue::Envelope), skip jobs the manifest already
+//!   has, hold jobs whose dependencies are not complete, and run the rest under
+//!   heartbeats ([`heartbeat`]). Jobs that finish together are recorded and
+//!   acknowledged together; a failed job is released with backoff or dead-lettered
+//!   with its reason. A job's error never stops the worker.
 //! - [`shutdown::Shutdown`] turns SIGINT/SIGTERM into "stop receiving, finish the
 //!   running job within the grace period or release it".
 
