@@ -35,23 +35,50 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "LABELFLEET_HOME",
-        default_value = ".labelfleet"
+        default_value = ".labelfleet",
+        help_heading = "Backends"
     )]
     pub home: PathBuf,
     /// Log as JSON lines (one object per event) instead of text.
-    #[arg(long, global = true, env = "LABELFLEET_LOG_JSON")]
+    #[arg(
+        long,
+        global = true,
+        env = "LABELFLEET_LOG_JSON",
+        help_heading = "Logging"
+    )]
     pub log_json: bool,
     /// Log filter, e.g. `debug` or `labelfleet_worker=debug` (RUST_LOG syntax).
-    #[arg(long, global = true, env = "LABELFLEET_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "LABELFLEET_LOG",
+        default_value = "info",
+        help_heading = "Logging"
+    )]
     pub log: String,
     /// AWS: the SQS FIFO queue (URL or name). With --manifest and --artifacts, selects the AWS backends.
-    #[arg(long, global = true, env = "LABELFLEET_QUEUE")]
+    #[arg(
+        long,
+        global = true,
+        env = "LABELFLEET_QUEUE",
+        help_heading = "Backends"
+    )]
     pub queue: Option<String>,
     /// AWS: the DynamoDB table for the manifest and job board, as dynamodb://TABLE.
-    #[arg(long, global = true, env = "LABELFLEET_MANIFEST")]
+    #[arg(
+        long,
+        global = true,
+        env = "LABELFLEET_MANIFEST",
+        help_heading = "Backends"
+    )]
     pub manifest: Option<String>,
     /// AWS: where artifacts go, as s3://BUCKET/PREFIX.
-    #[arg(long, global = true, env = "LABELFLEET_ARTIFACTS")]
+    #[arg(
+        long,
+        global = true,
+        env = "LABELFLEET_ARTIFACTS",
+        help_heading = "Backends"
+    )]
     pub artifacts: Option<String>,
 }
 
