@@ -276,3 +276,43 @@ fn credentials_never_appear_in_logs_results_or_status() {
         );
     }
 }
+
+#[test]
+fn a_missing_resource_is_named_with_the_command_that_creates_it() {
+    let server = MotoServer::shared();
+    let mut fleet = Fleet::new();
+    fleet.env = server
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    fleet
+        .env
+        .push(("LABELFLEET_QUEUE".into(), "never-created".into()));
+    fleet.env.push((
+        "LABELFLEET_MANIFEST".into(),
+        "dynamodb://never-created".into(),
+    ));
+    fleet
+        .env
+        .push(("LABELFLEET_ARTIFACTS".into(), "s3://never-created/x".into()));
+    for command in [&["status"][..], &["worker", "--once"]] {
+        let out = fleet.run(command);
+        assert!(
+            !out.status.success(),
+            "{command:?} succeeded without a queue"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("never-created.fifo"),
+            "{command:?}: {stderr}"
+        );
+        assert!(stderr.contains("labelfleet setup"), "{command:?}: {stderr}");
+    }
+    // Only some of the three AWS settings: say which are needed.
+    let mut partial = Fleet::new();
+    partial.env.push(("LABELFLEET_QUEUE".into(), "q".into()));
+    let out = partial.run(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give all three of --queue"));
+}
