@@ -309,6 +309,43 @@ fn a_missing_resource_is_named_with_the_command_that_creates_it() {
         );
         assert!(stderr.contains("labelfleet setup"), "{command:?}: {stderr}");
     }
+    // No region, then no credentials: say which, before any call is retried.
+    let mut lonely = Fleet::new();
+    lonely.env.push(("LABELFLEET_QUEUE".into(), "q".into()));
+    lonely
+        .env
+        .push(("LABELFLEET_MANIFEST".into(), "dynamodb://q".into()));
+    lonely
+        .env
+        .push(("LABELFLEET_ARTIFACTS".into(), "s3://qqq/x".into()));
+    let bare = |fleet: &Fleet| {
+        let mut cmd = fleet.command(&["status"]);
+        for var in [
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_PROFILE",
+        ] {
+            if !fleet.env.iter().any(|(k, _)| k == var) {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let stderr = bare(&lonely);
+    assert!(
+        stderr.contains("no AWS region is configured: set AWS_REGION"),
+        "{stderr}"
+    );
+    lonely.env.push(("AWS_REGION".into(), "us-east-1".into()));
+    let stderr = bare(&lonely);
+    assert!(stderr.contains("no AWS credentials were found"), "{stderr}");
     // Only some of the three AWS settings: say which are needed.
     let mut partial = Fleet::new();
     partial.env.push(("LABELFLEET_QUEUE".into(), "q".into()));

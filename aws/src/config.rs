@@ -79,3 +79,26 @@ pub async fn load_sdk_config() -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+/// Checks, before any call, that the SDK found a region and credentials, so that a
+/// missing setting is reported as such (not as a retried network failure). Credentials
+/// are loaded, never shown.
+pub async fn check_sdk_config(sdk: &aws_config::SdkConfig) -> BackendResult<()> {
+    use aws_sdk_sqs::config::ProvideCredentials;
+    if sdk.region().is_none() {
+        return Err(BackendError::Other(
+            "no AWS region is configured: set AWS_REGION (or use a profile with a region)".into(),
+        ));
+    }
+    let provider = sdk
+        .credentials_provider()
+        .ok_or_else(|| BackendError::Other("no AWS credentials provider is configured".into()))?;
+    provider.provide_credentials().await.map_err(|_| {
+        BackendError::Other(
+            "no AWS credentials were found (environment, profile, SSO, or instance/task role): \
+             set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run on a machine with a role"
+                .into(),
+        )
+    })?;
+    Ok(())
+}

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use labelfleet_aws::{
-    AwsTarget, DynamoBoard, DynamoManifest, S3ArtifactStore, Spill, SqsQueue, load_sdk_config,
+    AwsTarget, DynamoBoard, DynamoManifest, S3ArtifactStore, Spill, SqsQueue, check_sdk_config,
+    load_sdk_config,
 };
 use labelfleet_embedded::EmbeddedHome;
 use labelfleet_worker::Backends;
@@ -52,6 +53,7 @@ pub async fn open(global: &GlobalArgs, max_receives: u32) -> anyhow::Result<Open
         });
     };
     let sdk = load_sdk_config().await;
+    check_sdk_config(&sdk).await?;
     let artifacts = Arc::new(S3ArtifactStore::new(&sdk, &target.bucket, &target.prefix));
     let spill = Spill::new(artifacts.clone());
     let queue = SqsQueue::connect(&sdk, &target.queue, Some(spill.clone()))

@@ -8,7 +8,15 @@ use super::GlobalArgs;
 
 /// Installs the global subscriber.
 pub fn init(args: &GlobalArgs) {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The AWS SDK's own warnings (credential and region probing) are noise to a user;
+    // failures reach them as labelfleet's errors. `--log aws_config=debug` shows them.
+    let quiet_sdk = "aws_config=error,aws_smithy_runtime=error,aws_smithy_runtime_api=error";
+    let directives = if args.log.contains("aws_") {
+        args.log.clone()
+    } else {
+        format!("{},{quiet_sdk}", args.log)
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

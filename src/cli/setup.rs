@@ -1,6 +1,6 @@
 //! `labelfleet setup`: create the AWS resources (idempotent).
 
-use labelfleet_aws::{load_sdk_config, setup};
+use labelfleet_aws::{check_sdk_config, load_sdk_config, setup};
 
 use super::GlobalArgs;
 use super::backends::{DEFAULT_MAX_RECEIVES, aws_target};
@@ -27,6 +27,7 @@ pub async fn run(global: &GlobalArgs, args: SetupArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let sdk = load_sdk_config().await;
+    check_sdk_config(&sdk).await?;
     let report = setup(
         &sdk,
         &target,
