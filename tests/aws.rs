@@ -74,9 +74,7 @@ fn a_killed_worker_s_job_is_redelivered_by_sqs_and_recorded_once() {
         "1",
     ];
     let mut victim = fleet.spawn_worker("victim", &args);
-    wait_until(Duration::from_secs(30), "the victim runs the job", || {
-        worker_running(&fleet, "victim")
-    });
+    fleet.wait_for_running("victim");
     victim.signal("KILL");
     victim.wait(Duration::from_secs(5));
     let mut rescuer = fleet.spawn_worker("rescuer", &[&args[..], &["--idle-exit", "8"]].concat());

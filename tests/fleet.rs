@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Fleet, block_on, envelope, find, noop, send_raw, wait_until, write_job};
+use common::{Fleet, block_on, envelope, find, noop, send_raw, write_job};
 use labelfleet_core::board::{JobBoard, WorkerState};
 use labelfleet_core::job::{Job, ProvenancePolicy};
 use labelfleet_core::queue::{Envelope, OutgoingMessage, Queue};
@@ -87,13 +87,7 @@ fn a_killed_worker_s_job_is_redelivered_and_completes_once() {
         "1",
     ];
     let mut victim = fleet.spawn_worker("victim", &args);
-    let board = fleet.embedded().board().unwrap();
-    wait_until(Duration::from_secs(20), "the victim runs the job", || {
-        block_on(board.workers(0))
-            .unwrap()
-            .iter()
-            .any(|w| w.worker_id == "victim" && w.state == WorkerState::Running)
-    });
+    fleet.wait_for_running("victim");
     victim.signal("KILL");
     victim.wait(Duration::from_secs(5));
     let mut rescuer = fleet.spawn_worker("rescuer", &[&args[..], &["--idle-exit", "6"]].concat());
@@ -229,13 +223,7 @@ fn sigterm_lets_a_short_job_finish_within_the_grace_period() {
     write_job(&dir, "job.json", &noop("term", 1500, &[]));
     fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
     let mut worker = fleet.spawn_worker("w", &["--grace", "10", "--wait", "0.5"]);
-    let board = fleet.embedded().board().unwrap();
-    wait_until(Duration::from_secs(20), "the job runs", || {
-        block_on(board.workers(0))
-            .unwrap()
-            .iter()
-            .any(|w| w.state == WorkerState::Running)
-    });
+    fleet.wait_for_running("w");
     worker.signal("TERM");
     assert!(worker.wait(Duration::from_secs(20)).success());
     assert_eq!(
@@ -264,13 +252,7 @@ fn sigterm_releases_a_long_job_at_once_when_the_grace_period_is_over() {
             "600",
         ],
     );
-    let board = fleet.embedded().board().unwrap();
-    wait_until(Duration::from_secs(20), "the job runs", || {
-        block_on(board.workers(0))
-            .unwrap()
-            .iter()
-            .any(|w| w.state == WorkerState::Running)
-    });
+    fleet.wait_for_running("w");
     worker.signal("TERM");
     assert!(
         worker.wait(Duration::from_secs(10)).success(),
@@ -280,7 +262,7 @@ fn sigterm_releases_a_long_job_at_once_when_the_grace_period_is_over() {
     // Released, not left invisible for the 600 s visibility timeout.
     let depth = block_on(fleet.embedded().queue(5).unwrap().depth()).unwrap();
     assert_eq!((depth.visible, depth.in_flight), (1, 0));
-    let stopped = block_on(board.workers(0)).unwrap();
+    let stopped = block_on(fleet.embedded().board().unwrap().workers(0)).unwrap();
     assert_eq!(stopped[0].state, WorkerState::Stopped);
 }
 

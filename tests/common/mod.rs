@@ -52,6 +52,21 @@ impl Fleet {
         serde_json::from_str(&self.ok(&["results", "--json", "--group", group])).unwrap()
     }
 
+    /// Waits until `status` shows worker `worker` running a job.
+    pub fn wait_for_running(&self, worker: &str) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("worker {worker} runs a job"),
+            || {
+                self.status()["workers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|w| w["worker_id"] == worker && w["state"] == "running")
+            },
+        );
+    }
+
     /// `labelfleet status --json`.
     pub fn status(&self) -> Value {
         serde_json::from_str(&self.ok(&["status", "--json", "--dead-letters", "50"])).unwrap()
