@@ -313,8 +313,12 @@ impl Inner {
             };
             (label, !set.is_empty())
         };
-        self.report.lock().expect("report lock").job = label;
-        if self.report.lock().expect("report lock").state != WorkerState::Stopping {
+        let stopping = {
+            let mut report = self.report.lock().expect("report lock");
+            report.job = label;
+            report.state == WorkerState::Stopping
+        };
+        if !stopping {
             self.set_state(if busy {
                 WorkerState::Running
             } else {
