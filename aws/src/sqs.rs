@@ -44,17 +44,20 @@ fn ceil_secs(d: Duration) -> i32 {
     d.as_secs_f64().ceil().min(43_200.0) as i32
 }
 
-fn is_stale<E: aws_sdk_sqs::error::ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+/// Error codes with which SQS refuses a receipt that no longer holds its message.
+fn is_stale_code(code: &str) -> bool {
     matches!(
-        code(e),
-        Some(
-            "ReceiptHandleIsInvalid"
-                | "InvalidParameterValue"
-                | "MessageNotInflight"
-                | "AWS.SimpleQueueService.MessageNotInflight"
-                | "ReceiptHandleIsInvalidException"
-        )
+        code,
+        "ReceiptHandleIsInvalid"
+            | "InvalidParameterValue"
+            | "MessageNotInflight"
+            | "AWS.SimpleQueueService.MessageNotInflight"
+            | "ReceiptHandleIsInvalidException"
     )
+}
+
+fn is_stale<E: aws_sdk_sqs::error::ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    code(e).is_some_and(is_stale_code)
 }
 
 async fn queue_url(client: &Client, name_or_url: &str) -> BackendResult<String> {
@@ -319,16 +322,7 @@ impl Queue for SqsQueue {
                         let failure = out.failed().iter().find(|f| f.id() == i.to_string());
                         results.push(match failure {
                             None => Ok(()),
-                            Some(f)
-                                if matches!(
-                                    f.code(),
-                                    "ReceiptHandleIsInvalid"
-                                        | "InvalidParameterValue"
-                                        | "MessageNotInflight"
-                                ) =>
-                            {
-                                Err(BackendError::StaleReceipt)
-                            }
+                            Some(f) if is_stale_code(f.code()) => Err(BackendError::StaleReceipt),
                             Some(f) => Err(BackendError::Unavailable(format!(
                                 "SQS DeleteMessageBatch {}: {}: {}",
                                 self.url,
