@@ -7,20 +7,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Fleet, block_on, envelope, find, noop, send_raw, wait_until, write_job};
+use common::{
+    Fleet, block_on, envelope, find, kill_a_worker_mid_job, noop, send_raw, wait_until, write_job,
+};
 use labelfleet_aws::testing::MotoServer;
 use labelfleet_aws::{AwsTarget, S3ArtifactStore, Spill, SqsQueue, setup};
 use labelfleet_core::artifacts::ArtifactStore;
 use labelfleet_core::queue::{OutgoingMessage, Queue};
 use serde_json::json;
-
-fn worker_running(fleet: &Fleet, worker: &str) -> bool {
-    fleet.status()["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|w| w["worker_id"] == worker && w["state"] == "running")
-}
 
 #[test]
 fn the_demo_runs_through_sqs_dynamodb_and_s3_with_two_workers() {
@@ -62,31 +56,8 @@ fn the_demo_runs_through_sqs_dynamodb_and_s3_with_two_workers() {
 #[test]
 fn a_killed_worker_s_job_is_redelivered_by_sqs_and_recorded_once() {
     let fleet = Fleet::on_aws(MotoServer::shared(), 5);
-    let dir = fleet.jobs_dir("kill");
-    write_job(&dir, "slow.json", &noop("kill", 4000, &[]));
-    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
-    let args = [
-        "--visibility-timeout",
-        "3",
-        "--heartbeat",
-        "1",
-        "--wait",
-        "1",
-    ];
-    let mut victim = fleet.spawn_worker("victim", &args);
-    fleet.wait_for_running("victim");
-    victim.signal("KILL");
-    victim.wait(Duration::from_secs(5));
-    let mut rescuer = fleet.spawn_worker("rescuer", &[&args[..], &["--idle-exit", "8"]].concat());
-    assert!(rescuer.wait(Duration::from_secs(90)).success());
-    let done = fleet.entries("kill");
-    assert_eq!(done.len(), 1);
-    assert_eq!(done[0].worker, "rescuer");
-    assert!(
-        done[0].attempt >= 2,
-        "redelivered, attempt {}",
-        done[0].attempt
-    );
+    let entry = kill_a_worker_mid_job(&fleet, 4000, "3", "1", Duration::from_secs(90));
+    assert!(entry.attempt >= 2, "redelivered, attempt {}", entry.attempt);
 }
 
 #[test]
@@ -104,7 +75,7 @@ fn workers_ride_out_a_30_second_backend_outage() {
         .map(|w| fleet.spawn_worker(&format!("w{w}"), &args))
         .collect();
     wait_until(Duration::from_secs(30), "a job is running", || {
-        worker_running(&fleet, "w0") || worker_running(&fleet, "w1")
+        fleet.is_running("w0") || fleet.is_running("w1")
     });
     server.pause();
     std::thread::sleep(Duration::from_secs(30));

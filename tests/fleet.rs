@@ -7,17 +7,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Fleet, block_on, envelope, find, noop, send_raw, write_job};
+use common::{Fleet, block_on, envelope, find, kill_a_worker_mid_job, noop, send_raw, write_job};
 use labelfleet_core::board::{JobBoard, WorkerState};
 use labelfleet_core::job::{Job, ProvenancePolicy};
 use labelfleet_core::queue::{Envelope, OutgoingMessage, Queue};
-use labelfleet_manifest::list_all;
 use serde_json::json;
-
-fn entries(fleet: &Fleet, group: &str) -> Vec<labelfleet_manifest::ManifestEntry> {
-    let manifest = fleet.embedded().manifest().unwrap();
-    block_on(list_all(&manifest, group)).unwrap()
-}
 
 /// Sends a job straight to the queue, bypassing `enqueue` (no board, no provenance).
 fn send_by_hand(queue: &dyn Queue, job: serde_json::Value, name: &str) {
@@ -48,7 +42,7 @@ fn four_workers_run_200_jobs_exactly_once() {
     for w in &mut workers {
         assert!(w.wait(Duration::from_secs(120)).success());
     }
-    let done = entries(&fleet, "many");
+    let done = fleet.entries("many");
     assert_eq!(done.len(), 200, "one manifest entry per job");
     let mut names: Vec<&str> = done.iter().map(|e| e.run_id.as_str()).collect();
     names.dedup();
@@ -74,29 +68,8 @@ fn four_workers_run_200_jobs_exactly_once() {
 
 #[test]
 fn a_killed_worker_s_job_is_redelivered_and_completes_once() {
-    let fleet = Fleet::new();
-    let dir = fleet.jobs_dir("kill");
-    write_job(&dir, "slow.json", &noop("kill", 3000, &[]));
-    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
-    let args = [
-        "--visibility-timeout",
-        "2",
-        "--heartbeat",
-        "0.5",
-        "--wait",
-        "1",
-    ];
-    let mut victim = fleet.spawn_worker("victim", &args);
-    fleet.wait_for_running("victim");
-    victim.signal("KILL");
-    victim.wait(Duration::from_secs(5));
-    let mut rescuer = fleet.spawn_worker("rescuer", &[&args[..], &["--idle-exit", "6"]].concat());
-    assert!(rescuer.wait(Duration::from_secs(60)).success());
-    let done = entries(&fleet, "kill");
-    assert_eq!(done.len(), 1);
-    assert_eq!(done[0].worker, "rescuer");
-    assert_eq!(done[0].attempt, 2, "the second delivery completed it");
-    assert!(find(&victim.events(), "job completed", None).is_empty());
+    let entry = kill_a_worker_mid_job(&Fleet::new(), 3000, "2", "0.5", Duration::from_secs(60));
+    assert_eq!(entry.attempt, 2, "the second delivery completed it");
 }
 
 #[test]
@@ -129,7 +102,7 @@ fn a_job_three_times_longer_than_its_visibility_timeout_runs_once() {
         .map(|w| find(&w.events(), "job started", Some("long/long")).len())
         .sum();
     assert_eq!(started, 1, "the long job started more than once");
-    let done = entries(&fleet, "long");
+    let done = fleet.entries("long");
     assert_eq!(done.len(), 5);
     assert_eq!(done.iter().find(|e| e.run_id == "long").unwrap().attempt, 1);
 }
@@ -205,7 +178,7 @@ fn poison_messages_are_dead_lettered_with_reasons_and_the_worker_keeps_serving()
         "{missing}"
     );
     assert_eq!(dead.len(), 4);
-    let done = entries(&fleet, "poison");
+    let done = fleet.entries("poison");
     assert_eq!(
         done.iter().map(|e| e.run_id.as_str()).collect::<Vec<_>>(),
         ["good"]
@@ -227,7 +200,7 @@ fn sigterm_lets_a_short_job_finish_within_the_grace_period() {
     worker.signal("TERM");
     assert!(worker.wait(Duration::from_secs(20)).success());
     assert_eq!(
-        entries(&fleet, "term").len(),
+        fleet.entries("term").len(),
         1,
         "the job finished before the exit"
     );
@@ -258,7 +231,7 @@ fn sigterm_releases_a_long_job_at_once_when_the_grace_period_is_over() {
         worker.wait(Duration::from_secs(10)).success(),
         "exit 0 after releasing"
     );
-    assert!(entries(&fleet, "term").is_empty());
+    assert!(fleet.entries("term").is_empty());
     // Released, not left invisible for the 600 s visibility timeout.
     let depth = block_on(fleet.embedded().queue(5).unwrap().depth()).unwrap();
     assert_eq!((depth.visible, depth.in_flight), (1, 0));
@@ -318,8 +291,8 @@ fn dependents_wait_for_their_job_and_for_whole_groups() {
         report_started[0] >= last_seed,
         "the group dependency started before its group completed"
     );
-    assert_eq!(entries(&fleet, "seed").len(), 4);
-    assert_eq!(entries(&fleet, "report").len(), 1);
+    assert_eq!(fleet.entries("seed").len(), 4);
+    assert_eq!(fleet.entries("report").len(), 1);
 }
 
 #[test]
@@ -340,7 +313,7 @@ fn a_hand_sent_dependent_is_held_until_its_dependency_completes() {
     let mut first = fleet.spawn_worker("first", &["--once", "--wait", "1"]);
     assert!(first.wait(Duration::from_secs(20)).success());
     assert!(
-        entries(&fleet, "hand").is_empty(),
+        fleet.entries("hand").is_empty(),
         "the dependent ran before its dependency"
     );
     let board = home.board().unwrap();
@@ -348,7 +321,8 @@ fn a_hand_sent_dependent_is_held_until_its_dependency_completes() {
     fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
     let mut second = fleet.spawn_worker("second", &["--idle-exit", "2", "--wait", "0.5"]);
     assert!(second.wait(Duration::from_secs(30)).success());
-    let names: Vec<String> = entries(&fleet, "hand")
+    let names: Vec<String> = fleet
+        .entries("hand")
         .into_iter()
         .map(|e| e.run_id)
         .collect();
@@ -378,7 +352,7 @@ fn a_duplicate_delivery_of_a_completed_job_is_acknowledged_without_running() {
         .len(),
         1
     );
-    let done = entries(&fleet, "dup");
+    let done = fleet.entries("dup");
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].worker, "w1");
     assert_eq!(block_on(queue.depth()).unwrap().visible, 0);
@@ -456,7 +430,7 @@ fn job_slots_bound_how_many_messages_a_worker_holds() {
             most_in_flight, slots as u64,
             "{slots} slot(s) must hold {slots} message(s) at most, and fill them"
         );
-        assert_eq!(entries(&fleet, "slots").len(), jobs);
+        assert_eq!(fleet.entries("slots").len(), jobs);
         // With several slots the jobs overlapped: more started than finished at some point.
         let events = worker.events();
         let mut running = 0i32;

@@ -52,18 +52,21 @@ impl Fleet {
         serde_json::from_str(&self.ok(&["results", "--json", "--group", group])).unwrap()
     }
 
+    /// Whether `status` shows worker `worker` running a job.
+    pub fn is_running(&self, worker: &str) -> bool {
+        self.status()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["worker_id"] == worker && w["state"] == "running")
+    }
+
     /// Waits until `status` shows worker `worker` running a job.
     pub fn wait_for_running(&self, worker: &str) {
         wait_until(
             Duration::from_secs(30),
             &format!("worker {worker} runs a job"),
-            || {
-                self.status()["workers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|w| w["worker_id"] == worker && w["state"] == "running")
-            },
+            || self.is_running(worker),
         );
     }
 
@@ -252,4 +255,42 @@ pub fn send_raw(queue: &dyn labelfleet_core::queue::Queue, bodies: &[(&str, Stri
         })
         .collect();
     block_on(queue.send(&messages)).unwrap();
+}
+
+/// The kill -9 scenario, on any backend: a worker is killed while it runs a job of
+/// `sleep_ms`, another worker starts, and the job must be recorded once, by the second
+/// worker, never by the first. Returns the manifest entry for the caller's own checks.
+/// `visibility` and `heartbeat` are the workers' settings; `patience` bounds the rescue.
+pub fn kill_a_worker_mid_job(
+    fleet: &Fleet,
+    sleep_ms: u64,
+    visibility: &str,
+    heartbeat: &str,
+    patience: Duration,
+) -> labelfleet_manifest::ManifestEntry {
+    let dir = fleet.jobs_dir("kill");
+    write_job(&dir, "slow.json", &noop("kill", sleep_ms, &[]));
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let args = [
+        "--visibility-timeout",
+        visibility,
+        "--heartbeat",
+        heartbeat,
+        "--wait",
+        "1",
+    ];
+    let mut victim = fleet.spawn_worker("victim", &args);
+    fleet.wait_for_running("victim");
+    victim.signal("KILL");
+    victim.wait(Duration::from_secs(5));
+    // Idle long enough to see the message come back after its visibility timeout.
+    let idle = (visibility.parse::<f64>().unwrap() * 2.0 + 2.0).to_string();
+    let mut rescuer = fleet.spawn_worker("rescuer", &[&args[..], &["--idle-exit", &idle]].concat());
+    assert!(rescuer.wait(patience).success());
+    assert!(find(&victim.events(), "job completed", None).is_empty());
+    let mut done = fleet.entries("kill");
+    assert_eq!(done.len(), 1, "one manifest entry for the job");
+    let entry = done.remove(0);
+    assert_eq!(entry.worker, "rescuer");
+    entry
 }
