@@ -1,0 +1,109 @@
+//! Sentence embeddings from a BERT-family model, as sentence-transformers computes
+//! them: mean of the last hidden states over real tokens, then L2-normalised.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+use crate::ModelError;
+
+/// A sentence embedding model loaded from a folder with `config.json`,
+/// `tokenizer.json` and `model.safetensors`.
+pub struct SentenceEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+}
+
+/// Longest input in tokens (all-MiniLM-L6-v2's `max_seq_length`); longer is truncated.
+pub const MAX_TOKENS: usize = 256;
+
+impl SentenceEmbedder {
+    /// Loads the model in `dir` onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<SentenceEmbedder, ModelError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))
+        };
+        let config: Config = serde_json::from_str(&read("config.json")?).map_err(|e| {
+            ModelError::Format(format!(
+                "{}: not a BERT config: {e}",
+                dir.join("config.json").display()
+            ))
+        })?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
+            ModelError::Format(format!("{}: {e}", dir.join("tokenizer.json").display()))
+        })?;
+        tokenizer.with_padding(Some(PaddingParams::default()));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS.min(config.max_position_embeddings),
+                ..Default::default()
+            }))
+            .map_err(ModelError::tokenizer)?;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(ModelError::NotFound(format!(
+                "{}: missing; the retriever folder needs model.safetensors",
+                weights.display()
+            )));
+        }
+        // SAFETY: the file is memory-mapped read-only and not modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+        let model = BertModel::load(vb.clone(), &config)
+            .or_else(|_| BertModel::load(vb.pp("bert"), &config))?;
+        Ok(SentenceEmbedder {
+            model,
+            tokenizer,
+            device: device.clone(),
+            dimension: config.hidden_size,
+        })
+    }
+
+    /// Length of an embedding.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Embeds `texts` in batches of `batch_size`; each result has unit length.
+    pub fn embed(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(batch_size.max(1)) {
+            out.extend(self.embed_batch(chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(ModelError::tokenizer)?;
+        let rows = encodings.len();
+        let len = encodings.first().map_or(0, |e| e.len());
+        let gather = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Vec<u32> {
+            encodings
+                .iter()
+                .flat_map(|e| f(e).iter().copied())
+                .collect()
+        };
+        let ids = Tensor::from_vec(gather(&|e| e.get_ids()), (rows, len), &self.device)?;
+        let types = Tensor::from_vec(gather(&|e| e.get_type_ids()), (rows, len), &self.device)?;
+        let mask = Tensor::from_vec(
+            gather(&|e| e.get_attention_mask()),
+            (rows, len),
+            &self.device,
+        )?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        Ok(mean.broadcast_div(&norms)?.to_vec2()?)
+    }
+}

@@ -1,0 +1,269 @@
+//! Batched text generation: many prompts decoded together, each stopping on its own.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+use crate::llama::{Llama, argmax_rows};
+use crate::tokenizer::TextTokenizer;
+
+/// How to pick tokens and when to stop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationParams {
+    /// Most tokens to generate per prompt.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// 0 for greedy decoding; otherwise the softmax temperature for sampling.
+    #[serde(default)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Seed for sampling; each prompt's generator is seeded from it and the prompt, so
+    /// a prompt samples the same text whatever batch it runs in.
+    #[serde(default)]
+    pub seed: u64,
+    /// Generation stops when the text contains one of these (it is cut before it).
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+fn default_max_new_tokens() -> usize {
+    64
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        GenerationParams {
+            max_new_tokens: default_max_new_tokens(),
+            temperature: 0.0,
+            top_p: None,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why generation of a prompt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// A stop sequence appeared.
+    Stop,
+    /// The model emitted its end-of-sequence token.
+    EndOfSequence,
+    /// `max_new_tokens` ran out.
+    Length,
+}
+
+/// One prompt's completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// Generated text, cut before any stop sequence.
+    pub text: String,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub new_tokens: usize,
+    /// Why it ended.
+    pub finish: Finish,
+}
+
+/// Time spent on a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchTiming {
+    /// Seconds spent reading the prompts.
+    pub prefill_seconds: f64,
+    /// Seconds spent generating.
+    pub decode_seconds: f64,
+    /// Tokens generated, all prompts together.
+    pub new_tokens: usize,
+}
+
+/// A causal LM with its tokenizer.
+pub struct CausalLm {
+    /// The network.
+    pub model: Llama,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+}
+
+struct Row {
+    index: usize,
+    generated: Vec<u32>,
+    rng: StdRng,
+    prompt_tokens: usize,
+}
+
+fn prompt_seed(seed: u64, prompt: &str) -> u64 {
+    // FNV-1a: stable across runs and platforms, unlike std's hasher.
+    prompt.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl CausalLm {
+    /// Tokens in `text`.
+    pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
+        Ok(self.tokenizer.encode(text)?.len())
+    }
+
+    /// Completes every prompt; prompts are independent, and the batch shrinks as
+    /// prompts finish.
+    pub fn generate(
+        &self,
+        prompts: &[String],
+        params: &GenerationParams,
+    ) -> Result<(Vec<Completion>, BatchTiming), ModelError> {
+        let mut timing = BatchTiming::default();
+        if prompts.is_empty() {
+            return Ok((Vec::new(), timing));
+        }
+        let encoded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p))
+            .collect::<Result<_, _>>()?;
+        let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+        if longest == 0 {
+            return Err(ModelError::Invalid(
+                "an empty prompt cannot be completed".into(),
+            ));
+        }
+        let padding: Vec<usize> = encoded.iter().map(|e| longest - e.len()).collect();
+        let pad_token = self.tokenizer.eos.unwrap_or(0);
+        let tokens: Vec<Vec<u32>> = encoded
+            .iter()
+            .zip(&padding)
+            .map(|(e, &pad)| {
+                std::iter::repeat_n(pad_token, pad)
+                    .chain(e.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .zip(&encoded)
+            .enumerate()
+            .map(|(index, (p, e))| Row {
+                index,
+                generated: Vec::new(),
+                rng: StdRng::seed_from_u64(prompt_seed(params.seed, p)),
+                prompt_tokens: e.len(),
+            })
+            .collect();
+        let mut done: Vec<Option<Completion>> = vec![None; prompts.len()];
+        let mut cache = self.model.new_cache(prompts.len());
+        let started = Instant::now();
+        let mut logits = self.model.forward(&tokens, &padding, &mut cache)?;
+        timing.prefill_seconds = started.elapsed().as_secs_f64();
+        let decoding = Instant::now();
+        loop {
+            let next = self.pick(&logits, &mut rows, params)?;
+            let mut keep = Vec::with_capacity(rows.len());
+            for (i, (row, token)) in rows.iter_mut().zip(&next).enumerate() {
+                let finish = if Some(*token) == self.tokenizer.eos {
+                    Some(Finish::EndOfSequence)
+                } else {
+                    row.generated.push(*token);
+                    timing.new_tokens += 1;
+                    None
+                };
+                let mut text = self.tokenizer.decode(&row.generated)?;
+                let stop_at = params
+                    .stop
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min();
+                let finish = finish
+                    .or(stop_at.map(|_| Finish::Stop))
+                    .or((row.generated.len() >= params.max_new_tokens).then_some(Finish::Length));
+                match finish {
+                    Some(finish) => {
+                        if let Some(at) = stop_at {
+                            text.truncate(at);
+                        }
+                        done[row.index] = Some(Completion {
+                            text,
+                            prompt_tokens: row.prompt_tokens,
+                            new_tokens: row.generated.len(),
+                            finish,
+                        });
+                    }
+                    None => keep.push(i),
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            let last: Vec<Vec<u32>> = keep.iter().map(|&i| vec![next[i]]).collect();
+            cache.retain(&keep)?;
+            rows = keep
+                .iter()
+                .rev()
+                .map(|&i| rows.swap_remove(i))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let no_padding = vec![0; keep.len()];
+            logits = self.model.forward(&last, &no_padding, &mut cache)?;
+        }
+        timing.decode_seconds = decoding.elapsed().as_secs_f64();
+        let completions = done
+            .into_iter()
+            .map(|c| c.expect("every row finishes"))
+            .collect();
+        Ok((completions, timing))
+    }
+
+    fn pick(
+        &self,
+        logits: &Tensor,
+        rows: &mut [Row],
+        params: &GenerationParams,
+    ) -> Result<Vec<u32>, ModelError> {
+        if params.temperature <= 0.0 {
+            return argmax_rows(logits);
+        }
+        let probs = candle_nn::ops::softmax_last_dim(
+            &(logits.to_dtype(DType::F32)? / params.temperature)?,
+        )?;
+        let probs: Vec<Vec<f32>> = probs.to_vec2()?;
+        Ok(rows
+            .iter_mut()
+            .zip(probs)
+            .map(|(row, p)| sample(&p, params.top_p, &mut row.rng))
+            .collect())
+    }
+}
+
+fn sample(probs: &[f32], top_p: Option<f64>, rng: &mut StdRng) -> u32 {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    let mut mass = 1.0f64;
+    if let Some(top_p) = top_p.filter(|p| *p < 1.0) {
+        order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let mut kept = 0.0f64;
+        let mut cut = order.len();
+        for (n, &i) in order.iter().enumerate() {
+            kept += probs[i] as f64;
+            if kept >= top_p {
+                cut = n + 1;
+                break;
+            }
+        }
+        order.truncate(cut);
+        mass = kept.min(1.0);
+    }
+    let mut target = rng.random::<f64>() * mass;
+    for &i in &order {
+        target -= probs[i] as f64;
+        if target <= 0.0 {
+            return i as u32;
+        }
+    }
+    *order.last().expect("a vocabulary is never empty") as u32
+}

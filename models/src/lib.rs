@@ -1,0 +1,34 @@
+//! Models for labelfleet jobs, on candle.
+//!
+//! - [`SentenceEmbedder`] turns texts into unit-length sentence embeddings with a
+//!   BERT-family model (all-MiniLM-L6-v2 and kin): the retriever of `self_label`.
+//! - [`CausalLm`] pairs a [`Llama`] (llama, SmolLM, qwen2; from GGUF or safetensors)
+//!   with its [`TextTokenizer`] and [`generates`](CausalLm::generate) completions for a
+//!   batch of prompts at once: prompts are left-padded, a per-row mask hides the
+//!   padding, and finished prompts leave the batch.
+//! - [`ModelSource`] says where a model is (a local path, or an id in the Hugging Face
+//!   cache); [`load_causal_lm`] reads it; [`parse_device`] picks `cpu` or `cuda:N`.
+//!
+//! Data flows one way: a job names a [`ModelSource`] → the worker resolves and loads
+//! it once (and keeps it across jobs) → prompts go in, [`Completion`]s come out.
+
+#![warn(missing_docs)]
+
+mod device;
+mod embed;
+mod error;
+mod generate;
+pub mod llama;
+mod load;
+mod source;
+mod tokenizer;
+
+pub use candle_core::Device;
+pub use device::parse_device;
+pub use embed::{MAX_TOKENS, SentenceEmbedder};
+pub use error::ModelError;
+pub use generate::{BatchTiming, CausalLm, Completion, Finish, GenerationParams};
+pub use llama::{Llama, LlamaConfig, WeightFormat};
+pub use load::load_causal_lm;
+pub use source::ModelSource;
+pub use tokenizer::TextTokenizer;

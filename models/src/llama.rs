@@ -1,0 +1,543 @@
+//! A llama-family decoder (llama, SmolLM, qwen2) that runs a *batch* of prompts of
+//! different lengths at once.
+//!
+//! candle-transformers' llama models keep one position counter for the whole batch and
+//! no padding mask, so prompts of different lengths cannot share a forward pass. Here
+//! prompts are left-padded to a common length and a per-row key mask hides the padding.
+//! Every row then uses the same absolute positions: rotary embeddings depend only on the
+//! distance between query and key, so a padded row computes what it would alone.
+//!
+//! Weights come from a GGUF file (quantized matmuls, optionally re-quantized at load) or
+//! from safetensors in the Hugging Face layout (dense matmuls).
+
+use std::path::Path;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::ModelError;
+
+/// The shape of a llama-family model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Number of query heads.
+    pub num_heads: usize,
+    /// Number of key/value heads (grouped-query attention when fewer than query heads).
+    pub num_kv_heads: usize,
+    /// RMS norm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary embedding base.
+    pub rope_theta: f32,
+    /// Longest sequence the rotary tables cover.
+    pub max_positions: usize,
+    /// Whether rotary pairs are adjacent (GGUF llama's layout) or half a head apart
+    /// (the Hugging Face layout).
+    pub rope_interleaved: bool,
+}
+
+impl LlamaConfig {
+    fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+}
+
+/// How to hold a GGUF model's quantized weights on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    /// As stored in the file.
+    #[default]
+    Stored,
+    /// Re-quantized to Q8_0 at load, which has SIMD kernels for every CPU candle knows.
+    Q8_0,
+    /// Dequantized to f32: fastest for long batched prompts, four times the memory.
+    F32,
+}
+
+enum Linear {
+    Quantized(QMatMul, Option<Tensor>),
+    Dense(candle_nn::Linear),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Quantized(w, bias) => {
+                let y = x.apply(w)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Dense(l) => l.forward(x),
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// The key/value cache of a batch being decoded, with each row's padding mask.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per row, per cached position: 0 for a real token, -inf for padding.
+    key_mask: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// Positions cached so far (padding included).
+    pub fn len(&self) -> usize {
+        self.key_mask.first().map_or(0, Vec::len)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.key_mask.len()
+    }
+
+    /// Keeps only `rows` (indices into the current batch), in that order: finished
+    /// prompts leave the batch so the others decode faster.
+    pub fn retain(&mut self, rows: &[usize]) -> candle_core::Result<()> {
+        if rows.len() == self.rows() {
+            return Ok(());
+        }
+        let device = match self.layers.iter().flatten().next() {
+            Some((k, _)) => k.device().clone(),
+            None => Device::Cpu,
+        };
+        let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &device)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&ids, 0)?.contiguous()?;
+            *v = v.index_select(&ids, 0)?.contiguous()?;
+        }
+        self.key_mask = rows.iter().map(|&r| self.key_mask[r].clone()).collect();
+        Ok(())
+    }
+}
+
+/// A llama-family causal LM that decodes batches of left-padded prompts.
+pub struct Llama {
+    config: LlamaConfig,
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+fn rope_tables(
+    config: &LlamaConfig,
+    device: &Device,
+) -> Result<(Tensor, Tensor), candle_core::Error> {
+    let head_dim = config.head_dim();
+    let inv_freq: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / config.rope_theta.powf(i as f32 / head_dim as f32))
+        .collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+    let positions = Tensor::arange(0u32, config.max_positions as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((config.max_positions, 1))?;
+    let angles = positions.matmul(&inv_freq)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+fn gguf_u32(content: &gguf_file::Content, key: &str) -> Result<usize, ModelError> {
+    content
+        .metadata
+        .get(key)
+        .ok_or_else(|| ModelError::Format(format!("the GGUF metadata has no `{key}`")))?
+        .to_u32()
+        .map(|v| v as usize)
+        .map_err(|e| ModelError::Format(format!("GGUF `{key}`: {e}")))
+}
+
+fn gguf_f32(content: &gguf_file::Content, key: &str) -> Option<f32> {
+    content.metadata.get(key).and_then(|v| v.to_f32().ok())
+}
+
+impl Llama {
+    /// Loads a GGUF file of architecture `llama` (or `qwen2`).
+    pub fn from_gguf(
+        path: &Path,
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<Llama, ModelError> {
+        let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "llama".to_string());
+        if !matches!(arch.as_str(), "llama" | "qwen2") {
+            return Err(ModelError::Unsupported(format!(
+                "{}: GGUF architecture `{arch}`; labelfleet runs llama and qwen2",
+                path.display()
+            )));
+        }
+        let key = |name: &str| format!("{arch}.{name}");
+        let hidden_size = gguf_u32(&content, &key("embedding_length"))?;
+        let num_heads = gguf_u32(&content, &key("attention.head_count"))?;
+        let vocab_size = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|info| info.shape.dims()[0])
+            .ok_or_else(|| {
+                ModelError::Format(format!("{}: no `token_embd.weight`", path.display()))
+            })?;
+        let config = LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: gguf_u32(&content, &key("feed_forward_length"))?,
+            num_layers: gguf_u32(&content, &key("block_count"))?,
+            num_heads,
+            num_kv_heads: gguf_u32(&content, &key("attention.head_count_kv")).unwrap_or(num_heads),
+            rms_norm_eps: gguf_f32(&content, &key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f64,
+            rope_theta: gguf_f32(&content, &key("rope.freq_base")).unwrap_or(10_000.0),
+            max_positions: gguf_u32(&content, &key("context_length")).unwrap_or(4096),
+            // llama.cpp's converter permutes llama's q/k so that pairs are adjacent;
+            // qwen2 keeps the Hugging Face layout.
+            rope_interleaved: arch == "llama",
+        };
+        let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
+            content.tensor(&mut file, name, device).map_err(|e| {
+                ModelError::Format(format!("{}: tensor `{name}`: {e}", path.display()))
+            })
+        };
+        let to_dense = |q: QTensor| -> Result<Tensor, ModelError> { Ok(q.dequantize(device)?) };
+        let linear = |q: QTensor, bias: Option<QTensor>| -> Result<Linear, ModelError> {
+            let bias = bias.map(to_dense).transpose()?;
+            let q = match (format, q.dtype()) {
+                (WeightFormat::Stored, _) | (_, GgmlDType::F32 | GgmlDType::F16) => q,
+                (WeightFormat::Q8_0, GgmlDType::Q8_0) => q,
+                (WeightFormat::Q8_0, _) => {
+                    QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?
+                }
+                (WeightFormat::F32, _) => {
+                    return Ok(Linear::Dense(candle_nn::Linear::new(
+                        q.dequantize(device)?,
+                        bias,
+                    )));
+                }
+            };
+            Ok(Linear::Quantized(QMatMul::from_qtensor(q)?, bias))
+        };
+        let embeddings_q = tensor("token_embd.weight")?;
+        let embeddings = embeddings_q.dequantize(device)?;
+        let lm_head = match tensor("output.weight") {
+            Ok(q) => linear(q, None)?,
+            // Tied embeddings: the output projection is the embedding matrix.
+            Err(_) => linear(embeddings_q, None)?,
+        };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let p = format!("blk.{i}");
+            let mut optional = |name: &str| tensor(&format!("{p}.{name}")).ok();
+            let (bq, bk, bv) = (
+                optional("attn_q.bias"),
+                optional("attn_k.bias"),
+                optional("attn_v.bias"),
+            );
+            layers.push(Layer {
+                attn_norm: to_dense(tensor(&format!("{p}.attn_norm.weight"))?)?,
+                wq: linear(tensor(&format!("{p}.attn_q.weight"))?, bq)?,
+                wk: linear(tensor(&format!("{p}.attn_k.weight"))?, bk)?,
+                wv: linear(tensor(&format!("{p}.attn_v.weight"))?, bv)?,
+                wo: linear(tensor(&format!("{p}.attn_output.weight"))?, None)?,
+                ffn_norm: to_dense(tensor(&format!("{p}.ffn_norm.weight"))?)?,
+                gate: linear(tensor(&format!("{p}.ffn_gate.weight"))?, None)?,
+                up: linear(tensor(&format!("{p}.ffn_up.weight"))?, None)?,
+                down: linear(tensor(&format!("{p}.ffn_down.weight"))?, None)?,
+            });
+        }
+        let norm = to_dense(tensor("output_norm.weight")?)?;
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Llama {
+            config,
+            embeddings,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
+
+    /// Loads safetensors in the Hugging Face layout (`model.layers.N.self_attn.q_proj`,
+    /// …) with the shape in `config`; q/k/v biases are picked up when present (qwen2).
+    pub fn from_safetensors(
+        files: &[std::path::PathBuf],
+        config: LlamaConfig,
+        tie_embeddings: bool,
+        device: &Device,
+    ) -> Result<Llama, ModelError> {
+        // SAFETY: the files are memory-mapped read-only and not modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device)? };
+        Llama::from_var_builder(vb, config, tie_embeddings, device)
+    }
+
+    /// Builds the model from a var builder in the Hugging Face layout; training code
+    /// uses this to run a model it holds in a `VarMap`.
+    pub fn from_var_builder(
+        vb: VarBuilder,
+        config: LlamaConfig,
+        tie_embeddings: bool,
+        device: &Device,
+    ) -> Result<Llama, ModelError> {
+        let (h, kv) = (config.hidden_size, config.num_kv_heads * config.head_dim());
+        let dense =
+            |vb: VarBuilder, i: usize, o: usize, bias: bool| -> candle_core::Result<Linear> {
+                let weight = vb.get((o, i), "weight")?;
+                let bias = if bias && vb.contains_tensor("bias") {
+                    Some(vb.get(o, "bias")?)
+                } else {
+                    None
+                };
+                Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)))
+            };
+        let m = vb.pp("model");
+        let vocab = config.vocab_size;
+        let embeddings = m.pp("embed_tokens").get((vocab, h), "weight")?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let l = m.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let f = l.pp("mlp");
+            layers.push(Layer {
+                attn_norm: l.pp("input_layernorm").get(h, "weight")?,
+                wq: dense(a.pp("q_proj"), h, h, true)?,
+                wk: dense(a.pp("k_proj"), h, kv, true)?,
+                wv: dense(a.pp("v_proj"), h, kv, true)?,
+                wo: dense(a.pp("o_proj"), h, h, false)?,
+                ffn_norm: l.pp("post_attention_layernorm").get(h, "weight")?,
+                gate: dense(f.pp("gate_proj"), h, config.intermediate_size, false)?,
+                up: dense(f.pp("up_proj"), h, config.intermediate_size, false)?,
+                down: dense(f.pp("down_proj"), config.intermediate_size, h, false)?,
+            });
+        }
+        let norm = m.pp("norm").get(h, "weight")?;
+        let lm_head = if tie_embeddings {
+            Linear::Dense(candle_nn::Linear::new(embeddings.clone(), None))
+        } else {
+            dense(vb.pp("lm_head"), h, vocab, false)?
+        };
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Llama {
+            config,
+            embeddings,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A cache for a batch of `rows` prompts.
+    pub fn new_cache(&self, rows: usize) -> KvCache {
+        KvCache {
+            layers: (0..self.layers.len()).map(|_| None).collect(),
+            key_mask: vec![Vec::new(); rows],
+        }
+    }
+
+    /// Runs `tokens` (one row per prompt, `padding[r]` leading pad positions in row r,
+    /// all rows the same length) after what `cache` holds; returns the logits of every
+    /// row's last position, `(rows, vocab)`.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        padding: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        let hidden = self.forward_hidden(tokens, padding, cache, true)?;
+        Ok(self.lm_head.forward(&hidden)?.squeeze(1)?)
+    }
+
+    /// As [`Llama::forward`], returning the logits of every position, `(rows, len, vocab)`:
+    /// what scoring a completion needs.
+    pub fn forward_all(
+        &self,
+        tokens: &[Vec<u32>],
+        padding: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        let hidden = self.forward_hidden(tokens, padding, cache, false)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    fn forward_hidden(
+        &self,
+        tokens: &[Vec<u32>],
+        padding: &[usize],
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Tensor, ModelError> {
+        let rows = tokens.len();
+        let len = tokens.first().map_or(0, Vec::len);
+        if rows != cache.rows() || rows != padding.len() || tokens.iter().any(|t| t.len() != len) {
+            return Err(ModelError::Invalid(
+                "a batch needs rows of equal length, one padding count and one cache row each"
+                    .into(),
+            ));
+        }
+        let start = cache.len();
+        if start + len > self.config.max_positions {
+            return Err(ModelError::Invalid(format!(
+                "{} positions exceed the model's context of {}",
+                start + len,
+                self.config.max_positions
+            )));
+        }
+        for (mask, &pad) in cache.key_mask.iter_mut().zip(padding) {
+            mask.extend((0..len).map(|i| if i < pad { f32::NEG_INFINITY } else { 0.0 }));
+        }
+        let total = start + len;
+        // Row r, query i (absolute position start+i) sees key j when j <= start+i and j
+        // is not padding; a padding query sees only itself, so its softmax stays finite.
+        let mut mask = Vec::with_capacity(rows * len * total);
+        for (r, keys) in cache.key_mask.iter().enumerate() {
+            for i in 0..len {
+                let query_is_pad = i < padding[r];
+                for (j, &key) in keys.iter().enumerate() {
+                    let visible = if query_is_pad {
+                        j == start + i
+                    } else {
+                        j <= start + i && key == 0.0
+                    };
+                    mask.push(if visible { 0.0 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (rows, 1, len, total), &self.device)?;
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (rows, len), &self.device)?;
+        let mut x = self
+            .embeddings
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((rows, len, self.config.hidden_size))?;
+        let cos = self.cos.narrow(0, start, len)?;
+        let sin = self.sin.narrow(0, start, len)?;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward(layer, &x, &mask, slot, &cos, &sin)?;
+        }
+        if last_only {
+            x = x.narrow(1, len - 1, 1)?.contiguous()?;
+        }
+        Ok(candle_nn::ops::rms_norm(
+            &x,
+            &self.norm,
+            self.config.rms_norm_eps as f32,
+        )?)
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (rows, len, _) = x.dims3()?;
+        let head_dim = c.head_dim();
+        let eps = c.rms_norm_eps as f32;
+        let normed = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
+        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            t.reshape((rows, len, n, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(layer.wq.forward(&normed)?, c.num_heads)?;
+        let k = heads(layer.wk.forward(&normed)?, c.num_kv_heads)?;
+        let v = heads(layer.wv.forward(&normed)?, c.num_kv_heads)?;
+        let rope = if c.rope_interleaved {
+            candle_nn::rotary_emb::rope_i
+        } else {
+            candle_nn::rotary_emb::rope
+        };
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let groups = c.num_heads / c.num_kv_heads;
+        let (k, v) = if groups > 1 {
+            let total = k.dim(2)?;
+            let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.unsqueeze(2)?
+                    .expand((rows, c.num_kv_heads, groups, total, head_dim))?
+                    .reshape((rows, c.num_heads, total, head_dim))
+            };
+            (expand(&k)?, expand(&v)?)
+        } else {
+            (k, v)
+        };
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attended = weights
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((rows, len, c.hidden_size))?;
+        let x = (x + layer.wo.forward(&attended)?)?;
+        let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+        let gated =
+            (candle_nn::ops::silu(&layer.gate.forward(&normed)?)? * layer.up.forward(&normed)?)?;
+        x + layer.down.forward(&gated)?
+    }
+}
+
+/// Index of the largest logit in each row.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>, ModelError> {
+    Ok(logits
+        .argmax(D::Minus1)?
+        .to_dtype(DType::U32)?
+        .to_vec1::<u32>()?)
+}

@@ -1,0 +1,120 @@
+//! Loading a causal LM from a GGUF file or a safetensors folder.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::Deserialize;
+
+use crate::ModelError;
+use crate::generate::CausalLm;
+use crate::llama::{Llama, LlamaConfig, WeightFormat};
+use crate::tokenizer::TextTokenizer;
+
+/// The fields of a Hugging Face `config.json` that a llama-family model needs.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f32,
+    #[serde(default = "default_positions")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f32 {
+    10_000.0
+}
+fn default_positions() -> usize {
+    4096
+}
+
+/// Loads the causal LM at `path`: a `.gguf` file, a folder holding one, or a folder with
+/// `config.json`, `tokenizer.json` and `*.safetensors` (llama, mistral or qwen2).
+pub fn load_causal_lm(
+    path: &Path,
+    format: WeightFormat,
+    device: &Device,
+) -> Result<CausalLm, ModelError> {
+    let gguf = if path.is_file() {
+        Some(path.to_path_buf())
+    } else {
+        let ggufs = files_with_extension(path, "gguf")?;
+        match ggufs.len() {
+            0 => None,
+            1 => ggufs.into_iter().next(),
+            _ => {
+                return Err(ModelError::Invalid(format!(
+                    "{} holds {} .gguf files; name one in the model's `path` (or `file`)",
+                    path.display(),
+                    ggufs.len()
+                )));
+            }
+        }
+    };
+    if let Some(gguf) = gguf {
+        let tokenizer_json = gguf.with_file_name("tokenizer.json");
+        let tokenizer = if tokenizer_json.exists() {
+            TextTokenizer::from_file(&tokenizer_json)?
+        } else {
+            TextTokenizer::from_gguf(&gguf)?
+        };
+        let model = Llama::from_gguf(&gguf, format, device)?;
+        return Ok(CausalLm { model, tokenizer });
+    }
+    let config_path = path.join("config.json");
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let hf: HfConfig = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))?;
+    let model_type = hf.model_type.clone().unwrap_or_else(|| "llama".into());
+    if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2") {
+        return Err(ModelError::Unsupported(format!(
+            "{}: model_type `{model_type}`; labelfleet runs llama, mistral and qwen2 from safetensors",
+            config_path.display()
+        )));
+    }
+    let config = LlamaConfig {
+        vocab_size: hf.vocab_size,
+        hidden_size: hf.hidden_size,
+        intermediate_size: hf.intermediate_size,
+        num_layers: hf.num_hidden_layers,
+        num_heads: hf.num_attention_heads,
+        num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+        rms_norm_eps: hf.rms_norm_eps,
+        rope_theta: hf.rope_theta,
+        max_positions: hf.max_position_embeddings,
+        rope_interleaved: false,
+    };
+    let weights = files_with_extension(path, "safetensors")?;
+    if weights.is_empty() {
+        return Err(ModelError::NotFound(format!(
+            "{} has neither a .gguf file nor .safetensors weights",
+            path.display()
+        )));
+    }
+    let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
+    let model = Llama::from_safetensors(&weights, config, hf.tie_word_embeddings, device)?;
+    Ok(CausalLm { model, tokenizer })
+}
+
+fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, ModelError> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ModelError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
+        .collect();
+    found.sort();
+    Ok(found)
+}
