@@ -12,11 +12,14 @@
 //! - [`metrics::score`] compares predicted states ([`Prediction`]s) with gold:
 //!   joint goal accuracy, turn (delta) accuracy, slot precision/recall/F1, overall and
 //!   per domain.
+//! - [`prompt`] renders the code-style prompt of `self_label` and parses completions
+//!   back into state updates.
 
 #![warn(missing_docs)]
 
 pub mod metrics;
 mod predictions;
+pub mod prompt;
 mod readers;
 pub mod slots;
 mod turn;
