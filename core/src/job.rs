@@ -27,6 +27,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::provenance::Provenance;
+pub use crate::self_label::{
+    DialogueSelection, GenerationSpec, ModelRef, RetrieverSpec, SelfLabelSpec, WeightFormat,
+};
 
 /// The kinds of job labelfleet knows about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -68,7 +71,7 @@ impl JobKind {
 
     /// Whether this version of labelfleet can run jobs of this kind.
     pub fn is_available(self) -> bool {
-        matches!(self, JobKind::Eval | JobKind::Noop)
+        matches!(self, JobKind::SelfLabel | JobKind::Eval | JobKind::Noop)
     }
 }
 
@@ -81,6 +84,8 @@ impl fmt::Display for JobKind {
 /// The kind-specific settings of a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobBody {
+    /// Settings of a `self_label` job.
+    SelfLabel(Box<SelfLabelSpec>),
     /// Settings of an `eval` job.
     Eval(EvalSpec),
     /// Settings of a `noop` job.
@@ -91,6 +96,7 @@ impl JobBody {
     /// The kind this body belongs to.
     pub fn kind(&self) -> JobKind {
         match self {
+            JobBody::SelfLabel(_) => JobKind::SelfLabel,
             JobBody::Eval(_) => JobKind::Eval,
             JobBody::Noop(_) => JobKind::Noop,
         }
@@ -98,6 +104,7 @@ impl JobBody {
 
     fn to_value(&self) -> Value {
         match self {
+            JobBody::SelfLabel(spec) => serde_json::to_value(spec),
             JobBody::Eval(spec) => serde_json::to_value(spec),
             JobBody::Noop(spec) => serde_json::to_value(spec),
         }
@@ -360,7 +367,13 @@ impl Job {
         let body = match kind {
             JobKind::Eval => JobBody::Eval(deserialize_at(body_value, file, "eval")?),
             JobKind::Noop => JobBody::Noop(deserialize_at(body_value, file, "noop")?),
-            JobKind::SelfLabel | JobKind::Retrain => unreachable!("rejected by parse_kind"),
+            JobKind::SelfLabel => {
+                let spec: SelfLabelSpec = deserialize_at(body_value, file, "self_label")?;
+                spec.check()
+                    .map_err(|(path, message)| JobError::new(file, path, message))?;
+                JobBody::SelfLabel(Box::new(spec))
+            }
+            JobKind::Retrain => unreachable!("rejected by parse_kind"),
         };
         if let JobBody::Eval(spec) = &body
             && !(0.0..=1.0).contains(&spec.fuzzy_threshold)

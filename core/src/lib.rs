@@ -34,6 +34,7 @@ pub mod job;
 pub mod overrides;
 pub mod provenance;
 pub mod queue;
+mod self_label;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

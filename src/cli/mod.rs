@@ -2,6 +2,7 @@
 
 mod backends;
 mod enqueue;
+mod generate_runs;
 mod logging;
 mod results;
 mod run;
@@ -97,6 +98,9 @@ pub enum Command {
     Results(results::ResultsArgs),
     /// Create the AWS queue (with its dead-letter queue), table and bucket; idempotent.
     Setup(setup::SetupArgs),
+    /// Split a dataset into chunks and write one self_label job per chunk: job_0 plus
+    /// dependents that run after it and retrieve examples from its labels.
+    GenerateRuns(generate_runs::GenerateRunsArgs),
 }
 
 const ALIASES: [&str; 6] = ["enqueue", "worker", "status", "run", "results", "setup"];
@@ -139,6 +143,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(&cli.global, args).await,
             Command::Results(args) => results::run(&cli.global, args).await,
             Command::Setup(args) => setup::run(&cli.global, args).await,
+            Command::GenerateRuns(args) => generate_runs::run(&cli.global, args).await,
         }
     });
     match result {

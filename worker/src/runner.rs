@@ -108,6 +108,9 @@ impl Runners {
         let mut runners = Runners::default();
         runners.register(Arc::new(crate::runners::eval::EvalRunner::default()));
         runners.register(Arc::new(crate::runners::noop::NoopRunner));
+        runners.register(Arc::new(
+            crate::runners::self_label::SelfLabelRunner::default(),
+        ));
         runners
     }
 

@@ -2,3 +2,4 @@
 
 pub mod eval;
 pub mod noop;
+pub mod self_label;

@@ -1,0 +1,256 @@
+//! Settings of a `self_label` job.
+//!
+//! ```json
+//! "self_label": {
+//!   "data": {"path": "../shared/data/multiwoz21/val.json.zip", "format": "multiwoz21"},
+//!   "dialogues": {"shuffle_seed": 42, "start": 0, "count": 50},
+//!   "model": {"path": ".models/SmolLM2-135M-Instruct"},
+//!   "retriever": {"model": {"path": ".models/all-MiniLM-L6-v2"}, "k_examples": 8},
+//!   "generation": {"max_new_tokens": 48},
+//!   "batch_size": 8
+//! }
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::DatasetRef;
+
+/// Settings of a `self_label` job: label dialogues with a causal LM prompted with
+/// examples retrieved from earlier labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfLabelSpec {
+    /// The dialogues to label. Their gold states, when the file has them, are used only
+    /// to score the labels (JGA), never shown to the model.
+    pub data: DatasetRef,
+    /// Which of the file's dialogues this job labels.
+    #[serde(default)]
+    pub dialogues: DialogueSelection,
+    /// The causal LM.
+    pub model: ModelRef,
+    /// How in-context examples are retrieved.
+    pub retriever: RetrieverSpec,
+    /// How tokens are picked.
+    #[serde(default)]
+    pub generation: GenerationSpec,
+    /// Dialogues labelled together in one batch (their turns are sequential; different
+    /// dialogues are independent).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Write the progress artifact after this many labelled turns, so that a restarted
+    /// job resumes where it stopped.
+    #[serde(default = "default_checkpoint_turns")]
+    pub checkpoint_turns: usize,
+}
+
+fn default_batch_size() -> usize {
+    8
+}
+fn default_checkpoint_turns() -> usize {
+    100
+}
+
+/// A slice of a dataset's dialogues.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialogueSelection {
+    /// Shuffle the file's dialogues with this seed first (the seed pipeline uses 42);
+    /// file order when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_seed: Option<u64>,
+    /// First dialogue (after shuffling), from 0.
+    #[serde(default)]
+    pub start: usize,
+    /// How many dialogues; to the end when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// Label only each dialogue's first N turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<usize>,
+}
+
+/// Where a model is: a local `path`, or an `id` (and `revision`) in the Hugging Face
+/// cache; plus where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// A local folder or `.gguf` file, relative to the worker's working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A Hugging Face model id, found in the local Hugging Face cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The revision of `id` (`main` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// With `id`: the `.gguf` file in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// How a GGUF model's weights are held: `stored`, `q8_0` or `f32` (see the README).
+    #[serde(default)]
+    pub weights: WeightFormat,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// How a GGUF model's quantized weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    /// As stored in the file.
+    Stored,
+    /// Re-quantized to Q8_0 at load.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// Dequantized to f32: fastest for long prompts on a CPU, most memory.
+    #[default]
+    F32,
+}
+
+/// How in-context examples are retrieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrieverSpec {
+    /// The sentence embedding model (BERT family).
+    pub model: ModelRef,
+    /// Manifest groups whose labels seed the index; the job's own group when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// Gold-labelled dialogues added to the index as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold_examples: Option<DatasetRef>,
+    /// Examples per prompt.
+    #[serde(default = "default_k_examples")]
+    pub k_examples: usize,
+    /// Of those, how many must have distinct slot signatures (which slots they set).
+    #[serde(default = "default_minimum_distinct")]
+    pub minimum_distinct: usize,
+    /// No retrieval until the index holds this many turns.
+    #[serde(default = "default_example_warmup")]
+    pub example_warmup: usize,
+    /// Add the job's own labels to the index as it goes.
+    #[serde(default = "default_true")]
+    pub add_predictions: bool,
+}
+
+fn default_k_examples() -> usize {
+    8
+}
+fn default_minimum_distinct() -> usize {
+    4
+}
+fn default_example_warmup() -> usize {
+    32
+}
+fn default_true() -> bool {
+    true
+}
+
+/// How tokens are picked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    /// Most tokens per completion.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// 0 for greedy decoding.
+    #[serde(default)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Sampling seed.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_max_new_tokens() -> usize {
+    48
+}
+
+impl Default for GenerationSpec {
+    fn default() -> Self {
+        GenerationSpec {
+            max_new_tokens: default_max_new_tokens(),
+            temperature: 0.0,
+            top_p: None,
+            seed: 0,
+        }
+    }
+}
+
+impl ModelRef {
+    fn check(&self, at: &str) -> Result<(), (String, String)> {
+        let err = |field: &str, message: &str| Err((format!("{at}.{field}"), message.to_string()));
+        match (&self.path, &self.id) {
+            (Some(_), Some(_)) => return err("id", "give `path` or `id`, not both"),
+            (None, None) => {
+                return Err((
+                    format!("{at}.path"),
+                    "missing: give `path` (a local folder or .gguf file) or `id` (a Hugging Face model id in the local cache)".into(),
+                ));
+            }
+            (Some(_), None) if self.revision.is_some() => {
+                return err("revision", "`revision` goes with `id`, not `path`");
+            }
+            (Some(_), None) if self.file.is_some() => {
+                return err("file", "`file` goes with `id`; put the file in `path`");
+            }
+            _ => {}
+        }
+        let device_ok = self.device == "cpu"
+            || self.device == "cuda"
+            || self
+                .device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !device_ok {
+            return err("device", "expected `cpu`, `cuda` or `cuda:N`");
+        }
+        Ok(())
+    }
+}
+
+impl SelfLabelSpec {
+    /// Checks what serde cannot: ranges and combinations. The error names the field.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let at = |f: &str| format!("self_label.{f}");
+        self.model.check(&at("model"))?;
+        self.retriever.model.check(&at("retriever.model"))?;
+        if self.batch_size == 0 {
+            return Err((at("batch_size"), "expected at least 1".into()));
+        }
+        if self.checkpoint_turns == 0 {
+            return Err((at("checkpoint_turns"), "expected at least 1".into()));
+        }
+        if self.retriever.minimum_distinct > self.retriever.k_examples {
+            return Err((
+                at("retriever.minimum_distinct"),
+                format!("must not exceed k_examples ({})", self.retriever.k_examples),
+            ));
+        }
+        if self.generation.max_new_tokens == 0 {
+            return Err((
+                at("generation.max_new_tokens"),
+                "expected at least 1".into(),
+            ));
+        }
+        if !(self.generation.temperature >= 0.0) {
+            return Err((
+                at("generation.temperature"),
+                "expected 0 (greedy) or more".into(),
+            ));
+        }
+        if let Some(p) = self.generation.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err((at("generation.top_p"), "expected a number in (0, 1]".into()));
+        }
+        Ok(())
+    }
+}
