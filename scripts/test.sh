@@ -32,6 +32,6 @@ PYTHON=.venv/bin/python scripts/fetch-models.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
-cargo test --workspace --all-features --locked
+cargo test --workspace --locked

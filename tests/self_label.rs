@@ -118,7 +118,8 @@ fn dependents_label_with_examples_retrieved_from_job_0() {
                     let example = seed_turns
                         .iter()
                         .find(|t| {
-                            t["dialogue_id"] == dialogue && t["turn_id"].to_string() == turn_id
+                            t["dialogue_id"] == dialogue
+                                && t["turn_id"] == turn_id.parse::<u64>().unwrap()
                         })
                         .unwrap_or_else(|| panic!("{source} is not one of job_0's labels"));
                     let utterance = example["user_utterance"].as_str().unwrap().trim();

@@ -240,14 +240,14 @@ impl SelfLabelSpec {
                 "expected at least 1".into(),
             ));
         }
-        if !(self.generation.temperature >= 0.0) {
+        if self.generation.temperature.is_nan() || self.generation.temperature < 0.0 {
             return Err((
                 at("generation.temperature"),
                 "expected 0 (greedy) or more".into(),
             ));
         }
         if let Some(p) = self.generation.top_p
-            && !(p > 0.0 && p <= 1.0)
+            && (p.is_nan() || p <= 0.0 || p > 1.0)
         {
             return Err((at("generation.top_p"), "expected a number in (0, 1]".into()));
         }

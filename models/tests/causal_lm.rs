@@ -38,7 +38,7 @@ fn logits_match_candle_transformers_quantized_llama() {
     let mut cache = lm.model.new_cache(1);
     let ours: Vec<f32> = lm
         .model
-        .forward(&[ids.clone()], &[0], &mut cache)
+        .forward(std::slice::from_ref(&ids), &[0], &mut cache)
         .unwrap()
         .squeeze(0)
         .unwrap()
