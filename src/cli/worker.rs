@@ -34,7 +34,8 @@ pub struct WorkerArgs {
     /// Exit after running this many jobs.
     #[arg(long, value_name = "N")]
     pub max_jobs: Option<u64>,
-    /// Exit once the queue has stayed empty this many seconds.
+    /// Exit once the queue has stayed empty this many seconds (not while jobs held on
+    /// the board wait on a job another worker is running).
     #[arg(long, value_name = "SECS")]
     pub idle_exit: Option<f64>,
     /// Handle at most one message, then exit.

@@ -262,6 +262,38 @@ impl Worker {
 }
 
 impl Inner {
+    /// Whether jobs held on the board may still be sent: some are held, and another
+    /// worker is running a job (whose completion may release them). An idle worker then
+    /// stays, so that dependents do not find the fleet gone when their seed job ends;
+    /// with no job running anywhere, held jobs cannot be released and it may leave.
+    async fn work_may_be_released(&self) -> bool {
+        let held = match self.backends.board.held().await {
+            Ok(held) => held.len(),
+            Err(_) => return false,
+        };
+        if held == 0 {
+            return false;
+        }
+        // Running workers report every 5 s; allow for a missed report or two.
+        let recent = now_secs() - 20;
+        let me = self.report.lock().expect("report lock").worker_id.clone();
+        let running = match self.backends.board.workers(recent).await {
+            Ok(workers) => workers
+                .iter()
+                .filter(|w| w.worker_id != me && w.state == WorkerState::Running)
+                .count(),
+            Err(_) => return false,
+        };
+        if running > 0 {
+            tracing::info!(
+                held,
+                running,
+                "queue empty, but held jobs wait on running ones; staying"
+            );
+        }
+        running > 0
+    }
+
     async fn publish(&self) {
         *self.last_publish.lock().expect("publish lock") = Instant::now();
         let report = {
@@ -373,7 +405,10 @@ impl Inner {
             if let Some(idle) = self.config.idle_exit {
                 let idle_for = idle_since.elapsed();
                 if idle_for >= idle && !busy {
-                    return ExitReason::Idle;
+                    if !self.work_may_be_released().await {
+                        return ExitReason::Idle;
+                    }
+                    idle_since = Instant::now();
                 }
                 wait = wait.min(
                     idle.saturating_sub(idle_for)

@@ -1,0 +1,302 @@
+//! Models on this machine's CPU against their Python peers, in one run:
+//! `cargo bench --bench models` (after `scripts/fetch-models.sh` and
+//! `scripts/bench/setup-peers.sh`, which builds llama.cpp's Python binding).
+//!
+//! 1. MiniLM sentence embeddings, batch 32: our candle path vs onnxruntime over a graph
+//!    built from the same safetensors (`scripts/bench/minilm_onnxruntime.py`); both
+//!    tokenise. The two outputs are also compared (they must agree to 1e-4).
+//! 2. SmolLM2-135M GGUF decode, single stream, greedy: ours (each weight format) vs
+//!    llama.cpp (`scripts/bench/smollm2_llama_cpp.py`), prefill excluded on both sides.
+//! 3. Our aggregate decode tokens/s with 16 prompts batched, vs llama.cpp single-stream.
+//! 4. self_label turns/s over 50 dialogues (first turns of each), end to end through
+//!    `labelfleet run`.
+//!
+//! Environment: `LABELFLEET_BENCH_DEVICE` (`cpu` by default; `cuda:0` with
+//! `--features cuda`), `LABELFLEET_BENCH_TURNS` (turns per dialogue in part 4, default 2),
+//! `LABELFLEET_BENCH_PEERS` (the venv with the peers, default `.venv-bench`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use labelfleet_dst::prompt::{TurnContext, retrieval_text};
+use labelfleet_dst::{Format, read_dataset};
+use labelfleet_models::{
+    GenerationParams, SentenceEmbedder, WeightFormat, load_causal_lm, parse_device,
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_labelfleet");
+const NEW_TOKENS: usize = 128;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn models() -> PathBuf {
+    std::env::var_os("LABELFLEET_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".models"))
+}
+
+fn data() -> PathBuf {
+    std::env::var_os("LABELFLEET_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"))
+        .join("multiwoz21/val.json.zip")
+}
+
+fn peers_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("LABELFLEET_BENCH_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-bench"));
+    let python = venv.join("bin/python");
+    python.exists().then_some(python)
+}
+
+fn peer(script: &str, args: &[&str], stdin: &str) -> Option<Value> {
+    let Some(python) = peers_python() else {
+        println!("  (peer skipped: run scripts/bench/setup-peers.sh to install it)");
+        return None;
+    };
+    let mut child = Command::new(python)
+        .arg(repo().join("scripts/bench").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        println!("  ({script} failed)");
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn sentences() -> Vec<String> {
+    let dialogues = read_dataset(&data(), Format::Multiwoz21).expect("the MultiWOZ val set");
+    dialogues
+        .iter()
+        .flat_map(|d| &d.turns)
+        .take(512)
+        .map(|t| {
+            retrieval_text(&TurnContext {
+                last_slot_values: t.last_slot_values.clone(),
+                system_utterance: t.system_utterance.clone(),
+                user_utterance: t.user_utterance.clone(),
+            })
+        })
+        .collect()
+}
+
+fn embeddings(device: &labelfleet_models::Device) {
+    println!("\n1. MiniLM sentence embeddings, batch 32, 512 retrieval texts from MultiWOZ val");
+    let dir = models().join("all-MiniLM-L6-v2");
+    let embedder = SentenceEmbedder::load(&dir, device).unwrap();
+    let texts = sentences();
+    embedder.embed(&texts[..32], 32).unwrap();
+    let started = Instant::now();
+    let ours = embedder.embed(&texts, 32).unwrap();
+    let rate = texts.len() as f64 / started.elapsed().as_secs_f64();
+    println!("  labelfleet (candle)      {rate:>8.1} sentences/s");
+    let input = serde_json::to_string(&texts).unwrap();
+    if let Some(peer) = peer(
+        "minilm_onnxruntime.py",
+        &[dir.to_str().unwrap(), "32"],
+        &input,
+    ) {
+        let theirs = peer["sentences_per_second"].as_f64().unwrap();
+        let worst = peer["embeddings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&ours)
+            .flat_map(|(a, b)| {
+                a.as_array()
+                    .unwrap()
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x.as_f64().unwrap() as f32 - y).abs())
+            })
+            .fold(0f32, f32::max);
+        println!("  onnxruntime              {theirs:>8.1} sentences/s");
+        println!(
+            "  ratio {:.2}x (goal >= 1.0x); largest difference between the two: {worst:.1e}",
+            rate / theirs
+        );
+    }
+}
+
+fn chat(question: &str) -> String {
+    format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+fn decode(device: &labelfleet_models::Device, device_name: &str) {
+    let gguf = models().join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let prompt = chat("Write a long story about a train journey to Cambridge.");
+    let params = GenerationParams {
+        max_new_tokens: NEW_TOKENS,
+        ..Default::default()
+    };
+    println!(
+        "\n2. SmolLM2-135M Q4_1 GGUF, greedy, {NEW_TOKENS} new tokens, single stream (prefill excluded)"
+    );
+    let mut best_single = 0f64;
+    let mut best_format = WeightFormat::Stored;
+    for format in [WeightFormat::Stored, WeightFormat::Q8_0, WeightFormat::F32] {
+        let lm = load_causal_lm(&gguf, format, device).unwrap();
+        lm.generate(
+            std::slice::from_ref(&prompt),
+            &GenerationParams {
+                max_new_tokens: 4,
+                ..params.clone()
+            },
+        )
+        .unwrap();
+        let (_, timing) = lm.generate(std::slice::from_ref(&prompt), &params).unwrap();
+        let rate = timing.new_tokens as f64 / timing.decode_seconds;
+        println!("  labelfleet, weights {format:<8?}  {rate:>8.1} tokens/s");
+        if rate > best_single {
+            best_single = rate;
+            best_format = format;
+        }
+    }
+    let llama_cpp = if device_name == "cpu" {
+        peer(
+            "smollm2_llama_cpp.py",
+            &[gguf.to_str().unwrap(), &prompt, &NEW_TOKENS.to_string()],
+            "",
+        )
+        .and_then(|v| v["tokens_per_second"].as_f64())
+    } else {
+        None
+    };
+    if let Some(theirs) = llama_cpp {
+        println!("  llama.cpp (2 threads)     {theirs:>8.1} tokens/s");
+        println!(
+            "  ratio {:.2}x with weights {best_format:?} (goal >= 0.8x)",
+            best_single / theirs
+        );
+    }
+
+    println!("\n3. Batched decode: 16 prompts together, {NEW_TOKENS} new tokens each");
+    let questions = [
+        "Write a long story about a train journey to Cambridge.",
+        "Describe a hotel in the city centre in detail.",
+        "List ten things to do in a museum.",
+        "Explain how to book a taxi.",
+    ];
+    let prompts: Vec<String> = (0..16)
+        .map(|i| chat(&format!("{} (version {i})", questions[i % questions.len()])))
+        .collect();
+    for format in [WeightFormat::Q8_0, WeightFormat::F32] {
+        let lm = load_causal_lm(&gguf, format, device).unwrap();
+        let (_, timing) = lm.generate(&prompts, &params).unwrap();
+        let rate = timing.new_tokens as f64 / timing.decode_seconds;
+        print!("  labelfleet, weights {format:<8?}  {rate:>8.1} tokens/s aggregate");
+        match llama_cpp {
+            Some(theirs) => println!(
+                "  = {:.2}x llama.cpp single-stream (goal >= 2x)",
+                rate / theirs
+            ),
+            None => println!(),
+        }
+    }
+}
+
+fn self_label(device_name: &str) {
+    let turns: usize = std::env::var("LABELFLEET_BENCH_TURNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    println!("\n4. self_label: 50 dialogues (first {turns} turns each), batch 16, k=4 examples");
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(repo())
+            .env("LABELFLEET_HOME", dir.path().join("home"))
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "labelfleet {args:?} failed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&[
+        "generate-runs",
+        "--data",
+        data().to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+        "--group",
+        "bench",
+        "--chunk",
+        "50",
+        "--dialogues",
+        "50",
+        "--max-turns",
+        &turns.to_string(),
+        "--k-examples",
+        "4",
+        "--minimum-distinct",
+        "2",
+        "--example-warmup",
+        "8",
+        "--batch-size",
+        "16",
+        "--device",
+        device_name,
+        "--model",
+        models().join("SmolLM2-135M-Instruct").to_str().unwrap(),
+        "--retriever",
+        models().join("all-MiniLM-L6-v2").to_str().unwrap(),
+    ]);
+    let started = Instant::now();
+    let out = run(&[
+        "run",
+        runs.join("job_0.json").to_str().unwrap(),
+        "--allow-dirty",
+    ]);
+    let seconds = started.elapsed().as_secs_f64();
+    let metrics: Value = out
+        .find('{')
+        .and_then(|start| {
+            let end = out.rfind('}')?;
+            serde_json::from_str(&out[start..=end]).ok()
+        })
+        .unwrap_or(Value::Null);
+    println!(
+        "  {:.2} turns/s inside the job ({} new tokens, JGA {:.3}); {seconds:.1} s for the whole command",
+        metrics["turns_per_second"].as_f64().unwrap_or(f64::NAN),
+        metrics["new_tokens"],
+        metrics["joint_goal_accuracy"].as_f64().unwrap_or(f64::NAN),
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let device_name = std::env::var("LABELFLEET_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = parse_device(&device_name).unwrap();
+    assert!(
+        Path::new(&models().join("all-MiniLM-L6-v2")).exists(),
+        "run scripts/fetch-models.sh first"
+    );
+    println!(
+        "models on {device_name} ({} CPU threads)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    embeddings(&device);
+    decode(&device, &device_name);
+    self_label(&device_name);
+}
