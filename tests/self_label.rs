@@ -193,7 +193,8 @@ fn a_killed_self_label_job_resumes_from_its_running_log() {
     for (before, after) in saved.iter().zip(turns) {
         assert_eq!(before, after);
     }
-    let resumed = common::find(&rescuer.events(), "resuming from the running log", None);
+    let events = rescuer.events();
+    let resumed = common::find(&events, "resuming from the running log", None);
     assert_eq!(resumed.len(), 1, "the rescuer resumes once");
     assert_eq!(resumed[0]["fields"]["turns"], saved.len() as u64);
 }
