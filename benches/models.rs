@@ -13,7 +13,8 @@
 //!
 //! Environment: `LABELFLEET_BENCH_DEVICE` (`cpu` by default; `cuda:0` with
 //! `--features cuda`), `LABELFLEET_BENCH_TURNS` (turns per dialogue in part 4, default 2),
-//! `LABELFLEET_BENCH_PEERS` (the venv with the peers, default `.venv-bench`).
+//! `LABELFLEET_BENCH_PEERS` (the venv with the peers, default `.venv-bench`),
+//! `LABELFLEET_BENCH_PARTS` (which parts to run, default `1,2,3,4`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,12 +68,8 @@ fn peer(script: &str, args: &[&str], stdin: &str) -> Option<Value> {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // A peer that dies early closes its stdin; its exit status says so below.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     let out = child.wait_with_output().unwrap();
     if !out.status.success() {
         println!("  ({script} failed)");
@@ -139,7 +136,7 @@ fn chat(question: &str) -> String {
     format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
 }
 
-fn decode(device: &labelfleet_models::Device, device_name: &str) {
+fn decode(device: &labelfleet_models::Device, device_name: &str, single: bool, batched: bool) {
     let gguf = models().join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     let prompt = chat("Write a long story about a train journey to Cambridge.");
     let params = GenerationParams {
@@ -169,7 +166,7 @@ fn decode(device: &labelfleet_models::Device, device_name: &str) {
             best_format = format;
         }
     }
-    let llama_cpp = if device_name == "cpu" {
+    let llama_cpp = if device_name == "cpu" && single {
         peer(
             "smollm2_llama_cpp.py",
             &[gguf.to_str().unwrap(), &prompt, &NEW_TOKENS.to_string()],
@@ -187,6 +184,9 @@ fn decode(device: &labelfleet_models::Device, device_name: &str) {
         );
     }
 
+    if !batched {
+        return;
+    }
     println!("\n3. Batched decode: 16 prompts together, {NEW_TOKENS} new tokens each");
     let questions = [
         "Write a long story about a train journey to Cambridge.",
@@ -296,7 +296,15 @@ fn main() {
         "models on {device_name} ({} CPU threads)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    embeddings(&device);
-    decode(&device, &device_name);
-    self_label(&device_name);
+    let parts = std::env::var("LABELFLEET_BENCH_PARTS").unwrap_or_else(|_| "1,2,3,4".into());
+    let wanted = |part: &str| parts.split(',').any(|p| p.trim() == part);
+    if wanted("1") {
+        embeddings(&device);
+    }
+    if wanted("2") || wanted("3") {
+        decode(&device, &device_name, wanted("2"), wanted("3"));
+    }
+    if wanted("4") {
+        self_label(&device_name);
+    }
 }

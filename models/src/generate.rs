@@ -11,35 +11,26 @@ use crate::llama::{Llama, argmax_rows};
 use crate::tokenizer::TextTokenizer;
 
 /// How to pick tokens and when to stop.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
     /// Most tokens to generate per prompt.
-    #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
     /// 0 for greedy decoding; otherwise the softmax temperature for sampling.
-    #[serde(default)]
     pub temperature: f64,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
     /// Seed for sampling; each prompt's generator is seeded from it and the prompt, so
     /// a prompt samples the same text whatever batch it runs in.
-    #[serde(default)]
     pub seed: u64,
     /// Generation stops when the text contains one of these (it is cut before it).
-    #[serde(default)]
     pub stop: Vec<String>,
 }
 
-fn default_max_new_tokens() -> usize {
-    64
-}
-
 impl Default for GenerationParams {
+    /// Greedy, 64 new tokens, no stop sequence.
     fn default() -> Self {
         GenerationParams {
-            max_new_tokens: default_max_new_tokens(),
+            max_new_tokens: 64,
             temperature: 0.0,
             top_p: None,
             seed: 0,

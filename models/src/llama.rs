@@ -96,9 +96,57 @@ struct Layer {
     down: Linear,
 }
 
+/// One layer's keys and values: buffers with room to grow, `(rows, kv_heads, capacity,
+/// head_dim)`, of which the first `len` positions are filled. Appending writes in place
+/// instead of concatenating, which would copy the whole cache at every step.
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// Positions a cache buffer grows by.
+const CACHE_CHUNK: usize = 256;
+
+impl LayerKv {
+    fn new(k: &Tensor, v: &Tensor) -> candle_core::Result<LayerKv> {
+        let (rows, heads, len, dim) = k.dims4()?;
+        let capacity = len.div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
+        let buffer = || Tensor::zeros((rows, heads, capacity, dim), k.dtype(), k.device());
+        let (kb, vb) = (buffer()?, buffer()?);
+        kb.slice_set(k, 2, 0)?;
+        vb.slice_set(v, 2, 0)?;
+        Ok(LayerKv { k: kb, v: vb, len })
+    }
+
+    /// Appends `k`, `v` and returns views of everything cached.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let added = k.dim(2)?;
+        let capacity = self.k.dim(2)?;
+        if self.len + added > capacity {
+            let (rows, heads, _, dim) = self.k.dims4()?;
+            let grown = (self.len + added).div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
+            let grow = |old: &Tensor| -> candle_core::Result<Tensor> {
+                let new = Tensor::zeros((rows, heads, grown, dim), old.dtype(), old.device())?;
+                new.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                Ok(new)
+            };
+            self.k = grow(&self.k)?;
+            self.v = grow(&self.v)?;
+        }
+        self.k.slice_set(k, 2, self.len)?;
+        self.v.slice_set(v, 2, self.len)?;
+        self.len += added;
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
+    }
+}
+
 /// The key/value cache of a batch being decoded, with each row's padding mask.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     /// Per row, per cached position: 0 for a real token, -inf for padding.
     key_mask: Vec<Vec<f32>>,
 }
@@ -126,13 +174,13 @@ impl KvCache {
             return Ok(());
         }
         let device = match self.layers.iter().flatten().next() {
-            Some((k, _)) => k.device().clone(),
+            Some(layer) => layer.k.device().clone(),
             None => Device::Cpu,
         };
         let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &device)?;
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(&ids, 0)?.contiguous()?;
-            *v = v.index_select(&ids, 0)?.contiguous()?;
+        for layer in self.layers.iter_mut().flatten() {
+            layer.k = layer.k.index_select(&ids, 0)?.contiguous()?;
+            layer.v = layer.v.index_select(&ids, 0)?.contiguous()?;
         }
         self.key_mask = rows.iter().map(|&r| self.key_mask[r].clone()).collect();
         Ok(())
@@ -478,7 +526,7 @@ impl Llama {
         layer: &Layer,
         x: &Tensor,
         mask: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<LayerKv>,
         cos: &Tensor,
         sin: &Tensor,
     ) -> candle_core::Result<Tensor> {
@@ -502,23 +550,26 @@ impl Llama {
         };
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
+        let (k, v) = match cache {
+            Some(layer) => layer.append(&k, &v)?,
+            None => {
+                let layer = LayerKv::new(&k, &v)?;
+                let views = (
+                    layer.k.narrow(2, 0, layer.len)?,
+                    layer.v.narrow(2, 0, layer.len)?,
+                );
+                *cache = Some(layer);
+                views
+            }
         };
-        *cache = Some((k.clone(), v.clone()));
         let groups = c.num_heads / c.num_kv_heads;
-        let (k, v) = if groups > 1 {
-            let total = k.dim(2)?;
-            let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.unsqueeze(2)?
-                    .expand((rows, c.num_kv_heads, groups, total, head_dim))?
-                    .reshape((rows, c.num_heads, total, head_dim))
-            };
-            (expand(&k)?, expand(&v)?)
-        } else {
-            (k, v)
+        let total = k.dim(2)?;
+        let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.unsqueeze(2)?
+                .expand((rows, c.num_kv_heads, groups, total, head_dim))?
+                .reshape((rows, c.num_heads, total, head_dim))
         };
+        let (k, v) = (expand(&k)?, expand(&v)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;

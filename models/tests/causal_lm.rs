@@ -11,6 +11,18 @@ fn chat(question: &str) -> String {
     format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
 }
 
+/// The logits of one row as a vector.
+fn row(logits: candle_core::Result<Tensor>) -> Vec<f32> {
+    logits.unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[test]
 fn logits_match_candle_transformers_quantized_llama() {
     let path = common::model(common::SMOLLM2);
@@ -23,60 +35,30 @@ fn logits_match_candle_transformers_quantized_llama() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let expected: Vec<f32> = reference
-        .forward(&input, 0)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-
+    let as_input = |ids: &[u32]| {
+        Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+    };
     let mut cache = lm.model.new_cache(1);
-    let ours: Vec<f32> = lm
+
+    let expected = row(reference.forward(&as_input(&ids), 0));
+    let ours = row(lm
         .model
         .forward(std::slice::from_ref(&ids), &[0], &mut cache)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let worst = expected
-        .iter()
-        .zip(&ours)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+        .map_err(|e| candle_core::Error::Msg(e.to_string())));
+    let worst = largest_difference(&expected, &ours);
     assert!(worst < 1e-3, "largest logit difference {worst}");
 
     // One decode step after the prompt, through both caches.
     let next = 42u32;
-    let step = Tensor::new(&[next], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let expected: Vec<f32> = reference
-        .forward(&step, ids.len())
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let ours: Vec<f32> = lm
+    let expected = row(reference.forward(&as_input(&[next]), ids.len()));
+    let ours = row(lm
         .model
         .forward(&[vec![next]], &[0], &mut cache)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let worst = expected
-        .iter()
-        .zip(&ours)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+        .map_err(|e| candle_core::Error::Msg(e.to_string())));
+    let worst = largest_difference(&expected, &ours);
     assert!(
         worst < 1e-3,
         "largest logit difference after a cached step {worst}"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
 use labelfleet_core::job::{Job, JobKind};
-use labelfleet_manifest::Manifest;
+use labelfleet_manifest::{Manifest, ManifestEntry};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +38,31 @@ impl JobContext {
             .await
             .map_err(|e| JobFailure::new(format!("writing artifact {key}: {e}")))?;
         Ok(key.as_str().to_string())
+    }
+
+    /// The artifact an earlier job's manifest entry names under `role` (`None` when the
+    /// entry names none), with its key; a named artifact that is missing is an error.
+    pub async fn read_entry_artifact(
+        &self,
+        entry: &ManifestEntry,
+        role: &str,
+    ) -> Result<Option<(ArtifactKey, Vec<u8>)>, JobFailure> {
+        let Some(key) = entry.artifacts.get(role) else {
+            return Ok(None);
+        };
+        let key = ArtifactKey::new(key).map_err(|e| JobFailure::new(e.to_string()))?;
+        let bytes = self
+            .artifacts
+            .get(&key)
+            .await
+            .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))?
+            .ok_or_else(|| {
+                JobFailure::new(format!(
+                    "artifact {key} named by {} is missing",
+                    entry.key()
+                ))
+            })?;
+        Ok(Some((key, bytes)))
     }
 
     /// Fails if the job has been cancelled; call between steps of long work.

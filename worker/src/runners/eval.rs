@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::job::{
     Baseline, DatasetFormat, EvalSpec, Job, JobBody, JobKind, PredictionSource,
 };
@@ -92,22 +91,11 @@ impl EvalRunner {
                     )));
                 }
                 let mut all = Vec::new();
-                for entry in entries {
-                    let Some(key) = entry.artifacts.get("predictions") else {
+                for entry in &entries {
+                    let Some((key, bytes)) = ctx.read_entry_artifact(entry, "predictions").await?
+                    else {
                         continue;
                     };
-                    let key = ArtifactKey::new(key).map_err(|e| JobFailure::new(e.to_string()))?;
-                    let bytes = ctx
-                        .artifacts
-                        .get(&key)
-                        .await
-                        .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))?
-                        .ok_or_else(|| {
-                            JobFailure::new(format!(
-                                "artifact {key} named by {} is missing",
-                                entry.key()
-                            ))
-                        })?;
                     all.extend(
                         read_predictions(&bytes, key.as_str())
                             .map_err(|e| JobFailure::new(e.to_string()))?,

@@ -31,7 +31,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use self::models::ModelCache;
-use self::retrieval::{ExampleIndex, IndexedTurn, context_of};
+use self::retrieval::{ExampleIndex, IndexedTurn, context_of, example_of};
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 
 /// Dialogues a `--mini` job labels, and turns of each.
@@ -183,21 +183,9 @@ impl SelfLabelRunner {
             .iter()
             .filter(|e| e.kind == JobKind::SelfLabel.as_str())
         {
-            let Some(key) = entry.artifacts.get("labels") else {
+            let Some((key, bytes)) = ctx.read_entry_artifact(entry, "labels").await? else {
                 continue;
             };
-            let key = ArtifactKey::new(key).map_err(|e| JobFailure::new(e.to_string()))?;
-            let bytes = ctx
-                .artifacts
-                .get(&key)
-                .await
-                .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))?
-                .ok_or_else(|| {
-                    JobFailure::new(format!(
-                        "artifact {key} named by {} is missing",
-                        entry.key()
-                    ))
-                })?;
             let log: RunningLog = serde_json::from_slice(&bytes)
                 .map_err(|e| JobFailure::new(format!("{key}: not a running log: {e}")))?;
             for t in log.turns {
@@ -207,14 +195,12 @@ impl SelfLabelRunner {
                         entry.group_id, entry.run_id, t.dialogue_id, t.turn_id
                     ),
                     t.dialogue_id.clone(),
-                    Example {
-                        context: context_of(
-                            &t.last_slot_values,
-                            &t.system_utterance,
-                            &t.user_utterance,
-                        ),
-                        update: t.turn_slot_values.clone(),
-                    },
+                    example_of(
+                        &t.last_slot_values,
+                        &t.system_utterance,
+                        &t.user_utterance,
+                        &t.turn_slot_values,
+                    ),
                 ));
             }
         }
@@ -387,14 +373,12 @@ impl Labelling {
                             self.source, labelled.dialogue_id, labelled.turn_id
                         ),
                         labelled.dialogue_id.clone(),
-                        Example {
-                            context: context_of(
-                                &labelled.last_slot_values,
-                                &labelled.system_utterance,
-                                &labelled.user_utterance,
-                            ),
-                            update: labelled.turn_slot_values.clone(),
-                        },
+                        example_of(
+                            &labelled.last_slot_values,
+                            &labelled.system_utterance,
+                            &labelled.user_utterance,
+                            &labelled.turn_slot_values,
+                        ),
                     ));
                 }
                 self.done
@@ -476,14 +460,12 @@ impl JobRunner for SelfLabelRunner {
                     seeds.push((
                         format!("gold:{}#{}", t.dialogue_id, t.turn_id),
                         t.dialogue_id.clone(),
-                        Example {
-                            context: context_of(
-                                &t.last_slot_values,
-                                &t.system_utterance,
-                                &t.user_utterance,
-                            ),
-                            update: t.turn_slot_values.clone(),
-                        },
+                        example_of(
+                            &t.last_slot_values,
+                            &t.system_utterance,
+                            &t.user_utterance,
+                            &t.turn_slot_values,
+                        ),
                     ));
                 }
             }

@@ -21,14 +21,16 @@ pub struct ModelCache {
 }
 
 fn resolve(model: &ModelRef) -> Result<PathBuf, JobFailure> {
-    ModelSource {
-        path: model.path.clone(),
-        id: model.id.clone(),
-        revision: model.revision.clone(),
-        file: model.file.clone(),
-    }
-    .resolve()
-    .map_err(|e| JobFailure::new(e.to_string()))
+    let source = match (&model.path, &model.id) {
+        (Some(path), _) => ModelSource::Local(PathBuf::from(path)),
+        (None, Some(id)) => ModelSource::HubCache {
+            id: id.clone(),
+            revision: model.revision.clone(),
+            file: model.file.clone(),
+        },
+        (None, None) => return Err(JobFailure::new("the model names neither `path` nor `id`")),
+    };
+    source.resolve().map_err(|e| JobFailure::new(e.to_string()))
 }
 
 fn weight_format(format: WeightFormat) -> labelfleet_models::WeightFormat {

@@ -107,6 +107,19 @@ pub fn context_of(
     }
 }
 
+/// A labelled turn as an example: its context and what it changed.
+pub fn example_of(
+    last_slot_values: &labelfleet_dst::SlotValues,
+    system: &str,
+    user: &str,
+    update: &labelfleet_dst::SlotValues,
+) -> Example {
+    Example {
+        context: context_of(last_slot_values, system, user),
+        update: update.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

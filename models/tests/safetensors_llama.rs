@@ -1,0 +1,124 @@
+//! The batched llama on safetensors in the Hugging Face layout (non-interleaved rotary
+//! pairs, grouped-query attention), against candle-transformers' llama on the same
+//! random weights; padded rows must give what each prompt gives alone.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::llama as reference;
+use labelfleet_models::{Llama, LlamaConfig};
+
+const VOCAB: usize = 64;
+const HIDDEN: usize = 32;
+const FFN: usize = 64;
+const LAYERS: usize = 2;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+
+fn random_weights(dir: &std::path::Path) -> std::path::PathBuf {
+    let device = Device::Cpu;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: (usize, usize)| {
+        let t = (Tensor::randn(0f32, 1.0, shape, &device).unwrap() * 0.2).unwrap();
+        tensors.insert(name, t);
+    };
+    let kv = HIDDEN / HEADS * KV_HEADS;
+    put("model.embed_tokens.weight".into(), (VOCAB, HIDDEN));
+    put("lm_head.weight".into(), (VOCAB, HIDDEN));
+    for i in 0..LAYERS {
+        let p = format!("model.layers.{i}");
+        put(format!("{p}.self_attn.q_proj.weight"), (HIDDEN, HIDDEN));
+        put(format!("{p}.self_attn.k_proj.weight"), (kv, HIDDEN));
+        put(format!("{p}.self_attn.v_proj.weight"), (kv, HIDDEN));
+        put(format!("{p}.self_attn.o_proj.weight"), (HIDDEN, HIDDEN));
+        put(format!("{p}.mlp.gate_proj.weight"), (FFN, HIDDEN));
+        put(format!("{p}.mlp.up_proj.weight"), (FFN, HIDDEN));
+        put(format!("{p}.mlp.down_proj.weight"), (HIDDEN, FFN));
+    }
+    let mut norms: Vec<String> = (0..LAYERS)
+        .flat_map(|i| {
+            [
+                format!("model.layers.{i}.input_layernorm.weight"),
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+            ]
+        })
+        .collect();
+    norms.push("model.norm.weight".into());
+    for name in norms {
+        let t = Tensor::rand(0.5f32, 1.5, HIDDEN, &device).unwrap();
+        tensors.insert(name, t);
+    }
+    let path = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    path
+}
+
+#[test]
+fn padded_batches_match_candle_transformers_llama() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = random_weights(dir.path());
+    let config = LlamaConfig {
+        vocab_size: VOCAB,
+        hidden_size: HIDDEN,
+        intermediate_size: FFN,
+        num_layers: LAYERS,
+        num_heads: HEADS,
+        num_kv_heads: KV_HEADS,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_positions: 128,
+        rope_interleaved: false,
+    };
+    let ours = Llama::from_safetensors(std::slice::from_ref(&weights), config, false, &Device::Cpu)
+        .unwrap();
+
+    let hf: reference::LlamaConfig = serde_json::from_value(serde_json::json!({
+        "hidden_size": HIDDEN, "intermediate_size": FFN, "vocab_size": VOCAB,
+        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 128, "tie_word_embeddings": false
+    }))
+    .unwrap();
+    let hf = hf.into_config(false);
+    // SAFETY: the file is not modified while mapped.
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)
+            .unwrap()
+    };
+    let theirs = reference::Llama::load(vb, &hf).unwrap();
+    let alone = |ids: &[u32]| -> Vec<f32> {
+        let mut cache = reference::Cache::new(true, DType::F32, &hf, &Device::Cpu).unwrap();
+        let input = Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        theirs
+            .forward(&input, 0, &mut cache)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+
+    let short: Vec<u32> = vec![3, 14, 15, 9, 2];
+    let long: Vec<u32> = vec![6, 5, 35, 8, 9, 7, 9, 3];
+    let padded_short: Vec<u32> = std::iter::repeat_n(0, 3)
+        .chain(short.iter().copied())
+        .collect();
+    let mut cache = ours.new_cache(2);
+    let logits: Vec<Vec<f32>> = ours
+        .forward(&[padded_short, long.clone()], &[3, 0], &mut cache)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for (row, ids) in logits.iter().zip([&short, &long]) {
+        let expected = alone(ids);
+        let worst = row
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "largest logit difference {worst} for {ids:?}");
+    }
+}
