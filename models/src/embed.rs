@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use crate::bert::{BertConfig as Config, BertEncoder};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use crate::ModelError;
@@ -13,7 +13,7 @@ use crate::ModelError;
 /// A sentence embedding model loaded from a folder with `config.json`,
 /// `tokenizer.json` and `model.safetensors`.
 pub struct SentenceEmbedder {
-    model: BertModel,
+    model: BertEncoder,
     tokenizer: Tokenizer,
     device: Device,
     dimension: usize,
@@ -54,8 +54,7 @@ impl SentenceEmbedder {
         }
         // SAFETY: the file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        let model = BertModel::load(vb.clone(), &config)
-            .or_else(|_| BertModel::load(vb.pp("bert"), &config))?;
+        let model = BertEncoder::load(vb, &config)?;
         Ok(SentenceEmbedder {
             model,
             tokenizer,
@@ -98,7 +97,7 @@ impl SentenceEmbedder {
             (rows, len),
             &self.device,
         )?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &types, &mask)?;
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;

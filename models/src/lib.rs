@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod bert;
 mod device;
 mod embed;
 mod error;
