@@ -266,7 +266,7 @@ impl Inner {
     /// worker is running a job (whose completion may release them). An idle worker then
     /// stays, so that dependents do not find the fleet gone when their seed job ends;
     /// with no job running anywhere, held jobs cannot be released and it may leave.
-    async fn work_may_be_released(&self) -> bool {
+    async fn work_may_be_released(&self, announce: bool) -> bool {
         let held = match self.backends.board.held().await {
             Ok(held) => held.len(),
             Err(_) => return false,
@@ -284,7 +284,7 @@ impl Inner {
                 .count(),
             Err(_) => return false,
         };
-        if running > 0 {
+        if running > 0 && announce {
             tracing::info!(
                 held,
                 running,
@@ -379,6 +379,8 @@ impl Inner {
 
     async fn poll_loop(self: &Arc<Self>, finished: &mpsc::UnboundedSender<Finished>) -> ExitReason {
         let mut idle_since = Instant::now();
+        // Whether the worker has said it stays idle for held jobs (said once per wait).
+        let mut staying = false;
         let mut last_sweep = Instant::now();
         let mut receive_backoff = Duration::from_millis(500);
         let concurrency = self.config.concurrency.max(1);
@@ -405,9 +407,10 @@ impl Inner {
             if let Some(idle) = self.config.idle_exit {
                 let idle_for = idle_since.elapsed();
                 if idle_for >= idle && !busy {
-                    if !self.work_may_be_released().await {
+                    if !self.work_may_be_released(!staying).await {
                         return ExitReason::Idle;
                     }
+                    staying = true;
                     idle_since = Instant::now();
                 }
                 wait = wait.min(
@@ -472,6 +475,7 @@ impl Inner {
                 continue;
             }
             idle_since = Instant::now();
+            staying = false;
             let mut slots = vec![slot];
             while slots.len() < messages.len() {
                 slots.push(
