@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# The unpacking runs in a temporary folder: make a relative interpreter path absolute.
+case $PYTHON in
+  /*) ;;
+  */*) PYTHON="$PWD/$PYTHON" ;;
+esac
 
 fetch() {
   local package=$1 version=$2 want=$3 dest=$4
