@@ -1,0 +1,251 @@
+//! The labelling loop: one turn of each of up to `batch_size` dialogues per batch,
+//! retrieval for each, one batched generation, parsing, and the running log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use labelfleet_core::job::SelfLabelSpec;
+use labelfleet_dst::prompt::{Example, apply_update, build_prompt, parse_update, retrieval_text};
+use labelfleet_dst::{Dialogue, SlotValues};
+use labelfleet_models::{CausalLm, GenerationParams, SentenceEmbedder};
+use serde::{Deserialize, Serialize};
+
+use super::retrieval::{ExampleIndex, IndexedTurn, context_of, example_of};
+use crate::runner::JobFailure;
+
+/// Texts embedded per forward pass of the retriever.
+const EMBED_BATCH: usize = 32;
+
+/// One labelled turn: what the model saw and said, and the state that follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelledTurn {
+    /// The dialogue.
+    pub dialogue_id: String,
+    /// The user turn, from 0.
+    pub turn_id: u32,
+    /// The system utterance before the user's.
+    pub system_utterance: String,
+    /// The user utterance.
+    pub user_utterance: String,
+    /// The predicted state before the turn.
+    pub last_slot_values: SlotValues,
+    /// The predicted state after the turn.
+    pub slot_values: SlotValues,
+    /// What the turn changed, as predicted.
+    pub turn_slot_values: SlotValues,
+    /// The prompt the model completed.
+    pub prompt: String,
+    /// The model's completion, as generated.
+    pub completion: String,
+    /// Whether the completion parsed; an invalid one leaves the state unchanged.
+    pub valid: bool,
+    /// Where the in-context examples came from (`group/run:dialogue#turn`).
+    pub examples: Vec<String>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub new_tokens: usize,
+    /// Seconds of the batch this turn was labelled in.
+    pub batch_seconds: f64,
+}
+
+/// The running log artifact: the job's identity and its labelled turns so far.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct RunningLog {
+    /// Hash of the job's config: a log of a different job is never resumed.
+    pub(super) config_hash: String,
+    /// Whether every turn has been labelled.
+    pub(super) complete: bool,
+    pub(super) turns: Vec<LabelledTurn>,
+}
+
+/// Everything the blocking labelling loop needs.
+pub(super) struct Labelling {
+    pub(super) spec: SelfLabelSpec,
+    pub(super) source: String,
+    pub(super) dialogues: Vec<Dialogue>,
+    pub(super) done: HashMap<String, Vec<LabelledTurn>>,
+    pub(super) index: ExampleIndex,
+    pub(super) lm: Arc<CausalLm>,
+    pub(super) embedder: Arc<SentenceEmbedder>,
+}
+
+pub(super) fn embed_into(
+    index: &mut ExampleIndex,
+    embedder: &SentenceEmbedder,
+    items: Vec<(String, String, Example)>,
+) -> Result<(), JobFailure> {
+    let texts: Vec<String> = items
+        .iter()
+        .map(|(_, _, e)| retrieval_text(&e.context))
+        .collect();
+    let embeddings = embedder
+        .embed(&texts, EMBED_BATCH)
+        .map_err(|e| JobFailure::new(format!("embedding examples: {e}")))?;
+    for ((source, dialogue_id, example), embedding) in items.into_iter().zip(embeddings) {
+        index.push(IndexedTurn {
+            source,
+            dialogue_id,
+            example,
+            embedding,
+        });
+    }
+    Ok(())
+}
+
+impl Labelling {
+    /// Labels every remaining turn; `checkpoint` is called with all turns so far every
+    /// `checkpoint_turns` turns and may stop the job by returning an error.
+    pub(super) fn run(
+        &mut self,
+        mut checkpoint: impl FnMut(&HashMap<String, Vec<LabelledTurn>>) -> Result<(), JobFailure>,
+    ) -> Result<(), JobFailure> {
+        let spec = self.spec.clone();
+        let params = GenerationParams {
+            max_new_tokens: spec.generation.max_new_tokens,
+            temperature: spec.generation.temperature,
+            top_p: spec.generation.top_p,
+            seed: spec.generation.seed,
+            stop: labelfleet_dst::prompt::STOP_SEQUENCES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let dialogues = std::mem::take(&mut self.dialogues);
+        let unfinished: Vec<&Dialogue> = dialogues
+            .iter()
+            .filter(|d| self.done.get(&d.dialogue_id).map_or(0, Vec::len) < d.turns.len())
+            .collect();
+        let mut waiting = unfinished.into_iter();
+        let mut active: Vec<&Dialogue> = Vec::new();
+        let mut since_checkpoint = 0;
+        loop {
+            while active.len() < spec.batch_size {
+                match waiting.next() {
+                    Some(d) => active.push(d),
+                    None => break,
+                }
+            }
+            if active.is_empty() {
+                break;
+            }
+            let mut prompts = Vec::with_capacity(active.len());
+            let mut pending = Vec::with_capacity(active.len());
+            for d in &active {
+                let done = self
+                    .done
+                    .get(&d.dialogue_id)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                let turn = &d.turns[done.len()];
+                let last = done
+                    .last()
+                    .map(|t| t.slot_values.clone())
+                    .unwrap_or_default();
+                let context = context_of(&last, &turn.system_utterance, &turn.user_utterance);
+                let (examples, sources) = if self.index.len() >= spec.retriever.example_warmup {
+                    let query = self
+                        .embedder
+                        .embed(&[retrieval_text(&context)], 1)
+                        .map_err(|e| JobFailure::new(format!("embedding a turn: {e}")))?
+                        .remove(0);
+                    let picked = self.index.top_k(
+                        &query,
+                        &d.dialogue_id,
+                        spec.retriever.k_examples,
+                        spec.retriever.minimum_distinct,
+                    );
+                    (
+                        picked.iter().map(|t| t.example.clone()).collect::<Vec<_>>(),
+                        picked.iter().map(|t| t.source.clone()).collect::<Vec<_>>(),
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                prompts.push(build_prompt(&examples, &context));
+                pending.push((
+                    turn,
+                    last,
+                    sources,
+                    prompts.last().cloned().unwrap_or_default(),
+                ));
+            }
+            let started = Instant::now();
+            let (completions, _timing) = self
+                .lm
+                .generate(&prompts, &params)
+                .map_err(|e| JobFailure::new(format!("generation failed: {e}")))?;
+            let seconds = started.elapsed().as_secs_f64();
+            let mut new_examples = Vec::new();
+            for ((turn, last, sources, prompt), completion) in pending.into_iter().zip(completions)
+            {
+                let (state, valid) = match parse_update(&completion.text) {
+                    Ok(update) => (apply_update(&last, &update), true),
+                    Err(_) => (last.clone(), false),
+                };
+                let labelled = LabelledTurn {
+                    dialogue_id: turn.dialogue_id.clone(),
+                    turn_id: turn.turn_id,
+                    system_utterance: turn.system_utterance.clone(),
+                    user_utterance: turn.user_utterance.clone(),
+                    turn_slot_values: labelfleet_dst::delta(&last, &state),
+                    last_slot_values: last,
+                    slot_values: state,
+                    prompt,
+                    completion: completion.text,
+                    valid,
+                    examples: sources,
+                    prompt_tokens: completion.prompt_tokens,
+                    new_tokens: completion.new_tokens,
+                    batch_seconds: seconds,
+                };
+                if spec.retriever.add_predictions {
+                    new_examples.push((
+                        format!(
+                            "{}:{}#{}",
+                            self.source, labelled.dialogue_id, labelled.turn_id
+                        ),
+                        labelled.dialogue_id.clone(),
+                        example_of(
+                            &labelled.last_slot_values,
+                            &labelled.system_utterance,
+                            &labelled.user_utterance,
+                            &labelled.turn_slot_values,
+                        ),
+                    ));
+                }
+                self.done
+                    .entry(labelled.dialogue_id.clone())
+                    .or_default()
+                    .push(labelled);
+                since_checkpoint += 1;
+            }
+            embed_into(&mut self.index, &self.embedder, new_examples)?;
+            active.retain(|d| self.done.get(&d.dialogue_id).map_or(0, Vec::len) < d.turns.len());
+            if since_checkpoint >= spec.checkpoint_turns {
+                checkpoint(&self.done)?;
+                since_checkpoint = 0;
+            }
+        }
+        self.dialogues = dialogues;
+        Ok(())
+    }
+
+    /// Every labelled turn, in the dialogues' order.
+    pub(super) fn ordered_turns(&self) -> Vec<LabelledTurn> {
+        self.dialogues
+            .iter()
+            .flat_map(|d| self.done.get(&d.dialogue_id).cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+pub(super) fn log_bytes(hash: &str, complete: bool, turns: Vec<LabelledTurn>) -> Vec<u8> {
+    serde_json::to_vec(&RunningLog {
+        config_hash: hash.to_string(),
+        complete,
+        turns,
+    })
+    .expect("the running log serialises")
+}
