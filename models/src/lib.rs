@@ -21,6 +21,7 @@ mod error;
 mod generate;
 pub mod llama;
 mod load;
+mod qmatmul;
 mod source;
 mod tokenizer;
 

@@ -18,6 +18,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::ModelError;
+use crate::qmatmul::PackedWeights;
 
 /// The shape of a llama-family model.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +67,9 @@ pub enum WeightFormat {
 
 enum Linear {
     Quantized(QMatMul, Option<Tensor>),
+    /// Quantized weights with our few-rows kernel for decoding, and candle's
+    /// quantized matmul for long prompts.
+    Packed(PackedWeights, QMatMul, Option<Tensor>),
     Dense(candle_nn::Linear),
 }
 
@@ -74,6 +78,18 @@ impl Linear {
         match self {
             Linear::Quantized(w, bias) => {
                 let y = x.apply(w)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Packed(packed, w, bias) => {
+                let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+                let y = if rows <= crate::qmatmul::MAX_ROWS {
+                    packed.forward(x)?
+                } else {
+                    x.apply(w)?
+                };
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -298,7 +314,10 @@ impl Llama {
                     )));
                 }
             };
-            Ok(Linear::Quantized(QMatMul::from_qtensor(q)?, bias))
+            Ok(match PackedWeights::from_qtensor(&q) {
+                Some(packed) => Linear::Packed(packed, QMatMul::from_qtensor(q)?, bias),
+                None => Linear::Quantized(QMatMul::from_qtensor(q)?, bias),
+            })
         };
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = embeddings_q.dequantize(device)?;

@@ -23,46 +23,98 @@ fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+fn logits(lm: &labelfleet_models::CausalLm, steps: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let mut cache = lm.model.new_cache(1);
+    steps
+        .iter()
+        .map(|ids| {
+            row(lm
+                .model
+                .forward(std::slice::from_ref(ids), &[0], &mut cache)
+                .map_err(|e| candle_core::Error::Msg(e.to_string())))
+        })
+        .collect()
+}
+
+/// Our llama against candle-transformers' quantized llama on the same GGUF. A prompt of
+/// more than 32 tokens runs the layers through candle's quantized matmul, as the
+/// reference does.
 #[test]
 fn logits_match_candle_transformers_quantized_llama() {
     let path = common::model(common::SMOLLM2);
     let lm = load_causal_lm(&path, WeightFormat::Stored, &Device::Cpu).unwrap();
     let ids = lm
         .tokenizer
-        .encode(&chat("Name a city in England."))
+        .encode(&chat(
+            "Name a city in England that has a famous university, a river called the Cam, \
+             many old colleges, punting in the summer and a railway station with trains to \
+             London every half hour.",
+        ))
         .unwrap();
+    assert!(ids.len() > 32, "the prompt must take the long-prompt path");
 
     let mut file = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-    let as_input = |ids: &[u32]| {
-        Tensor::new(ids, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap()
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let expected = row(reference.forward(&input, 0));
+    let ours = logits(&lm, &[ids]).remove(0);
+    // The output projection sees one row, so it runs our packed kernel with f32
+    // activations, where candle quantizes activations to 8 bits (Q8_1) first. SmolLM2's
+    // final hidden state has outlier dimensions, so that rounding moves logits by a few
+    // tenths; an architecture error (rotary layout, head grouping, masking) moves them
+    // by units and changes the ranking.
+    let worst = largest_difference(&expected, &ours);
+    let mean = expected
+        .iter()
+        .zip(&ours)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / ours.len() as f32;
+    let top = |v: &[f32]| {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+        order.truncate(5);
+        order
     };
-    let mut cache = lm.model.new_cache(1);
-
-    let expected = row(reference.forward(&as_input(&ids), 0));
-    let ours = row(lm
-        .model
-        .forward(std::slice::from_ref(&ids), &[0], &mut cache)
-        .map_err(|e| candle_core::Error::Msg(e.to_string())));
-    let worst = largest_difference(&expected, &ours);
-    assert!(worst < 1e-3, "largest logit difference {worst}");
-
-    // One decode step after the prompt, through both caches.
-    let next = 42u32;
-    let expected = row(reference.forward(&as_input(&[next]), ids.len()));
-    let ours = row(lm
-        .model
-        .forward(&[vec![next]], &[0], &mut cache)
-        .map_err(|e| candle_core::Error::Msg(e.to_string())));
-    let worst = largest_difference(&expected, &ours);
-    assert!(
-        worst < 1e-3,
-        "largest logit difference after a cached step {worst}"
+    eprintln!(
+        "worst {worst} mean {mean} top {:?} vs {:?}",
+        top(&expected),
+        top(&ours)
     );
+    assert!(
+        worst < 1.0 && mean < 0.1,
+        "logit differences: largest {worst}, mean {mean}"
+    );
+    assert_eq!(
+        top(&expected),
+        top(&ours),
+        "the five most likely next tokens"
+    );
+}
+
+/// Short prompts and decode steps go through our packed kernel, which multiplies f32
+/// activations by the exactly dequantized weights: it must agree with the same model
+/// dequantized to f32 (candle's dense matmul), prompt and cached steps alike.
+#[test]
+fn the_packed_kernel_matches_the_dequantized_model() {
+    let path = common::model(common::SMOLLM2);
+    let packed = load_causal_lm(&path, WeightFormat::Stored, &Device::Cpu).unwrap();
+    let dense = load_causal_lm(&path, WeightFormat::F32, &Device::Cpu).unwrap();
+    let ids = packed.tokenizer.encode(&chat("Name a city.")).unwrap();
+    assert!(ids.len() <= 32);
+    let steps = [ids, vec![42], vec![7]];
+    for (i, (a, b)) in logits(&packed, &steps)
+        .iter()
+        .zip(logits(&dense, &steps))
+        .enumerate()
+    {
+        let worst = largest_difference(a, &b);
+        assert!(worst < 2e-3, "step {i}: largest logit difference {worst}");
+    }
 }
 
 #[test]
