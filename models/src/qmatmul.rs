@@ -68,6 +68,11 @@ impl PackedWeights {
         })
     }
 
+    /// Whether the weights are Q4_1.
+    pub fn is_q4_1(&self) -> bool {
+        self.format == Format::Q4_1
+    }
+
     /// `x · Wᵀ` for `x` of shape `(…, inputs)` with at most [`MAX_ROWS`] rows.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut dims = x.dims().to_vec();
@@ -90,13 +95,16 @@ impl PackedWeights {
         let per_row = self.inputs / BLOCK * self.format.block_bytes();
         // Output-major while computing (each task owns a run of outputs), then transposed.
         let mut by_output = vec![0f32; self.outputs * rows];
-        const OUTPUTS_PER_TASK: usize = 16;
+        // A few tasks per thread: waking rayon's threads costs more than the arithmetic
+        // of a small task at this size.
+        let tasks = 4 * rayon::current_num_threads();
+        let outputs_per_task = self.outputs.div_ceil(tasks).max(8);
         by_output
-            .par_chunks_mut(OUTPUTS_PER_TASK * rows)
+            .par_chunks_mut(outputs_per_task * rows)
             .enumerate()
             .for_each(|(task, chunk)| {
                 let mut weights = vec![0f32; self.inputs];
-                let first = task * OUTPUTS_PER_TASK;
+                let first = task * outputs_per_task;
                 for (i, out) in chunk.chunks_mut(rows).enumerate() {
                     let o = first + i;
                     let blocks = &self.bytes[o * per_row..(o + 1) * per_row];
