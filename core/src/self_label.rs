@@ -254,3 +254,98 @@ impl SelfLabelSpec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::job::{Job, JobBody, ProvenancePolicy};
+
+    fn parse(body: serde_json::Value) -> Result<Job, crate::job::JobError> {
+        Job::parse(
+            json!({"kind": "self_label", "group_id": "g", "self_label": body}),
+            "runs/x/job_0.json",
+            Some("job_0"),
+            ProvenancePolicy::Reject,
+        )
+    }
+
+    fn valid() -> serde_json::Value {
+        json!({
+            "data": {"path": "d.json", "format": "multiwoz21"},
+            "model": {"path": ".models/lm"},
+            "retriever": {"model": {"path": ".models/retriever"}}
+        })
+    }
+
+    #[test]
+    fn defaults_fill_what_a_job_leaves_out() {
+        let job = parse(valid()).unwrap();
+        let JobBody::SelfLabel(spec) = &job.body else {
+            panic!("not a self_label body")
+        };
+        assert_eq!(spec.batch_size, 8);
+        assert_eq!(spec.retriever.k_examples, 8);
+        assert_eq!(spec.retriever.example_warmup, 32);
+        assert_eq!(spec.model.device, "cpu");
+        assert_eq!(spec.generation.temperature, 0.0);
+        // The resolved config reads back to the same job.
+        let again = Job::parse(job.config_value(), "x", None, ProvenancePolicy::Reject).unwrap();
+        assert_eq!(again, job);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let cases = [
+            (
+                "/model/id",
+                json!("owner/m"),
+                "self_label.model.id",
+                "not both",
+            ),
+            (
+                "/model/device",
+                json!("gpu"),
+                "self_label.model.device",
+                "cuda:N",
+            ),
+            (
+                "/retriever/minimum_distinct",
+                json!(9),
+                "self_label.retriever.minimum_distinct",
+                "k_examples",
+            ),
+            (
+                "/batch_size",
+                json!(0),
+                "self_label.batch_size",
+                "at least 1",
+            ),
+            (
+                "/generation",
+                json!({"top_p": 1.5}),
+                "self_label.generation.top_p",
+                "(0, 1]",
+            ),
+            (
+                "/retriever/k",
+                json!(3),
+                "self_label.retriever.k",
+                "unknown field",
+            ),
+        ];
+        for (pointer, value, path, words) in cases {
+            let mut body = valid();
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            body.pointer_mut(if parent.is_empty() { "" } else { parent })
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .insert(key.to_string(), value);
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.file, "runs/x/job_0.json");
+            assert_eq!(err.path, path, "{pointer}: {err}");
+            assert!(err.message.contains(words), "{pointer}: {err}");
+        }
+    }
+}
