@@ -37,8 +37,11 @@ fn logits(lm: &labelfleet_models::CausalLm, steps: &[Vec<u32>]) -> Vec<Vec<f32>>
 }
 
 /// Our llama against candle-transformers' quantized llama on the same GGUF. A prompt of
-/// more than 32 tokens runs the layers through candle's quantized matmul, as the
-/// reference does.
+/// more than 32 tokens runs the layers through candle's quantized matmul, and the
+/// output projection (one row against this file's Q8_0 embeddings) too, as the
+/// reference does: the logits must agree closely. (Our packed kernel, which keeps
+/// activations in f32 where candle rounds them to 8 bits, is checked below against the
+/// dequantized model instead.)
 #[test]
 fn logits_match_candle_transformers_quantized_llama() {
     let path = common::model(common::SMOLLM2);
@@ -62,43 +65,14 @@ fn logits_match_candle_transformers_quantized_llama() {
         .unwrap();
     let expected = row(reference.forward(&input, 0));
     let ours = logits(&lm, &[ids]).remove(0);
-    // The output projection sees one row, so it runs our packed kernel with f32
-    // activations, where candle quantizes activations to 8 bits (Q8_1) first. SmolLM2's
-    // final hidden state has outlier dimensions, so that rounding moves logits by a few
-    // tenths; an architecture error (rotary layout, head grouping, masking) moves them
-    // by units and changes the ranking.
     let worst = largest_difference(&expected, &ours);
-    let mean = expected
-        .iter()
-        .zip(&ours)
-        .map(|(a, b)| (a - b).abs())
-        .sum::<f32>()
-        / ours.len() as f32;
-    let top = |v: &[f32]| {
-        let mut order: Vec<usize> = (0..v.len()).collect();
-        order.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
-        order.truncate(5);
-        order
-    };
-    eprintln!(
-        "worst {worst} mean {mean} top {:?} vs {:?}",
-        top(&expected),
-        top(&ours)
-    );
-    assert!(
-        worst < 1.0 && mean < 0.1,
-        "logit differences: largest {worst}, mean {mean}"
-    );
-    assert_eq!(
-        top(&expected),
-        top(&ours),
-        "the five most likely next tokens"
-    );
+    assert!(worst < 1e-3, "largest logit difference {worst}");
 }
 
-/// Short prompts and decode steps go through our packed kernel, which multiplies f32
-/// activations by the exactly dequantized weights: it must agree with the same model
-/// dequantized to f32 (candle's dense matmul), prompt and cached steps alike.
+/// Up to 32 rows go through our packed kernel, which multiplies f32 activations by the
+/// exactly dequantized weights: it must agree with the same model dequantized to f32
+/// (candle's dense matmul). Two rows everywhere, since a single row against Q8_0 weights
+/// (this GGUF's output projection) goes through candle's quantized dot product instead.
 #[test]
 fn the_packed_kernel_matches_the_dequantized_model() {
     let path = common::model(common::SMOLLM2);
@@ -106,14 +80,26 @@ fn the_packed_kernel_matches_the_dequantized_model() {
     let dense = load_causal_lm(&path, WeightFormat::F32, &Device::Cpu).unwrap();
     let ids = packed.tokenizer.encode(&chat("Name a city.")).unwrap();
     assert!(ids.len() <= 32);
-    let steps = [ids, vec![42], vec![7]];
-    for (i, (a, b)) in logits(&packed, &steps)
-        .iter()
-        .zip(logits(&dense, &steps))
-        .enumerate()
-    {
-        let worst = largest_difference(a, &b);
-        assert!(worst < 2e-3, "step {i}: largest logit difference {worst}");
+    let run = |lm: &labelfleet_models::CausalLm| -> Vec<Vec<Vec<f32>>> {
+        let mut cache = lm.model.new_cache(2);
+        let prompt = lm
+            .model
+            .forward_all(&[ids.clone(), ids.clone()], &[0, 0], &mut cache)
+            .unwrap();
+        let step = lm
+            .model
+            .forward(&[vec![42], vec![7]], &[0, 0], &mut cache)
+            .unwrap();
+        vec![
+            prompt.get(0).unwrap().to_vec2().unwrap(),
+            step.to_vec2().unwrap(),
+        ]
+    };
+    for (i, (a, b)) in run(&packed).iter().zip(run(&dense)).enumerate() {
+        for (x, y) in a.iter().zip(&b) {
+            let worst = largest_difference(x, y);
+            assert!(worst < 2e-3, "step {i}: largest logit difference {worst}");
+        }
     }
 }
 
