@@ -192,13 +192,11 @@ impl CausalLm {
             }
             let last: Vec<Vec<u32>> = keep.iter().map(|&i| vec![next[i]]).collect();
             cache.retain(&keep)?;
-            rows = keep
-                .iter()
-                .rev()
-                .map(|&i| rows.swap_remove(i))
-                .collect::<Vec<_>>()
+            rows = std::mem::take(&mut rows)
                 .into_iter()
-                .rev()
+                .enumerate()
+                .filter(|(i, _)| keep.contains(i))
+                .map(|(_, row)| row)
                 .collect();
             let no_padding = vec![0; keep.len()];
             logits = self.model.forward(&last, &no_padding, &mut cache)?;

@@ -317,9 +317,12 @@ impl Llama {
                     )));
                 }
             };
-            Ok(match PackedWeights::from_qtensor(&q) {
-                Some(packed) => Linear::Packed(packed, QMatMul::from_qtensor(q)?, bias),
-                None => Linear::Quantized(QMatMul::from_qtensor(q)?, bias),
+            // Our kernel and candle's matmul share one copy of the blocks.
+            let q = std::sync::Arc::new(q);
+            let matmul = QMatMul::from_arc(q.clone())?;
+            Ok(match PackedWeights::from_qtensor(q) {
+                Some(packed) => Linear::Packed(packed, matmul, bias),
+                None => Linear::Quantized(matmul, bias),
             })
         };
         let embeddings_q = tensor("token_embd.weight")?;
@@ -351,17 +354,7 @@ impl Llama {
             });
         }
         let norm = to_dense(tensor("output_norm.weight")?)?;
-        let (cos, sin) = rope_tables(&config, device)?;
-        Ok(Llama {
-            config,
-            embeddings,
-            layers,
-            norm,
-            lm_head,
-            cos,
-            sin,
-            device: device.clone(),
-        })
+        Llama::assemble(config, embeddings, layers, norm, lm_head, device)
     }
 
     /// Loads safetensors in the Hugging Face layout (`model.layers.N.self_attn.q_proj`,
@@ -422,6 +415,18 @@ impl Llama {
         } else {
             dense(vb.pp("lm_head"), h, vocab, false)?
         };
+        Llama::assemble(config, embeddings, layers, norm, lm_head, device)
+    }
+
+    /// The model from its parts, with the rotary tables its config asks for.
+    fn assemble(
+        config: LlamaConfig,
+        embeddings: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: Linear,
+        device: &Device,
+    ) -> Result<Llama, ModelError> {
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Llama {
             config,

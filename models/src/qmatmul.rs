@@ -7,6 +7,8 @@
 //! 32 weights share a scale) and then meets every input row while it is in cache: the
 //! weights are read once per step, whatever the batch size.
 
+use std::sync::Arc;
+
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
@@ -35,18 +37,19 @@ impl Format {
     }
 }
 
-/// A quantized weight matrix `(outputs, inputs)` in its GGUF block layout.
+/// A quantized weight matrix `(outputs, inputs)` in its GGUF block layout, read in
+/// place from the tensor it shares with candle's quantized matmul.
 pub struct PackedWeights {
     format: Format,
     outputs: usize,
     inputs: usize,
-    bytes: Vec<u8>,
+    tensor: Arc<QTensor>,
 }
 
 impl PackedWeights {
     /// The weights of `tensor`, when its format is one this kernel reads (Q4_1, Q8_0)
     /// and it lives on the CPU.
-    pub fn from_qtensor(tensor: &QTensor) -> Option<PackedWeights> {
+    pub fn from_qtensor(tensor: Arc<QTensor>) -> Option<PackedWeights> {
         let format = match tensor.dtype() {
             GgmlDType::Q4_1 => Format::Q4_1,
             GgmlDType::Q8_0 => Format::Q8_0,
@@ -59,12 +62,12 @@ impl PackedWeights {
         if inputs % BLOCK != 0 {
             return None;
         }
-        let bytes = tensor.data().ok()?.into_owned();
-        (bytes.len() == outputs * inputs / BLOCK * format.block_bytes()).then_some(PackedWeights {
+        let size = tensor.data().ok()?.len();
+        (size == outputs * inputs / BLOCK * format.block_bytes()).then_some(PackedWeights {
             format,
             outputs,
             inputs,
-            bytes,
+            tensor,
         })
     }
 
@@ -85,13 +88,15 @@ impl PackedWeights {
         }
         let rows: usize = dims.iter().product();
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let out = self.multiply(&xs, rows);
+        // A CPU tensor's blocks are borrowed, not copied.
+        let bytes = self.tensor.data()?;
+        let out = self.multiply(&bytes, &xs, rows);
         dims.push(self.outputs);
         Tensor::from_vec(out, dims, &Device::Cpu)
     }
 
     /// Row-major `(rows, outputs)` product of `xs` (`rows × inputs`) and the weights.
-    fn multiply(&self, xs: &[f32], rows: usize) -> Vec<f32> {
+    fn multiply(&self, bytes: &[u8], xs: &[f32], rows: usize) -> Vec<f32> {
         let per_row = self.inputs / BLOCK * self.format.block_bytes();
         // Output-major while computing (each task owns a run of outputs), then transposed.
         let mut by_output = vec![0f32; self.outputs * rows];
@@ -107,7 +112,7 @@ impl PackedWeights {
                 let first = task * outputs_per_task;
                 for (i, out) in chunk.chunks_mut(rows).enumerate() {
                     let o = first + i;
-                    let blocks = &self.bytes[o * per_row..(o + 1) * per_row];
+                    let blocks = &bytes[o * per_row..(o + 1) * per_row];
                     kernels::dequantize(self.format, blocks, &mut weights);
                     kernels::dot_rows(&weights, xs, out);
                 }
@@ -212,8 +217,8 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (48, 96), &device).unwrap();
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let packed = PackedWeights::from_qtensor(&q).unwrap();
             let dense = q.dequantize(&device).unwrap();
+            let packed = PackedWeights::from_qtensor(Arc::new(q)).unwrap();
             for rows in [1, 3, 17] {
                 let x = Tensor::randn(0f32, 1.0, (1, rows, 96), &device).unwrap();
                 let expected = x.broadcast_matmul(&dense.t().unwrap()).unwrap();
