@@ -85,11 +85,7 @@ impl FormatArg {
     }
 
     fn reader(self) -> Format {
-        match self {
-            FormatArg::Multiwoz21 => Format::Multiwoz21,
-            FormatArg::Icdst => Format::Icdst,
-            FormatArg::Sgd => Format::Sgd,
-        }
+        labelfleet_worker::runners::format_of(self.dataset())
     }
 }
 

@@ -10,13 +10,12 @@ use labelfleet_core::job::{
     Baseline, DatasetFormat, EvalSpec, Job, JobBody, JobKind, PredictionSource,
 };
 use labelfleet_dst::metrics::{Scores, ValueMatcher, score};
-use labelfleet_dst::{
-    Dialogue, Format, Prediction, read_dataset, read_predictions, read_predictions_file,
-};
+use labelfleet_dst::{Dialogue, Prediction, read_dataset, read_predictions, read_predictions_file};
 use labelfleet_manifest::list_all;
 use serde_json::json;
 
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
+use crate::runners::format_of;
 
 /// How many dialogues a `--mini` job scores.
 pub const MINI_DIALOGUES: usize = 2;
@@ -32,14 +31,6 @@ pub struct EvalRunner {
 type GoldKey = (PathBuf, String);
 /// A parsed gold file and the modification time it was read at.
 type CachedGold = (Option<SystemTime>, Arc<Vec<Dialogue>>);
-
-fn format_of(format: DatasetFormat) -> Format {
-    match format {
-        DatasetFormat::Multiwoz21 => Format::Multiwoz21,
-        DatasetFormat::Icdst => Format::Icdst,
-        DatasetFormat::Sgd => Format::Sgd,
-    }
-}
 
 impl EvalRunner {
     async fn gold(

@@ -50,6 +50,18 @@ pub struct LabelledTurn {
     pub batch_seconds: f64,
 }
 
+impl LabelledTurn {
+    /// The turn as an in-context example: its context and what it changed.
+    pub(super) fn example(&self) -> Example {
+        example_of(
+            &self.last_slot_values,
+            &self.system_utterance,
+            &self.user_utterance,
+            &self.turn_slot_values,
+        )
+    }
+}
+
 /// The running log artifact: the job's identity and its labelled turns so far.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct RunningLog {
@@ -95,11 +107,12 @@ pub(super) fn embed_into(
 }
 
 impl Labelling {
-    /// Labels every remaining turn; `checkpoint` is called with all turns so far every
-    /// `checkpoint_turns` turns and may stop the job by returning an error.
+    /// Labels every remaining turn; `checkpoint` is called with all turns so far (in
+    /// the dialogues' order) every `checkpoint_turns` turns and may stop the job by
+    /// returning an error.
     pub(super) fn run(
         &mut self,
-        mut checkpoint: impl FnMut(&HashMap<String, Vec<LabelledTurn>>) -> Result<(), JobFailure>,
+        mut checkpoint: impl FnMut(Vec<LabelledTurn>) -> Result<(), JobFailure>,
     ) -> Result<(), JobFailure> {
         let spec = self.spec.clone();
         let params = GenerationParams {
@@ -130,46 +143,53 @@ impl Labelling {
             if active.is_empty() {
                 break;
             }
-            let mut prompts = Vec::with_capacity(active.len());
-            let mut pending = Vec::with_capacity(active.len());
-            for d in &active {
-                let done = self
-                    .done
-                    .get(&d.dialogue_id)
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                let turn = &d.turns[done.len()];
-                let last = done
-                    .last()
-                    .map(|t| t.slot_values.clone())
-                    .unwrap_or_default();
-                let context = context_of(&last, &turn.system_utterance, &turn.user_utterance);
-                let (examples, sources) = if self.index.len() >= spec.retriever.example_warmup {
-                    let query = self
-                        .embedder
-                        .embed(&[retrieval_text(&context)], 1)
-                        .map_err(|e| JobFailure::new(format!("embedding a turn: {e}")))?
-                        .remove(0);
-                    let picked = self.index.top_k(
-                        &query,
-                        &d.dialogue_id,
+            // Each turn's context is embedded once, in one batch: as the retrieval query,
+            // and again as the index entry the labelled turn becomes.
+            let targets: Vec<_> = active
+                .iter()
+                .map(|d| {
+                    let done = self
+                        .done
+                        .get(&d.dialogue_id)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]);
+                    let turn = &d.turns[done.len()];
+                    let last = done
+                        .last()
+                        .map(|t| t.slot_values.clone())
+                        .unwrap_or_default();
+                    let context = context_of(&last, &turn.system_utterance, &turn.user_utterance);
+                    (turn, last, context)
+                })
+                .collect();
+            let retrieve = self.index.len() >= spec.retriever.example_warmup;
+            let embeddings = if retrieve || spec.retriever.add_predictions {
+                let texts: Vec<String> = targets
+                    .iter()
+                    .map(|(_, _, context)| retrieval_text(context))
+                    .collect();
+                self.embedder
+                    .embed(&texts, EMBED_BATCH)
+                    .map_err(|e| JobFailure::new(format!("embedding turns: {e}")))?
+            } else {
+                Vec::new()
+            };
+            let mut prompts = Vec::with_capacity(targets.len());
+            let mut sources = Vec::with_capacity(targets.len());
+            for (i, (turn, _, context)) in targets.iter().enumerate() {
+                let picked = if retrieve {
+                    self.index.top_k(
+                        &embeddings[i],
+                        &turn.dialogue_id,
                         spec.retriever.k_examples,
                         spec.retriever.minimum_distinct,
-                    );
-                    (
-                        picked.iter().map(|t| t.example.clone()).collect::<Vec<_>>(),
-                        picked.iter().map(|t| t.source.clone()).collect::<Vec<_>>(),
                     )
                 } else {
-                    (Vec::new(), Vec::new())
+                    Vec::new()
                 };
-                prompts.push(build_prompt(&examples, &context));
-                pending.push((
-                    turn,
-                    last,
-                    sources,
-                    prompts.last().cloned().unwrap_or_default(),
-                ));
+                let examples: Vec<Example> = picked.iter().map(|t| t.example.clone()).collect();
+                prompts.push(build_prompt(&examples, context));
+                sources.push(picked.iter().map(|t| t.source.clone()).collect::<Vec<_>>());
             }
             let started = Instant::now();
             let (completions, _timing) = self
@@ -177,8 +197,13 @@ impl Labelling {
                 .generate(&prompts, &params)
                 .map_err(|e| JobFailure::new(format!("generation failed: {e}")))?;
             let seconds = started.elapsed().as_secs_f64();
-            let mut new_examples = Vec::new();
-            for ((turn, last, sources, prompt), completion) in pending.into_iter().zip(completions)
+            let labelled_turns = targets
+                .into_iter()
+                .zip(prompts)
+                .zip(sources)
+                .zip(completions);
+            for (i, ((((turn, last, _), prompt), sources), completion)) in
+                labelled_turns.enumerate()
             {
                 let (state, valid) = match parse_update(&completion.text) {
                     Ok(update) => (apply_update(&last, &update), true),
@@ -201,19 +226,15 @@ impl Labelling {
                     batch_seconds: seconds,
                 };
                 if spec.retriever.add_predictions {
-                    new_examples.push((
-                        format!(
+                    self.index.push(IndexedTurn {
+                        source: format!(
                             "{}:{}#{}",
                             self.source, labelled.dialogue_id, labelled.turn_id
                         ),
-                        labelled.dialogue_id.clone(),
-                        example_of(
-                            &labelled.last_slot_values,
-                            &labelled.system_utterance,
-                            &labelled.user_utterance,
-                            &labelled.turn_slot_values,
-                        ),
-                    ));
+                        dialogue_id: labelled.dialogue_id.clone(),
+                        example: labelled.example(),
+                        embedding: embeddings[i].clone(),
+                    });
                 }
                 self.done
                     .entry(labelled.dialogue_id.clone())
@@ -221,10 +242,9 @@ impl Labelling {
                     .push(labelled);
                 since_checkpoint += 1;
             }
-            embed_into(&mut self.index, &self.embedder, new_examples)?;
             active.retain(|d| self.done.get(&d.dialogue_id).map_or(0, Vec::len) < d.turns.len());
             if since_checkpoint >= spec.checkpoint_turns {
-                checkpoint(&self.done)?;
+                checkpoint(in_order(&dialogues, &self.done))?;
                 since_checkpoint = 0;
             }
         }
@@ -234,11 +254,19 @@ impl Labelling {
 
     /// Every labelled turn, in the dialogues' order.
     pub(super) fn ordered_turns(&self) -> Vec<LabelledTurn> {
-        self.dialogues
-            .iter()
-            .flat_map(|d| self.done.get(&d.dialogue_id).cloned().unwrap_or_default())
-            .collect()
+        in_order(&self.dialogues, &self.done)
     }
+}
+
+/// The labelled turns of `dialogues`, in their order.
+fn in_order(
+    dialogues: &[Dialogue],
+    done: &HashMap<String, Vec<LabelledTurn>>,
+) -> Vec<LabelledTurn> {
+    dialogues
+        .iter()
+        .flat_map(|d| done.get(&d.dialogue_id).cloned().unwrap_or_default())
+        .collect()
 }
 
 pub(super) fn log_bytes(hash: &str, complete: bool, turns: Vec<LabelledTurn>) -> Vec<u8> {

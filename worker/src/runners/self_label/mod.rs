@@ -24,7 +24,7 @@ use labelfleet_core::job::{
 };
 use labelfleet_dst::metrics::{ValueMatcher, score};
 use labelfleet_dst::prompt::Example;
-use labelfleet_dst::{Dialogue, Format, Prediction, read_dataset};
+use labelfleet_dst::{Dialogue, Prediction, read_dataset};
 use labelfleet_manifest::list_all;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -34,6 +34,7 @@ use self::labelling::{Labelling, RunningLog, embed_into, log_bytes};
 use self::models::ModelCache;
 use self::retrieval::{ExampleIndex, example_of};
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
+use crate::runners::format_of;
 
 /// Dialogues a `--mini` job labels, and turns of each.
 pub const MINI_DIALOGUES: usize = 2;
@@ -46,14 +47,6 @@ pub const RUNNING_LOG: &str = "running_log.json";
 #[derive(Default)]
 pub struct SelfLabelRunner {
     models: Arc<ModelCache>,
-}
-
-fn format_of(format: DatasetFormat) -> Format {
-    match format {
-        DatasetFormat::Multiwoz21 => Format::Multiwoz21,
-        DatasetFormat::Icdst => Format::Icdst,
-        DatasetFormat::Sgd => Format::Sgd,
-    }
 }
 
 /// A stable shuffle (splitmix64-driven Fisher–Yates): the same seed picks the same
@@ -140,12 +133,7 @@ impl SelfLabelRunner {
                         entry.group_id, entry.run_id, t.dialogue_id, t.turn_id
                     ),
                     t.dialogue_id.clone(),
-                    example_of(
-                        &t.last_slot_values,
-                        &t.system_utterance,
-                        &t.user_utterance,
-                        &t.turn_slot_values,
-                    ),
+                    t.example(),
                 ));
             }
         }
@@ -249,7 +237,7 @@ impl JobRunner for SelfLabelRunner {
         .map_err(|e| JobFailure::new(format!("loading models failed: {e}")))??;
         let seeded = seeds.len();
         let mut labelling = Labelling {
-            spec: spec.clone(),
+            spec,
             source: job.key().to_string(),
             dialogues,
             done,
@@ -263,17 +251,8 @@ impl JobRunner for SelfLabelRunner {
         let (job_owned, ctx_owned, hash_owned) = (job.clone(), ctx.clone(), hash.clone());
         let labelling = tokio::task::spawn_blocking(move || -> Result<Labelling, JobFailure> {
             embed_into(&mut labelling.index, &labelling.embedder, seeds)?;
-            let order: Vec<String> = labelling
-                .dialogues
-                .iter()
-                .map(|d| d.dialogue_id.clone())
-                .collect();
             let total: usize = labelling.dialogues.iter().map(|d| d.turns.len()).sum();
-            labelling.run(|done| {
-                let turns: Vec<LabelledTurn> = order
-                    .iter()
-                    .flat_map(|id| done.get(id).cloned().unwrap_or_default())
-                    .collect();
+            labelling.run(|turns| {
                 let labelled = turns.len();
                 runtime.block_on(ctx_owned.write_artifact(
                     &job_owned,
