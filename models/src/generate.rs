@@ -4,7 +4,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::llama::{Llama, argmax_rows};
@@ -40,8 +39,7 @@ impl Default for GenerationParams {
 }
 
 /// Why generation of a prompt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
     /// A stop sequence appeared.
     Stop,
@@ -52,7 +50,7 @@ pub enum Finish {
 }
 
 /// One prompt's completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// Generated text, cut before any stop sequence.
     pub text: String,
@@ -65,7 +63,7 @@ pub struct Completion {
 }
 
 /// Time spent on a batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BatchTiming {
     /// Seconds spent reading the prompts.
     pub prefill_seconds: f64,
@@ -98,11 +96,6 @@ fn prompt_seed(seed: u64, prompt: &str) -> u64 {
 }
 
 impl CausalLm {
-    /// Tokens in `text`.
-    pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
-        Ok(self.tokenizer.encode(text)?.len())
-    }
-
     /// Completes every prompt; prompts are independent, and the batch shrinks as
     /// prompts finish.
     pub fn generate(

@@ -15,7 +15,6 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
 
 use crate::ModelError;
 use crate::qmatmul::PackedWeights;
@@ -53,8 +52,7 @@ impl LlamaConfig {
 }
 
 /// How to hold a GGUF model's quantized weights on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// As stored in the file.
     #[default]
