@@ -9,6 +9,10 @@
 //! - [`ModelSource`] says where a model is (a local path, or an id in the Hugging Face
 //!   cache); [`load_causal_lm`] reads it; [`parse_device`] picks `cpu` or `cuda:N`.
 //!
+//! - [`TrainableLm`] fine-tunes such a model (fully, or LoRA adapters with
+//!   [`LoraConfig`]) on [`TokenizedExample`]s with the [`train`] module's AdamW,
+//!   schedule and clipping, and saves it where [`load_causal_lm`] reads it back.
+//!
 //! Data flows one way: a job names a [`ModelSource`] → the worker resolves and loads
 //! it once (and keeps it across jobs) → prompts go in, [`Completion`]s come out.
 
@@ -21,16 +25,21 @@ mod error;
 mod generate;
 pub mod llama;
 mod load;
+mod lora;
 mod qmatmul;
 mod source;
+pub mod tiny;
 mod tokenizer;
+pub mod train;
 
 pub use candle_core::Device;
 pub use device::parse_device;
 pub use embed::{MAX_TOKENS, SentenceEmbedder};
 pub use error::ModelError;
 pub use generate::{BatchTiming, CausalLm, Completion, Finish, GenerationParams};
-pub use llama::{Llama, LlamaConfig, WeightFormat};
-pub use load::load_causal_lm;
+pub use llama::{HfWeights, LORA_TARGETS, Llama, LlamaConfig, WeightFormat};
+pub use load::{ADAPTER_CONFIG, load_causal_lm};
+pub use lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};
 pub use source::ModelSource;
 pub use tokenizer::TextTokenizer;
+pub use train::{TokenizedExample, TrainableLm};

@@ -51,6 +51,17 @@ impl LlamaConfig {
     }
 }
 
+/// The projections LoRA may adapt, by their Hugging Face names.
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
 /// How to hold a GGUF model's quantized weights on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
@@ -69,6 +80,13 @@ enum Linear {
     /// quantized matmul for long prompts.
     Packed(PackedWeights, QMatMul, Option<Tensor>),
     Dense(candle_nn::Linear),
+    /// A frozen projection plus a low-rank update: `base(x) + scale · B(A(x))`.
+    Lora {
+        base: Box<Linear>,
+        a: candle_nn::Linear,
+        b: candle_nn::Linear,
+        scale: f64,
+    },
 }
 
 impl Linear {
@@ -97,6 +115,9 @@ impl Linear {
                 }
             }
             Linear::Dense(l) => l.forward(x),
+            Linear::Lora { base, a, b, scale } => {
+                base.forward(x)? + (b.forward(&a.forward(x)?)? * *scale)?
+            }
         }
     }
 }
@@ -247,6 +268,135 @@ fn gguf_f32(content: &gguf_file::Content, key: &str) -> Option<f32> {
     content.metadata.get(key).and_then(|v| v.to_f32().ok())
 }
 
+/// The shape of the llama or qwen2 model in a GGUF file.
+fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig, ModelError> {
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| "llama".to_string());
+    if !matches!(arch.as_str(), "llama" | "qwen2") {
+        return Err(ModelError::Unsupported(format!(
+            "{}: GGUF architecture `{arch}`; labelfleet runs llama and qwen2",
+            path.display()
+        )));
+    }
+    let key = |name: &str| format!("{arch}.{name}");
+    let hidden_size = gguf_u32(content, &key("embedding_length"))?;
+    let num_heads = gguf_u32(content, &key("attention.head_count"))?;
+    let vocab_size = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|info| info.shape.dims()[0])
+        .ok_or_else(|| ModelError::Format(format!("{}: no `token_embd.weight`", path.display())))?;
+    Ok(LlamaConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size: gguf_u32(content, &key("feed_forward_length"))?,
+        num_layers: gguf_u32(content, &key("block_count"))?,
+        num_heads,
+        num_kv_heads: gguf_u32(content, &key("attention.head_count_kv")).unwrap_or(num_heads),
+        rms_norm_eps: gguf_f32(content, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)
+            as f64,
+        rope_theta: gguf_f32(content, &key("rope.freq_base")).unwrap_or(10_000.0),
+        max_positions: gguf_u32(content, &key("context_length")).unwrap_or(4096),
+        // llama.cpp's converter permutes llama's q/k so that pairs are adjacent;
+        // qwen2 keeps the Hugging Face layout.
+        rope_interleaved: arch == "llama",
+    })
+}
+
+/// A GGUF model's weights dequantized to f32 under their Hugging Face names
+/// (`model.layers.N.self_attn.q_proj.weight`, …), with llama.cpp's q/k permutation
+/// undone: what training starts from, and what a checkpoint saves.
+pub struct HfWeights {
+    /// The model's shape (`rope_interleaved` is false: the layout is Hugging Face's).
+    pub config: LlamaConfig,
+    /// Whether the output projection is the embedding matrix (no `lm_head.weight`).
+    pub tie_embeddings: bool,
+    /// The tensors by name.
+    pub tensors: std::collections::HashMap<String, Tensor>,
+}
+
+/// The Hugging Face name of a GGUF tensor.
+fn hf_name(gguf: &str) -> Option<String> {
+    let top = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = top {
+        return Some(name.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (part, suffix) = rest.split_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Undoes llama.cpp's permutation of a q or k projection (rotary pairs adjacent) back
+/// to the Hugging Face layout (pairs half a head apart). Works on weights `(out, in)`
+/// and biases `(out,)`.
+fn unpermute_rotary(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let half = dims[0] / heads / 2;
+    let rest: usize = dims[1..].iter().product();
+    t.reshape((heads, half, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}
+
+impl HfWeights {
+    /// Reads and dequantizes every tensor of a llama or qwen2 GGUF file.
+    pub fn from_gguf(path: &Path, device: &Device) -> Result<HfWeights, ModelError> {
+        let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
+        let mut config = gguf_config(&content, path)?;
+        let mut tensors = std::collections::HashMap::new();
+        let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+        for gguf in names {
+            let Some(name) = hf_name(&gguf) else {
+                continue;
+            };
+            let q = content.tensor(&mut file, &gguf, device).map_err(|e| {
+                ModelError::Format(format!("{}: tensor `{gguf}`: {e}", path.display()))
+            })?;
+            let mut t = q.dequantize(device)?;
+            if config.rope_interleaved {
+                if name.contains("q_proj") {
+                    t = unpermute_rotary(&t, config.num_heads)?;
+                } else if name.contains("k_proj") {
+                    t = unpermute_rotary(&t, config.num_kv_heads)?;
+                }
+            }
+            tensors.insert(name, t);
+        }
+        config.rope_interleaved = false;
+        let tie_embeddings = !tensors.contains_key("lm_head.weight");
+        Ok(HfWeights {
+            config,
+            tie_embeddings,
+            tensors,
+        })
+    }
+}
+
 impl Llama {
     /// Loads a GGUF file of architecture `llama` (or `qwen2`).
     pub fn from_gguf(
@@ -257,43 +407,7 @@ impl Llama {
         let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
-        let arch = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_else(|| "llama".to_string());
-        if !matches!(arch.as_str(), "llama" | "qwen2") {
-            return Err(ModelError::Unsupported(format!(
-                "{}: GGUF architecture `{arch}`; labelfleet runs llama and qwen2",
-                path.display()
-            )));
-        }
-        let key = |name: &str| format!("{arch}.{name}");
-        let hidden_size = gguf_u32(&content, &key("embedding_length"))?;
-        let num_heads = gguf_u32(&content, &key("attention.head_count"))?;
-        let vocab_size = content
-            .tensor_infos
-            .get("token_embd.weight")
-            .map(|info| info.shape.dims()[0])
-            .ok_or_else(|| {
-                ModelError::Format(format!("{}: no `token_embd.weight`", path.display()))
-            })?;
-        let config = LlamaConfig {
-            vocab_size,
-            hidden_size,
-            intermediate_size: gguf_u32(&content, &key("feed_forward_length"))?,
-            num_layers: gguf_u32(&content, &key("block_count"))?,
-            num_heads,
-            num_kv_heads: gguf_u32(&content, &key("attention.head_count_kv")).unwrap_or(num_heads),
-            rms_norm_eps: gguf_f32(&content, &key("attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5) as f64,
-            rope_theta: gguf_f32(&content, &key("rope.freq_base")).unwrap_or(10_000.0),
-            max_positions: gguf_u32(&content, &key("context_length")).unwrap_or(4096),
-            // llama.cpp's converter permutes llama's q/k so that pairs are adjacent;
-            // qwen2 keeps the Hugging Face layout.
-            rope_interleaved: arch == "llama",
-        };
+        let config = gguf_config(&content, path)?;
         let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
             content.tensor(&mut file, name, device).map_err(|e| {
                 ModelError::Format(format!("{}: tensor `{name}`: {e}", path.display()))
@@ -448,6 +562,89 @@ impl Llama {
         &self.device
     }
 
+    /// Wraps projection `target` (`q_proj`, `v_proj`, … see [`LORA_TARGETS`]) of
+    /// layer `layer` with a low-rank update `scale · B·A`, `a: (rank, in)`,
+    /// `b: (out, rank)`. The base stays as it is (frozen when it is not a variable).
+    pub fn attach_lora(
+        &mut self,
+        layer: usize,
+        target: &str,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+    ) -> Result<(), ModelError> {
+        let slot = self.projection(layer, target)?;
+        let base = std::mem::replace(slot, Linear::Dense(candle_nn::Linear::new(a.clone(), None)));
+        *slot = Linear::Lora {
+            base: Box::new(base),
+            a: candle_nn::Linear::new(a, None),
+            b: candle_nn::Linear::new(b, None),
+            scale,
+        };
+        Ok(())
+    }
+
+    /// Folds a low-rank update into projection `target` of layer `layer`:
+    /// `W ← W + scale · B·A`. The projection must hold dense weights.
+    pub fn merge_lora(
+        &mut self,
+        layer: usize,
+        target: &str,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+    ) -> Result<(), ModelError> {
+        let slot = self.projection(layer, target)?;
+        let Linear::Dense(dense) = slot else {
+            return Err(ModelError::Invalid(format!(
+                "layer {layer} `{target}` is not dense; load the base model with f32 weights to merge an adapter"
+            )));
+        };
+        let merged = (dense.weight() + (b.matmul(a)? * scale)?)?;
+        *slot = Linear::Dense(candle_nn::Linear::new(merged, dense.bias().cloned()));
+        Ok(())
+    }
+
+    fn projection(&mut self, layer: usize, target: &str) -> Result<&mut Linear, ModelError> {
+        let count = self.layers.len();
+        let l = self.layers.get_mut(layer).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "layer {layer} does not exist; the model has {count}"
+            ))
+        })?;
+        Ok(match target {
+            "q_proj" => &mut l.wq,
+            "k_proj" => &mut l.wk,
+            "v_proj" => &mut l.wv,
+            "o_proj" => &mut l.wo,
+            "gate_proj" => &mut l.gate,
+            "up_proj" => &mut l.up,
+            "down_proj" => &mut l.down,
+            other => {
+                return Err(ModelError::Invalid(format!(
+                    "`{other}` is not a projection LoRA can adapt; use one of {LORA_TARGETS:?}"
+                )));
+            }
+        })
+    }
+
+    /// The `(out, in)` shape of projection `target`.
+    pub fn projection_shape(&self, target: &str) -> Result<(usize, usize), ModelError> {
+        let c = &self.config;
+        let kv = c.num_kv_heads * c.head_dim();
+        Ok(match target {
+            "q_proj" | "o_proj" => (c.hidden_size, c.hidden_size),
+            "k_proj" | "v_proj" => (kv, c.hidden_size),
+            "gate_proj" | "up_proj" => (c.intermediate_size, c.hidden_size),
+            "down_proj" => (c.hidden_size, c.intermediate_size),
+            other => {
+                return Err(ModelError::Invalid(format!(
+                    "`{other}` is not a projection LoRA can adapt; use one of {LORA_TARGETS:?}"
+                )));
+            }
+        })
+    }
+
     /// A cache for a batch of `rows` prompts.
     pub fn new_cache(&self, rows: usize) -> KvCache {
         KvCache {
@@ -465,7 +662,7 @@ impl Llama {
         padding: &[usize],
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
-        let hidden = self.forward_hidden(tokens, padding, cache, true)?;
+        let hidden = self.forward_hidden(tokens, padding, Some(cache), true)?;
         Ok(self.lm_head.forward(&hidden)?.squeeze(1)?)
     }
 
@@ -477,26 +674,44 @@ impl Llama {
         padding: &[usize],
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
-        let hidden = self.forward_hidden(tokens, padding, cache, false)?;
+        let hidden = self.forward_hidden(tokens, padding, Some(cache), false)?;
         Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// The final hidden states of every position, `(rows, len, hidden)`, computed
+    /// without a cache and with differentiable operations only (candle's fused rms
+    /// norm, rotary and softmax kernels have no backward pass): what training needs.
+    /// Rows are left-padded as for [`Llama::forward`].
+    pub fn hidden_for_training(
+        &self,
+        tokens: &[Vec<u32>],
+        padding: &[usize],
+    ) -> Result<Tensor, ModelError> {
+        self.forward_hidden(tokens, padding, None, false)
+    }
+
+    /// Projects hidden states to vocabulary logits.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.lm_head.forward(hidden)?)
     }
 
     fn forward_hidden(
         &self,
         tokens: &[Vec<u32>],
         padding: &[usize],
-        cache: &mut KvCache,
+        mut cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor, ModelError> {
         let rows = tokens.len();
         let len = tokens.first().map_or(0, Vec::len);
-        if rows != cache.rows() || rows != padding.len() || tokens.iter().any(|t| t.len() != len) {
+        let cache_rows = cache.as_ref().map_or(rows, |c| c.rows());
+        if rows != cache_rows || rows != padding.len() || tokens.iter().any(|t| t.len() != len) {
             return Err(ModelError::Invalid(
                 "a batch needs rows of equal length, one padding count and one cache row each"
                     .into(),
             ));
         }
-        let start = cache.len();
+        let start = cache.as_ref().map_or(0, |c| c.len());
         if start + len > self.config.max_positions {
             return Err(ModelError::Invalid(format!(
                 "{} positions exceed the model's context of {}",
@@ -504,14 +719,26 @@ impl Llama {
                 self.config.max_positions
             )));
         }
-        for (mask, &pad) in cache.key_mask.iter_mut().zip(padding) {
-            mask.extend((0..len).map(|i| if i < pad { f32::NEG_INFINITY } else { 0.0 }));
-        }
+        let new_keys =
+            |pad: usize| (0..len).map(move |i| if i < pad { f32::NEG_INFINITY } else { 0.0 });
+        let uncached: Vec<Vec<f32>>;
+        let key_mask: &[Vec<f32>] = match cache.as_deref_mut() {
+            Some(cache) => {
+                for (mask, &pad) in cache.key_mask.iter_mut().zip(padding) {
+                    mask.extend(new_keys(pad));
+                }
+                &cache.key_mask
+            }
+            None => {
+                uncached = padding.iter().map(|&pad| new_keys(pad).collect()).collect();
+                &uncached
+            }
+        };
         let total = start + len;
         // Row r, query i (absolute position start+i) sees key j when j <= start+i and j
         // is not padding; a padding query sees only itself, so its softmax stays finite.
         let mut mask = Vec::with_capacity(rows * len * total);
-        for (r, keys) in cache.key_mask.iter().enumerate() {
+        for (r, keys) in key_mask.iter().enumerate() {
             for i in 0..len {
                 let query_is_pad = i < padding[r];
                 for (j, &key) in keys.iter().enumerate() {
@@ -533,16 +760,19 @@ impl Llama {
             .reshape((rows, len, self.config.hidden_size))?;
         let cos = self.cos.narrow(0, start, len)?;
         let sin = self.sin.narrow(0, start, len)?;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let training = cache.is_none();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = self.layer_forward(layer, &x, &mask, slot, &cos, &sin)?;
         }
         if last_only {
             x = x.narrow(1, len - 1, 1)?.contiguous()?;
         }
-        Ok(candle_nn::ops::rms_norm(
+        Ok(rms_norm(
             &x,
             &self.norm,
             self.config.rms_norm_eps as f32,
+            training,
         )?)
     }
 
@@ -551,15 +781,16 @@ impl Llama {
         layer: &Layer,
         x: &Tensor,
         mask: &Tensor,
-        cache: &mut Option<LayerKv>,
+        cache: Option<&mut Option<LayerKv>>,
         cos: &Tensor,
         sin: &Tensor,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
+        let training = cache.is_none();
         let (rows, len, _) = x.dims3()?;
         let head_dim = c.head_dim();
         let eps = c.rms_norm_eps as f32;
-        let normed = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
+        let normed = rms_norm(x, &layer.attn_norm, eps, training)?;
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
             t.reshape((rows, len, n, head_dim))?
                 .transpose(1, 2)?
@@ -568,22 +799,24 @@ impl Llama {
         let q = heads(layer.wq.forward(&normed)?, c.num_heads)?;
         let k = heads(layer.wk.forward(&normed)?, c.num_kv_heads)?;
         let v = heads(layer.wv.forward(&normed)?, c.num_kv_heads)?;
-        let rope = if c.rope_interleaved {
-            candle_nn::rotary_emb::rope_i
-        } else {
-            candle_nn::rotary_emb::rope
+        let rope = match (c.rope_interleaved, training) {
+            (true, false) => candle_nn::rotary_emb::rope_i,
+            (true, true) => candle_nn::rotary_emb::rope_i_slow,
+            (false, false) => candle_nn::rotary_emb::rope,
+            (false, true) => candle_nn::rotary_emb::rope_slow,
         };
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
         let (k, v) = match cache {
-            Some(layer) => layer.append(&k, &v)?,
-            None => {
+            None => (k, v),
+            Some(Some(layer)) => layer.append(&k, &v)?,
+            Some(slot @ None) => {
                 let layer = LayerKv::new(&k, &v)?;
                 let views = (
                     layer.k.narrow(2, 0, layer.len)?,
                     layer.v.narrow(2, 0, layer.len)?,
                 );
-                *cache = Some(layer);
+                *slot = Some(layer);
                 views
             }
         };
@@ -597,16 +830,30 @@ impl Llama {
         let (k, v) = (expand(&k)?, expand(&v)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let weights = if training {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let attended = weights
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
             .reshape((rows, len, c.hidden_size))?;
         let x = (x + layer.wo.forward(&attended)?)?;
-        let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+        let normed = rms_norm(&x, &layer.ffn_norm, eps, training)?;
         let gated =
             (candle_nn::ops::silu(&layer.gate.forward(&normed)?)? * layer.up.forward(&normed)?)?;
         x + layer.down.forward(&gated)?
+    }
+}
+
+/// RMS norm: candle's fused kernel for inference, the composite (differentiable) form
+/// for training.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, training: bool) -> candle_core::Result<Tensor> {
+    if training {
+        candle_nn::ops::rms_norm_slow(x, weight, eps)
+    } else {
+        candle_nn::ops::rms_norm(x, weight, eps)
     }
 }
 

@@ -41,38 +41,73 @@ fn default_positions() -> usize {
 }
 
 /// Loads the causal LM at `path`: a `.gguf` file, a folder holding one, or a folder with
-/// `config.json`, `tokenizer.json` and `*.safetensors` (llama, mistral or qwen2).
+/// `config.json`, `tokenizer.json` and `*.safetensors` (llama, mistral or qwen2), or a
+/// LoRA adapter folder (`adapter_config.json`), merged into its base model at load.
 pub fn load_causal_lm(
     path: &Path,
     format: WeightFormat,
     device: &Device,
 ) -> Result<CausalLm, ModelError> {
-    let gguf = if path.is_file() {
-        Some(path.to_path_buf())
-    } else {
-        let ggufs = files_with_extension(path, "gguf")?;
-        match ggufs.len() {
-            0 => None,
-            1 => ggufs.into_iter().next(),
-            _ => {
-                return Err(ModelError::Invalid(format!(
-                    "{} holds {} .gguf files; name one in the model's `path` (or `file`)",
-                    path.display(),
-                    ggufs.len()
-                )));
-            }
-        }
-    };
-    if let Some(gguf) = gguf {
-        let tokenizer_json = gguf.with_file_name("tokenizer.json");
-        let tokenizer = if tokenizer_json.exists() {
-            TextTokenizer::from_file(&tokenizer_json)?
-        } else {
-            TextTokenizer::from_gguf(&gguf)?
-        };
+    if path.join(ADAPTER_CONFIG).exists() {
+        return crate::lora::load_with_adapter(path, device);
+    }
+    if let Some(gguf) = find_gguf(path)? {
+        let tokenizer = gguf_tokenizer(&gguf)?;
         let model = Llama::from_gguf(&gguf, format, device)?;
         return Ok(CausalLm { model, tokenizer });
     }
+    let (config, tie_embeddings) = hf_config(path)?;
+    let weights = safetensors_files(path)?;
+    let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
+    let model = Llama::from_safetensors(&weights, config, tie_embeddings, device)?;
+    Ok(CausalLm { model, tokenizer })
+}
+
+/// The file that marks a folder as a LoRA adapter over a base model.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// The GGUF file `path` names: the file itself, or the one `.gguf` in a folder.
+pub(crate) fn find_gguf(path: &Path) -> Result<Option<PathBuf>, ModelError> {
+    if path.is_file() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    let ggufs = files_with_extension(path, "gguf")?;
+    match ggufs.len() {
+        0 => Ok(None),
+        1 => Ok(ggufs.into_iter().next()),
+        _ => Err(ModelError::Invalid(format!(
+            "{} holds {} .gguf files; name one in the model's `path` (or `file`)",
+            path.display(),
+            ggufs.len()
+        ))),
+    }
+}
+
+/// The tokenizer of a GGUF model: `tokenizer.json` beside it, else its metadata's.
+pub(crate) fn gguf_tokenizer(gguf: &Path) -> Result<TextTokenizer, ModelError> {
+    let tokenizer_json = gguf.with_file_name("tokenizer.json");
+    if tokenizer_json.exists() {
+        TextTokenizer::from_file(&tokenizer_json)
+    } else {
+        TextTokenizer::from_gguf(gguf)
+    }
+}
+
+/// The `*.safetensors` files of a model folder; an error when there are none.
+pub(crate) fn safetensors_files(path: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let weights = files_with_extension(path, "safetensors")?;
+    if weights.is_empty() {
+        return Err(ModelError::NotFound(format!(
+            "{} has neither a .gguf file nor .safetensors weights",
+            path.display()
+        )));
+    }
+    Ok(weights)
+}
+
+/// The shape of the model in folder `path` (its `config.json`), and whether its
+/// embeddings are tied to the output projection.
+pub(crate) fn hf_config(path: &Path) -> Result<(LlamaConfig, bool), ModelError> {
     let config_path = path.join("config.json");
     let text =
         std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
@@ -97,16 +132,26 @@ pub fn load_causal_lm(
         max_positions: hf.max_position_embeddings,
         rope_interleaved: false,
     };
-    let weights = files_with_extension(path, "safetensors")?;
-    if weights.is_empty() {
-        return Err(ModelError::NotFound(format!(
-            "{} has neither a .gguf file nor .safetensors weights",
-            path.display()
-        )));
-    }
-    let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
-    let model = Llama::from_safetensors(&weights, config, hf.tie_word_embeddings, device)?;
-    Ok(CausalLm { model, tokenizer })
+    Ok((config, hf.tie_word_embeddings))
+}
+
+/// A Hugging Face `config.json` for a llama model of this shape.
+pub(crate) fn hf_config_json(config: &LlamaConfig, tie_embeddings: bool) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.max_positions,
+        "tie_word_embeddings": tie_embeddings,
+        "torch_dtype": "float32",
+    })
 }
 
 fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, ModelError> {

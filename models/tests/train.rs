@@ -1,0 +1,267 @@
+//! Training with candle: a tiny llama learns, a resumed run repeats an uninterrupted
+//! one, the training forward pass equals the inference one, LoRA adapters train and
+//! merge, and a GGUF model converts to a trainable one without changing its outputs.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use labelfleet_dst::{Format, read_dataset};
+use labelfleet_models::tiny::{tiny_config, train_tokenizer};
+use labelfleet_models::train::{
+    AdamW, AdamWConfig, Schedule, accumulate, clip_grad_norm, completion_nll, learning_rate,
+    random_weights,
+};
+use labelfleet_models::{
+    HfWeights, Llama, LoraConfig, TokenizedExample, TrainableLm, WeightFormat, load_causal_lm,
+};
+
+/// (prompt, completion) pairs from the bundled MultiWOZ sample: the user's words, then
+/// the domains the dialogue's state touches after that turn.
+fn pairs() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../runs/sample-data/multiwoz21_val_sample.json");
+    let dialogues = read_dataset(&path, Format::Multiwoz21).unwrap();
+    dialogues
+        .iter()
+        .flat_map(|d| d.turns.iter())
+        .take(24)
+        .map(|t| {
+            let mut domains: Vec<&str> = t
+                .slot_values
+                .keys()
+                .filter_map(|k| k.split('-').next())
+                .collect();
+            domains.dedup();
+            (
+                format!("# User: {}\n# Domains:", t.user_utterance),
+                format!(" {}]", domains.join(", ")),
+            )
+        })
+        .collect()
+}
+
+fn tiny(seed: u64, lora: Option<LoraConfig>) -> (TrainableLm, Vec<TokenizedExample>) {
+    let pairs = pairs();
+    let texts: Vec<String> = pairs.iter().map(|(p, c)| format!("{p}{c}")).collect();
+    let tokenizer = train_tokenizer(&texts, 400).unwrap();
+    let config = tiny_config(tokenizer.inner.get_vocab_size(true));
+    let weights = random_weights(config, true, seed, &Device::Cpu).unwrap();
+    let lm = TrainableLm::new(weights, tokenizer, lora, seed, &Device::Cpu).unwrap();
+    let examples = pairs
+        .iter()
+        .map(|(p, c)| TokenizedExample::new(&lm.tokenizer, p, c, 96).unwrap())
+        .collect();
+    (lm, examples)
+}
+
+/// Runs optimizer steps `from..to` over `examples` (4 per step, as 2 micro-batches of
+/// 2) and returns each step's mean loss per token.
+fn train(
+    lm: &TrainableLm,
+    optimizer: &mut AdamW,
+    examples: &[TokenizedExample],
+    from: usize,
+    to: usize,
+    peak_lr: f64,
+) -> Vec<f64> {
+    let params = lm.parameters();
+    let mut losses = Vec::new();
+    for step in from..to {
+        let micro: Vec<Vec<&TokenizedExample>> = (0..2)
+            .map(|m| {
+                (0..2)
+                    .map(|i| &examples[(step * 4 + m * 2 + i) % examples.len()])
+                    .collect()
+            })
+            .collect();
+        let tokens: usize = micro.iter().flatten().map(|e| e.scored_tokens()).sum();
+        let mut total = None;
+        let mut loss_sum = 0.0;
+        for batch in &micro {
+            let (nll, _) = completion_nll(&lm.model, batch).unwrap();
+            loss_sum += nll.to_scalar::<f32>().unwrap() as f64;
+            let grads = (nll / tokens as f64).unwrap().backward().unwrap();
+            match total.as_mut() {
+                None => total = Some(grads),
+                Some(t) => accumulate(t, grads, &params).unwrap(),
+            }
+        }
+        let mut grads = total.unwrap();
+        clip_grad_norm(&mut grads, &params, 1.0).unwrap();
+        let lr = learning_rate(step, 300, 10, peak_lr, Schedule::Cosine, 0.1);
+        optimizer.step(&grads, lr).unwrap();
+        losses.push(loss_sum / tokens as f64);
+    }
+    losses
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+#[test]
+fn a_tiny_llama_learns_its_completions() {
+    let (lm, examples) = tiny(7, None);
+    let mut optimizer = AdamW::new(lm.parameters(), AdamWConfig::default()).unwrap();
+    let losses = train(&lm, &mut optimizer, &examples, 0, 300, 3e-3);
+    let (first, last) = (mean(&losses[..10]), mean(&losses[290..]));
+    eprintln!("loss: first 10 steps {first:.3}, last 10 steps {last:.3}");
+    assert!(first > 4.0, "a random model starts near ln(vocab): {first}");
+    assert!(last < first / 4.0, "loss fell only from {first} to {last}");
+}
+
+#[test]
+fn a_resumed_run_repeats_an_uninterrupted_one() {
+    let (lm, examples) = tiny(3, None);
+    let mut optimizer = AdamW::new(lm.parameters(), AdamWConfig::default()).unwrap();
+    let straight = train(&lm, &mut optimizer, &examples, 0, 30, 3e-3);
+
+    // Stop after 15 steps, save through bytes, restore into a fresh model, go on.
+    let (first, _) = tiny(3, None);
+    let mut optimizer = AdamW::new(first.parameters(), AdamWConfig::default()).unwrap();
+    let mut resumed = train(&first, &mut optimizer, &examples, 0, 15, 3e-3);
+    let params = labelfleet_models::train::safetensors_bytes(&first.parameter_tensors()).unwrap();
+    let state = labelfleet_models::train::safetensors_bytes(&optimizer.state()).unwrap();
+    let steps = optimizer.steps();
+    drop((first, optimizer));
+
+    let (second, _) = tiny(3, None);
+    let load = |b: &[u8]| labelfleet_models::train::tensors_from_bytes(b, &Device::Cpu).unwrap();
+    second.restore_parameters(&load(&params)).unwrap();
+    let mut optimizer = AdamW::new(second.parameters(), AdamWConfig::default()).unwrap();
+    optimizer.restore(&load(&state), steps).unwrap();
+    resumed.extend(train(&second, &mut optimizer, &examples, 15, 30, 3e-3));
+
+    for (step, (a, b)) in straight.iter().zip(&resumed).enumerate() {
+        assert!((a - b).abs() < 1e-5, "step {step}: {a} vs {b}");
+    }
+}
+
+#[test]
+fn the_training_forward_pass_equals_the_inference_one() {
+    let (lm, examples) = tiny(11, None);
+    let batch: Vec<&TokenizedExample> = examples[..3].iter().collect();
+    let len = batch.iter().map(|e| e.tokens.len()).max().unwrap();
+    let (mut tokens, mut padding) = (Vec::new(), Vec::new());
+    for e in &batch {
+        let pad = len - e.tokens.len();
+        let mut row = vec![0u32; pad];
+        row.extend(&e.tokens);
+        tokens.push(row);
+        padding.push(pad);
+    }
+    let training = lm
+        .model
+        .logits(&lm.model.hidden_for_training(&tokens, &padding).unwrap())
+        .unwrap();
+    let mut cache = lm.model.new_cache(tokens.len());
+    let inference = lm.model.forward_all(&tokens, &padding, &mut cache).unwrap();
+    for (r, &pad) in padding.iter().enumerate() {
+        let a = training.get(r).unwrap().narrow(0, pad, len - pad).unwrap();
+        let b = inference.get(r).unwrap().narrow(0, pad, len - pad).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "row {r}");
+    }
+}
+
+#[test]
+fn lora_adapters_train_and_merge_into_the_base() {
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+    };
+    let (full, examples) = tiny(5, None);
+    let (adapted, _) = tiny(5, Some(lora));
+    // B starts at zero: the adapted model starts as the base.
+    let batch: Vec<&TokenizedExample> = examples[..4].iter().collect();
+    let base_loss = completion_nll(&full.model, &batch).unwrap().0;
+    let start_loss = completion_nll(&adapted.model, &batch).unwrap().0;
+    let diff =
+        (base_loss.to_scalar::<f32>().unwrap() - start_loss.to_scalar::<f32>().unwrap()).abs();
+    assert!(diff < 1e-4, "{diff}");
+    assert!(adapted.trainable_count() < full.trainable_count() / 4);
+
+    let mut optimizer = AdamW::new(adapted.parameters(), AdamWConfig::default()).unwrap();
+    let losses = train(&adapted, &mut optimizer, &examples, 0, 60, 1e-2);
+    // Adapters over a random base learn slowly, but they learn: half a nat in 60 steps.
+    let (first, last) = (mean(&losses[..5]), mean(&losses[50..]));
+    assert!(last < first - 0.5, "LoRA loss went from {first} to {last}");
+
+    // Save base and adapter, load the adapter folder: merged weights give the logits
+    // of the attached adapter.
+    let dir = tempfile::tempdir().unwrap();
+    let base_dir = dir.path().join("base");
+    full.save(&base_dir).unwrap();
+    let reloaded = TrainableLm::load(
+        &base_dir,
+        Some(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        }),
+        5,
+        &Device::Cpu,
+    )
+    .unwrap();
+    reloaded
+        .restore_parameters(&adapted.parameter_tensors())
+        .unwrap();
+    let adapter_dir = dir.path().join("adapter");
+    reloaded.save(&adapter_dir).unwrap();
+    assert!(adapter_dir.join("adapter_config.json").exists());
+    let merged = load_causal_lm(&adapter_dir, WeightFormat::F32, &Device::Cpu).unwrap();
+    let merged_loss = completion_nll(&merged.model, &batch).unwrap().0;
+    let trained_loss = completion_nll(&adapted.model, &batch).unwrap().0;
+    let (a, b) = (
+        merged_loss.to_scalar::<f32>().unwrap(),
+        trained_loss.to_scalar::<f32>().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "{a} vs {b}");
+}
+
+#[test]
+fn a_full_fine_tune_saves_a_model_that_loads_for_generation() {
+    let (lm, examples) = tiny(9, None);
+    let mut optimizer = AdamW::new(lm.parameters(), AdamWConfig::default()).unwrap();
+    train(&lm, &mut optimizer, &examples, 0, 5, 3e-3);
+    let dir = tempfile::tempdir().unwrap();
+    lm.save(dir.path()).unwrap();
+    let loaded = load_causal_lm(dir.path(), WeightFormat::F32, &Device::Cpu).unwrap();
+    let batch: Vec<&TokenizedExample> = examples[..2].iter().collect();
+    let a = completion_nll(&lm.model, &batch)
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    let b = completion_nll(&loaded.model, &batch)
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+}
+
+/// A GGUF llama (q/k permuted for interleaved rotary) converted to trainable Hugging
+/// Face-layout weights gives the logits of the GGUF model itself.
+#[test]
+fn a_gguf_model_converts_to_trainable_weights_unchanged() {
+    let path = common::model(common::SMOLLM2);
+    let device = Device::Cpu;
+    let gguf = Llama::from_gguf(&path, WeightFormat::F32, &device).unwrap();
+    let weights = HfWeights::from_gguf(&path, &device).unwrap();
+    assert!(!weights.config.rope_interleaved);
+    let tensors: HashMap<String, Tensor> = weights.tensors;
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
+    let converted =
+        Llama::from_var_builder(vb, weights.config, weights.tie_embeddings, &device).unwrap();
+    let prompt = vec![vec![1u32, 504, 3458, 282, 4649, 314, 28, 339, 2231, 30]];
+    let a = gguf.forward(&prompt, &[0], &mut gguf.new_cache(1)).unwrap();
+    let b = converted
+        .forward(&prompt, &[0], &mut converted.new_cache(1))
+        .unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
+}
