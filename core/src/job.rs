@@ -27,6 +27,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::provenance::Provenance;
+pub use crate::retrain::{
+    CheckpointSpec, DataSource, GoldData, LoraSpec, RetrainSpec, Schedule, SplitPolicy, SplitSpec,
+    SplitUse, TrainingData, TrainingSpec,
+};
 pub use crate::self_label::{
     DialogueSelection, GenerationSpec, ModelRef, RetrieverSpec, SelfLabelSpec, WeightFormat,
 };
@@ -68,11 +72,6 @@ impl JobKind {
     pub fn from_name(name: &str) -> Option<JobKind> {
         JobKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
-
-    /// Whether this version of labelfleet can run jobs of this kind.
-    pub fn is_available(self) -> bool {
-        matches!(self, JobKind::SelfLabel | JobKind::Eval | JobKind::Noop)
-    }
 }
 
 impl fmt::Display for JobKind {
@@ -86,6 +85,8 @@ impl fmt::Display for JobKind {
 pub enum JobBody {
     /// Settings of a `self_label` job.
     SelfLabel(Box<SelfLabelSpec>),
+    /// Settings of a `retrain` job.
+    Retrain(Box<RetrainSpec>),
     /// Settings of an `eval` job.
     Eval(EvalSpec),
     /// Settings of a `noop` job.
@@ -97,6 +98,7 @@ impl JobBody {
     pub fn kind(&self) -> JobKind {
         match self {
             JobBody::SelfLabel(_) => JobKind::SelfLabel,
+            JobBody::Retrain(_) => JobKind::Retrain,
             JobBody::Eval(_) => JobKind::Eval,
             JobBody::Noop(_) => JobKind::Noop,
         }
@@ -105,6 +107,7 @@ impl JobBody {
     fn to_value(&self) -> Value {
         match self {
             JobBody::SelfLabel(spec) => serde_json::to_value(spec),
+            JobBody::Retrain(spec) => serde_json::to_value(spec),
             JobBody::Eval(spec) => serde_json::to_value(spec),
             JobBody::Noop(spec) => serde_json::to_value(spec),
         }
@@ -373,7 +376,12 @@ impl Job {
                     .map_err(|(path, message)| JobError::new(file, path, message))?;
                 JobBody::SelfLabel(Box::new(spec))
             }
-            JobKind::Retrain => unreachable!("rejected by parse_kind"),
+            JobKind::Retrain => {
+                let spec: RetrainSpec = deserialize_at(body_value, file, "retrain")?;
+                spec.check()
+                    .map_err(|(path, message)| JobError::new(file, path, message))?;
+                JobBody::Retrain(Box::new(spec))
+            }
         };
         if let JobBody::Eval(spec) = &body
             && !(0.0..=1.0).contains(&spec.fuzzy_threshold)
@@ -521,22 +529,6 @@ fn parse_kind(map: &Map<String, Value>, file: &str) -> Result<JobKind, JobError>
             ),
         )
     })?;
-    if !kind.is_available() {
-        let available: Vec<&str> = JobKind::ALL
-            .iter()
-            .filter(|k| k.is_available())
-            .map(|k| k.as_str())
-            .collect();
-        return Err(JobError::new(
-            file,
-            "kind",
-            format!(
-                "`{kind}` jobs are not available in labelfleet {} yet; this version runs {}",
-                crate::VERSION,
-                quote_list(&available)
-            ),
-        ));
-    }
     Ok(kind)
 }
 
@@ -713,7 +705,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_unavailable_kinds_are_errors() {
+    fn unknown_kinds_and_mismatched_bodies_are_errors() {
         let mut v = eval_job();
         v["kind"] = json!("paint");
         let err = parse(v).unwrap_err();
@@ -722,7 +714,8 @@ mod tests {
         let mut v = eval_job();
         v["kind"] = json!("retrain");
         let err = parse(v).unwrap_err();
-        assert!(err.message.contains("not available"), "{err}");
+        assert_eq!(err.path, "eval");
+        assert!(err.message.contains("unknown key `eval`"), "{err}");
     }
 
     #[test]

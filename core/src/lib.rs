@@ -34,6 +34,7 @@ pub mod job;
 pub mod overrides;
 pub mod provenance;
 pub mod queue;
+mod retrain;
 mod self_label;
 
 #[cfg(feature = "conformance")]

@@ -86,6 +86,10 @@ pub struct ModelRef {
     /// With `id`: the `.gguf` file in the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The model a `retrain` job saved, as `group/job` (its final model) or
+    /// `group/job/best` (its best by validation loss); fetched from the artifact store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
@@ -185,14 +189,30 @@ impl Default for GenerationSpec {
 }
 
 impl ModelRef {
-    fn check(&self, at: &str) -> Result<(), (String, String)> {
+    /// Checks the fields' combination; errors name the field under `at`.
+    pub fn check(&self, at: &str) -> Result<(), (String, String)> {
         let err = |field: &str, message: &str| Err((format!("{at}.{field}"), message.to_string()));
+        if let Some(checkpoint) = &self.checkpoint {
+            if self.path.is_some() || self.id.is_some() {
+                return err("checkpoint", "give one of `path`, `id` and `checkpoint`");
+            }
+            let parts: Vec<&str> = checkpoint.split('/').collect();
+            let shape_ok = matches!(parts.len(), 2 | 3)
+                && parts.iter().all(|p| !p.is_empty())
+                && (parts.len() == 2 || parts[2] == "best");
+            if !shape_ok {
+                return err(
+                    "checkpoint",
+                    "expected `group/job` (a retrain job's final model) or `group/job/best`",
+                );
+            }
+        }
         match (&self.path, &self.id) {
             (Some(_), Some(_)) => return err("id", "give `path` or `id`, not both"),
-            (None, None) => {
+            (None, None) if self.checkpoint.is_none() => {
                 return Err((
                     format!("{at}.path"),
-                    "missing: give `path` (a local folder or .gguf file) or `id` (a Hugging Face model id in the local cache)".into(),
+                    "missing: give `path` (a local folder or .gguf file), `id` (a Hugging Face model id in the local cache) or `checkpoint` (a retrain job's model)".into(),
                 ));
             }
             (Some(_), None) if self.revision.is_some() => {

@@ -220,6 +220,12 @@ pub fn build_prompt(examples: &[Example], target: &TurnContext) -> String {
     out
 }
 
+/// What a model should complete a prompt with for `update`: the calls and the closing
+/// bracket (where generation stops). Training data for `retrain`.
+pub fn target_completion(update: &SlotValues) -> String {
+    format!("{}]", render_update(update))
+}
+
 /// Where a completion stops: the end of the update line.
 pub const STOP_SEQUENCES: [&str; 2] = ["\n", "]"];
 

@@ -95,6 +95,7 @@ fn model(path: &str, device: &str) -> ModelRef {
         id: None,
         revision: None,
         file: None,
+        checkpoint: None,
         device: device.to_string(),
         weights: WeightFormat::default(),
     }

@@ -133,6 +133,7 @@ impl Runners {
         let mut runners = Runners::default();
         runners.register(Arc::new(crate::runners::eval::EvalRunner::default()));
         runners.register(Arc::new(crate::runners::noop::NoopRunner));
+        runners.register(Arc::new(crate::runners::retrain::RetrainRunner));
         runners.register(Arc::new(
             crate::runners::self_label::SelfLabelRunner::default(),
         ));

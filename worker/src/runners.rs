@@ -1,7 +1,9 @@
 //! The job runners, one module per kind.
 
+pub mod checkpoints;
 pub mod eval;
 pub mod noop;
+pub mod retrain;
 pub mod self_label;
 
 use labelfleet_core::job::DatasetFormat;

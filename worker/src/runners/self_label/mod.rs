@@ -9,7 +9,7 @@
 //! resumes. The manifest entry is written (by the worker) only when every turn is done.
 
 mod labelling;
-mod models;
+pub(crate) mod models;
 mod retrieval;
 
 use std::collections::HashMap;
@@ -32,7 +32,8 @@ use sha2::{Digest, Sha256};
 pub use self::labelling::LabelledTurn;
 use self::labelling::{Labelling, RunningLog, embed_into, log_bytes};
 use self::models::ModelCache;
-use self::retrieval::{ExampleIndex, example_of};
+use self::retrieval::ExampleIndex;
+pub use self::retrieval::example_of;
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::format_of;
 
@@ -51,7 +52,7 @@ pub struct SelfLabelRunner {
 
 /// A stable shuffle (splitmix64-driven Fisher–Yates): the same seed picks the same
 /// dialogues on every machine and every version of labelfleet.
-fn shuffle<T>(items: &mut [T], seed: u64) {
+pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -92,7 +93,7 @@ pub fn select_dialogues(
         .collect()
 }
 
-fn read_data(path: &str, format: DatasetFormat) -> Result<Vec<Dialogue>, JobFailure> {
+pub(crate) fn read_data(path: &str, format: DatasetFormat) -> Result<Vec<Dialogue>, JobFailure> {
     read_dataset(Path::new(path), format_of(format)).map_err(|e| {
         JobFailure::new(format!(
             "cannot read the dataset: {e} (paths are relative to the worker's working directory)"
@@ -100,46 +101,45 @@ fn read_data(path: &str, format: DatasetFormat) -> Result<Vec<Dialogue>, JobFail
     })
 }
 
-fn config_hash(job: &Job) -> String {
+pub(crate) fn config_hash(job: &Job) -> String {
     let digest = Sha256::digest(canonical_json(&job.config_value()).as_bytes());
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-impl SelfLabelRunner {
-    /// Labelled turns of earlier `self_label` jobs in `group`, as index entries (without
-    /// embeddings yet).
-    async fn group_examples(
-        &self,
-        group: &str,
-        ctx: &JobContext,
-    ) -> Result<Vec<(String, String, Example)>, JobFailure> {
-        let entries = list_all(&*ctx.manifest, group)
-            .await
-            .map_err(|e| JobFailure::new(format!("listing manifest group {group}: {e}")))?;
-        let mut out = Vec::new();
-        for entry in entries
-            .iter()
-            .filter(|e| e.kind == JobKind::SelfLabel.as_str())
-        {
-            let Some((key, bytes)) = ctx.read_entry_artifact(entry, "labels").await? else {
-                continue;
-            };
-            let log: RunningLog = serde_json::from_slice(&bytes)
-                .map_err(|e| JobFailure::new(format!("{key}: not a running log: {e}")))?;
-            for t in log.turns {
-                out.push((
-                    format!(
-                        "{}/{}:{}#{}",
-                        entry.group_id, entry.run_id, t.dialogue_id, t.turn_id
-                    ),
-                    t.dialogue_id.clone(),
-                    t.example(),
-                ));
-            }
+/// Labelled turns of earlier `self_label` jobs in `group`, as index entries (without
+/// embeddings yet).
+pub(crate) async fn group_examples(
+    group: &str,
+    ctx: &JobContext,
+) -> Result<Vec<(String, String, Example)>, JobFailure> {
+    let entries = list_all(&*ctx.manifest, group)
+        .await
+        .map_err(|e| JobFailure::new(format!("listing manifest group {group}: {e}")))?;
+    let mut out = Vec::new();
+    for entry in entries
+        .iter()
+        .filter(|e| e.kind == JobKind::SelfLabel.as_str())
+    {
+        let Some((key, bytes)) = ctx.read_entry_artifact(entry, "labels").await? else {
+            continue;
+        };
+        let log: RunningLog = serde_json::from_slice(&bytes)
+            .map_err(|e| JobFailure::new(format!("{key}: not a running log: {e}")))?;
+        for t in log.turns {
+            out.push((
+                format!(
+                    "{}/{}:{}#{}",
+                    entry.group_id, entry.run_id, t.dialogue_id, t.turn_id
+                ),
+                t.dialogue_id.clone(),
+                t.example(),
+            ));
         }
-        Ok(out)
     }
+    Ok(out)
+}
 
+impl SelfLabelRunner {
     async fn resume(
         &self,
         job: &Job,
@@ -180,8 +180,9 @@ impl JobRunner for SelfLabelRunner {
         let JobBody::SelfLabel(spec) = &job.body else {
             return Err(JobFailure::new("not a self_label job"));
         };
-        let spec = (**spec).clone();
+        let mut spec = (**spec).clone();
         let hash = config_hash(job);
+        spec.model = crate::runners::checkpoints::materialize(&spec.model, ctx).await?;
         let started = Instant::now();
 
         let (data_path, data_format) = (spec.data.path.clone(), spec.data.format);
@@ -203,7 +204,7 @@ impl JobRunner for SelfLabelRunner {
             .clone()
             .unwrap_or_else(|| vec![job.group_id.clone()]);
         for group in &groups {
-            seeds.extend(self.group_examples(group, ctx).await?);
+            seeds.extend(group_examples(group, ctx).await?);
         }
         if let Some(gold) = spec.retriever.gold_examples.clone() {
             let gold = tokio::task::spawn_blocking(move || read_data(&gold.path, gold.format))

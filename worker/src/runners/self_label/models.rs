@@ -20,7 +20,7 @@ pub struct ModelCache {
     embedders: Mutex<HashMap<CacheKey, Arc<SentenceEmbedder>>>,
 }
 
-fn resolve(model: &ModelRef) -> Result<PathBuf, JobFailure> {
+pub(crate) fn resolve(model: &ModelRef) -> Result<PathBuf, JobFailure> {
     let source = match (&model.path, &model.id) {
         (Some(path), _) => ModelSource::Local(PathBuf::from(path)),
         (None, Some(id)) => ModelSource::HubCache {

@@ -1,0 +1,223 @@
+//! retrain end to end on the embedded default, with a tiny llama the test builds (a BPE
+//! tokenizer trained on the rendered dialogue turns, random weights): the loss falls,
+//! checkpoints resume exactly after `kill -9`, and the trained model labels in
+//! `self_label` as `"checkpoint": "group/job"`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Fleet, repo_root, wait_until};
+use labelfleet_dst::{Format, read_dataset};
+use labelfleet_worker::runners::retrain::render;
+use labelfleet_worker::runners::self_label::example_of;
+use serde_json::{Value, json};
+
+const SAMPLE: &str = "runs/sample-data/multiwoz21_val_sample.json";
+
+/// A tiny llama whose tokenizer was trained on the sample's rendered turns.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let dialogues = read_dataset(&repo_root().join(SAMPLE), Format::Multiwoz21).unwrap();
+    let texts: Vec<String> = dialogues
+        .iter()
+        .flat_map(|d| &d.turns)
+        .map(|t| {
+            let e = example_of(
+                &t.last_slot_values,
+                &t.system_utterance,
+                &t.user_utterance,
+                &t.turn_slot_values,
+            );
+            let (prompt, completion) = render(&e);
+            format!("{prompt}{completion}")
+        })
+        .collect();
+    let path = dir.join("tiny-llama");
+    labelfleet_models::tiny::write_tiny_model(&path, &texts, 1).unwrap();
+    path
+}
+
+fn retrain_job(group: &str, model: &Path, steps: usize, checkpoint_every: usize) -> Value {
+    json!({
+        "kind": "retrain",
+        "group_id": group,
+        "retrain": {
+            "model": {"path": model},
+            "data": {"old": [{"gold": {"path": SAMPLE, "format": "multiwoz21"}}]},
+            // Ten dialogues: resampling cuts them 6/2/2 exactly.
+            "split": {"policy": "resample", "ratios": [0.6, 0.2, 0.2]},
+            "training": {"steps": steps, "batch_size": 4, "learning_rate": 0.003,
+                         "warmup_steps": 5, "eval_every": 10, "max_tokens": 160, "seed": 3},
+            "checkpoint": {"every_steps": checkpoint_every}
+        }
+    })
+}
+
+fn artifact(fleet: &Fleet, key: &str) -> Value {
+    let path = fleet.home().join("artifacts").join(key);
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn losses(curve: &Value) -> Vec<f64> {
+    curve["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_retrained_model_learns_and_labels_in_self_label() {
+    let fleet = Fleet::new();
+    let model = tiny_model(fleet.dir.path());
+    let dir = fleet.jobs_dir("tiny");
+    common::write_job(&dir, "train.json", &retrain_job("tiny", &model, 60, 20));
+    let minilm = repo_root().join(".models/all-MiniLM-L6-v2");
+    common::write_job(
+        &dir,
+        "label.json",
+        &json!({
+            "kind": "self_label",
+            "group_id": "tiny",
+            "after": ["train"],
+            "self_label": {
+                "data": {"path": SAMPLE, "format": "multiwoz21"},
+                "dialogues": {"count": 1, "max_turns": 2},
+                "model": {"checkpoint": "tiny/train"},
+                "retriever": {"model": {"path": minilm}, "k_examples": 1, "minimum_distinct": 1},
+                "generation": {"max_new_tokens": 8}
+            }
+        }),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "5"]);
+    assert!(worker.wait(Duration::from_secs(600)).success());
+
+    let entries = fleet.entries("tiny");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let train = entries.iter().find(|e| e.run_id == "train").unwrap();
+    assert_eq!(train.kind, "retrain");
+    assert_eq!(train.counts["steps"], 60);
+    let curve = artifact(&fleet, &train.artifacts["curve"]);
+    let losses = losses(&curve);
+    let (first, last) = (
+        losses[..5].iter().sum::<f64>() / 5.0,
+        losses[55..].iter().sum::<f64>() / 5.0,
+    );
+    assert!(
+        last < first * 0.6,
+        "training loss went from {first} to {last}"
+    );
+    let valid = train.metrics["valid_loss"].as_f64().unwrap();
+    assert!(valid.is_finite() && valid > 0.0);
+    assert!(train.metrics["test_loss"].as_f64().unwrap().is_finite());
+    assert_eq!(
+        curve["valid"].as_array().unwrap().len(),
+        6,
+        "every 10 steps"
+    );
+    assert!(
+        fleet
+            .home()
+            .join("artifacts")
+            .join(&train.artifacts["model"])
+            .exists()
+    );
+    assert!(
+        fleet
+            .home()
+            .join("artifacts")
+            .join(&train.artifacts["best"])
+            .exists()
+    );
+
+    // Splits are by dialogue and disjoint.
+    let splits = artifact(&fleet, &train.artifacts["splits"]);
+    let set = |name: &str| -> std::collections::BTreeSet<String> {
+        splits[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (tr, va, te) = (set("train"), set("valid"), set("test"));
+    assert!(!tr.is_empty() && !va.is_empty() && !te.is_empty());
+    assert!(tr.is_disjoint(&va) && tr.is_disjoint(&te) && va.is_disjoint(&te));
+    assert_eq!(
+        train.counts["train_examples"]
+            + train.counts["valid_examples"]
+            + train.counts["test_examples"],
+        train.counts["old_examples"]
+    );
+
+    // The checkpoint loads in self_label.
+    let label = entries.iter().find(|e| e.run_id == "label").unwrap();
+    assert_eq!(label.counts["turns"], 2);
+}
+
+#[test]
+fn a_killed_retrain_job_resumes_and_matches_an_uninterrupted_run() {
+    let fleet = Fleet::new();
+    let model = tiny_model(fleet.dir.path());
+    let steps = 150;
+    let dir = fleet.jobs_dir("resume");
+    common::write_job(&dir, "train.json", &retrain_job("resume", &model, steps, 5));
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let args = [
+        "--visibility-timeout",
+        "4",
+        "--heartbeat",
+        "1",
+        "--wait",
+        "1",
+    ];
+    let mut victim = fleet.spawn_worker("victim", &args);
+    let state = fleet
+        .home()
+        .join("artifacts/resume/train/checkpoint/state.json");
+    wait_until(Duration::from_secs(300), "the first checkpoint", || {
+        state.exists()
+    });
+    victim.signal("KILL");
+    victim.wait(Duration::from_secs(10));
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let saved_step = saved["step"].as_u64().unwrap();
+    assert!(
+        saved_step >= 5 && saved_step < steps as u64,
+        "killed at step {saved_step}"
+    );
+
+    // The same job in another group, never interrupted, for comparison.
+    let straight = fleet.jobs_dir("straight");
+    common::write_job(
+        &straight,
+        "train.json",
+        &retrain_job("straight", &model, steps, 1000),
+    );
+    fleet.ok(&["enqueue", straight.to_str().unwrap(), "--allow-dirty"]);
+    let mut rescuer = fleet.spawn_worker("rescuer", &[&args[..], &["--idle-exit", "10"]].concat());
+    assert!(rescuer.wait(Duration::from_secs(600)).success());
+
+    let resumed = &fleet.entries("resume")[0];
+    assert_eq!(resumed.worker, "rescuer");
+    let events = rescuer.events();
+    let resuming = common::find(&events, "resuming from the checkpoint", None);
+    assert_eq!(resuming.len(), 1);
+    assert!(resuming[0]["fields"]["step"].as_u64().unwrap() >= saved_step);
+    let a = losses(&artifact(&fleet, &resumed.artifacts["curve"]));
+    let b = losses(&artifact(
+        &fleet,
+        &fleet.entries("straight")[0].artifacts["curve"],
+    ));
+    assert_eq!((a.len(), b.len()), (steps, steps));
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() < 1e-4,
+            "step {}: resumed {x} vs straight {y}",
+            step + 1
+        );
+    }
+}

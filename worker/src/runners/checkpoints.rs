@@ -1,0 +1,80 @@
+//! Models saved by `retrain` jobs, named in other jobs as `"checkpoint": "group/job"`:
+//! their files are fetched from the artifact store into a local cache folder, which
+//! then loads like any model folder.
+
+use std::path::PathBuf;
+
+use labelfleet_core::artifacts::ArtifactKey;
+use labelfleet_core::job::ModelRef;
+
+use crate::runner::{JobContext, JobFailure};
+
+/// The artifact folder of a retrain job's final model, under `{group}/{job}/`.
+pub const FINAL_MODEL: &str = "model";
+/// The artifact folder of a retrain job's best model by validation loss.
+pub const BEST_MODEL: &str = "best";
+
+/// Where fetched checkpoints are kept: `$LABELFLEET_CACHE_DIR`, else a folder in the
+/// system's temporary directory.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("LABELFLEET_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("labelfleet-cache"))
+}
+
+/// `model` with a `checkpoint` replaced by the local folder its files were fetched
+/// into; any other model is returned as it is.
+pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef, JobFailure> {
+    let Some(checkpoint) = &model.checkpoint else {
+        return Ok(model.clone());
+    };
+    let parts: Vec<&str> = checkpoint.split('/').collect();
+    let folder = if parts.get(2) == Some(&"best") {
+        BEST_MODEL
+    } else {
+        FINAL_MODEL
+    };
+    let prefix = format!("{}/{}/{folder}", parts[0], parts[1]);
+    let keys = ctx
+        .artifacts
+        .list(&prefix)
+        .await
+        .map_err(|e| JobFailure::new(format!("listing checkpoint {prefix}: {e}")))?;
+    if keys.is_empty() {
+        return Err(JobFailure::new(format!(
+            "checkpoint `{checkpoint}` has no files under {prefix}; is {}/{} a finished retrain job? (list it in `after`)",
+            parts[0], parts[1]
+        )));
+    }
+    let local = cache_dir().join("checkpoints").join(&prefix);
+    std::fs::create_dir_all(&local)
+        .map_err(|e| JobFailure::new(format!("creating {}: {e}", local.display())))?;
+    for key in keys {
+        let name = key
+            .as_str()
+            .rsplit('/')
+            .next()
+            .expect("keys have a last segment")
+            .to_string();
+        let bytes = fetch(&key, ctx).await?;
+        // Write beside, then rename: a worker reading the folder never sees half a file.
+        let target = local.join(&name);
+        let partial = local.join(format!(".{name}.{}.partial", std::process::id()));
+        std::fs::write(&partial, &bytes)
+            .and_then(|_| std::fs::rename(&partial, &target))
+            .map_err(|e| JobFailure::new(format!("writing {}: {e}", target.display())))?;
+    }
+    tracing::info!(checkpoint, folder = %local.display(), "checkpoint fetched");
+    let mut resolved = model.clone();
+    resolved.checkpoint = None;
+    resolved.path = Some(local.display().to_string());
+    Ok(resolved)
+}
+
+async fn fetch(key: &ArtifactKey, ctx: &JobContext) -> Result<Vec<u8>, JobFailure> {
+    ctx.artifacts
+        .get(key)
+        .await
+        .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))?
+        .ok_or_else(|| JobFailure::new(format!("{key} vanished while it was being fetched")))
+}

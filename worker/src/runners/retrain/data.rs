@@ -1,0 +1,109 @@
+//! A retrain job's examples: labelled turns from manifest groups (what `self_label`
+//! jobs labelled) and gold dataset files, grouped by dialogue and rendered into the
+//! prompt → completion form `self_label` prompts with.
+
+use std::collections::BTreeMap;
+
+use labelfleet_core::job::DataSource;
+use labelfleet_dst::prompt::{Example, build_prompt, target_completion};
+
+use crate::runner::{JobContext, JobFailure};
+use crate::runners::self_label::example_of;
+use crate::runners::self_label::{group_examples, read_data};
+
+/// Dialogues a `--mini` retrain job takes from each source.
+pub const MINI_DIALOGUES: usize = 4;
+
+/// One dialogue's labelled turns, in order.
+#[derive(Debug, Clone)]
+pub struct LabelledDialogue {
+    /// Where it came from: `group:G` or `gold:PATH`.
+    pub source: String,
+    /// The dialogue.
+    pub dialogue_id: String,
+    /// Its turns as examples (context and the update labelled for it).
+    pub examples: Vec<Example>,
+}
+
+impl LabelledDialogue {
+    /// A total order over dialogues that does not depend on how they were read.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.dialogue_id, &self.source)
+    }
+}
+
+/// The prompt and the completion a model is trained to write for `example`: the
+/// prompt `self_label` builds for the turn (without retrieved examples) and the update
+/// calls with the closing bracket.
+pub fn render(example: &Example) -> (String, String) {
+    (
+        build_prompt(&[], &example.context),
+        target_completion(&example.update),
+    )
+}
+
+/// Reads every source's labelled dialogues.
+pub async fn gather(
+    sources: &[DataSource],
+    ctx: &JobContext,
+    mini: bool,
+) -> Result<Vec<LabelledDialogue>, JobFailure> {
+    let mut out = Vec::new();
+    for source in sources {
+        let mut dialogues = match source {
+            DataSource::Group(group) => {
+                let mut by_dialogue: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+                for (_, dialogue_id, example) in group_examples(group, ctx).await? {
+                    by_dialogue.entry(dialogue_id).or_default().push(example);
+                }
+                if by_dialogue.is_empty() {
+                    tracing::warn!(group, "the group holds no labelled turns yet");
+                }
+                by_dialogue
+                    .into_iter()
+                    .map(|(dialogue_id, examples)| LabelledDialogue {
+                        source: format!("group:{group}"),
+                        dialogue_id,
+                        examples,
+                    })
+                    .collect::<Vec<_>>()
+            }
+            DataSource::Gold(gold) => {
+                let (path, format) = (gold.path.clone(), gold.format);
+                let dialogues = tokio::task::spawn_blocking(move || read_data(&path, format))
+                    .await
+                    .map_err(|e| JobFailure::new(format!("reading {} failed: {e}", gold.path)))??;
+                dialogues
+                    .into_iter()
+                    .take(gold.max_dialogues.unwrap_or(usize::MAX))
+                    .map(|d| LabelledDialogue {
+                        source: format!("gold:{}", gold.path),
+                        examples: d
+                            .turns
+                            .iter()
+                            .map(|t| {
+                                example_of(
+                                    &t.last_slot_values,
+                                    &t.system_utterance,
+                                    &t.user_utterance,
+                                    &t.turn_slot_values,
+                                )
+                            })
+                            .collect(),
+                        dialogue_id: d.dialogue_id,
+                    })
+                    .collect()
+            }
+        };
+        if mini {
+            dialogues.truncate(MINI_DIALOGUES);
+        }
+        out.extend(dialogues);
+    }
+    Ok(out)
+}
+
+/// Turns in `dialogues`.
+pub fn turn_count(dialogues: &[LabelledDialogue]) -> usize {
+    dialogues.iter().map(|d| d.examples.len()).sum()
+}

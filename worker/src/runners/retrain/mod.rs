@@ -1,0 +1,415 @@
+//! `retrain` jobs: fine-tune a causal LM on labelled turns with candle.
+//!
+//! The job gathers old and new labelled dialogues ([`data`]), skips itself with a
+//! clear manifest record when there are too few new examples, splits them
+//! ([`splits`]), renders each turn into `self_label`'s prompt → completion form and
+//! trains ([`trainer`]). Every `checkpoint.every_steps` steps (or seconds) the
+//! trainable parameters, AdamW's moments and the run state go to the artifact store
+//! under `checkpoint/`; a redelivered job of the same config resumes from there. The
+//! best model by validation loss is kept under `best/`, the final one under `model/`
+//! (loadable by `self_label` and `eval` as `"checkpoint": "group/job"`), and the
+//! training curve in `curve.json`.
+
+mod data;
+mod splits;
+mod trainer;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use labelfleet_core::artifacts::ArtifactKey;
+use labelfleet_core::job::{Job, JobBody, JobKind, RetrainSpec};
+use labelfleet_models::train::{AdamW, AdamWConfig, safetensors_bytes, tensors_from_bytes};
+use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
+use serde_json::json;
+
+pub use self::data::{LabelledDialogue, render};
+pub use self::splits::{Splits, split};
+pub use self::trainer::{CurvePoint, RunState, ValidPoint};
+use self::trainer::{Event, TrainingRun, mean_loss};
+use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
+use crate::runners::checkpoints::{self, BEST_MODEL, FINAL_MODEL};
+use crate::runners::self_label::config_hash;
+use crate::runners::self_label::models::resolve;
+
+/// The run state of the latest resumable checkpoint.
+pub const CHECKPOINT_STATE: &str = "checkpoint/state.json";
+/// The training curve artifact.
+pub const CURVE: &str = "curve.json";
+
+/// Runs `retrain` jobs.
+#[derive(Default)]
+pub struct RetrainRunner;
+
+fn tokenize(
+    lm: &TrainableLm,
+    dialogues: &[LabelledDialogue],
+    max_tokens: usize,
+) -> Result<Vec<TokenizedExample>, JobFailure> {
+    let mut out = Vec::new();
+    for d in dialogues {
+        for example in &d.examples {
+            let (prompt, completion) = render(example);
+            out.push(
+                TokenizedExample::new(&lm.tokenizer, &prompt, &completion, max_tokens).map_err(
+                    |e| {
+                        JobFailure::new(format!(
+                            "{} {}: {e}; raise `training.max_tokens`",
+                            d.source, d.dialogue_id
+                        ))
+                    },
+                )?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn split_listing(splits: &Splits) -> serde_json::Value {
+    let ids = |ds: &[LabelledDialogue]| -> Vec<String> {
+        ds.iter()
+            .map(|d| format!("{}#{}", d.source, d.dialogue_id))
+            .collect()
+    };
+    json!({"train": ids(&splits.train), "valid": ids(&splits.valid), "test": ids(&splits.test)})
+}
+
+/// Writes a saved model's files under `{group}/{job}/{folder}/`; returns the key of its
+/// weights.
+async fn upload_model(
+    job: &Job,
+    ctx: &JobContext,
+    folder: &str,
+    files: Vec<std::path::PathBuf>,
+) -> Result<String, JobFailure> {
+    let mut weights = None;
+    for file in files {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("saved files have names")
+            .to_string();
+        let bytes = tokio::fs::read(&file)
+            .await
+            .map_err(|e| JobFailure::new(format!("reading {}: {e}", file.display())))?;
+        let key = ctx
+            .write_artifact(job, &format!("{folder}/{name}"), bytes)
+            .await?;
+        if name.ends_with(".safetensors") {
+            weights = Some(key);
+        }
+    }
+    weights.ok_or_else(|| JobFailure::new("the saved model has no weights file"))
+}
+
+/// Saves `lm` into a scratch folder and uploads it under `folder`.
+fn save_model(
+    lm: &TrainableLm,
+    job: &Job,
+    ctx: &JobContext,
+    folder: &str,
+    runtime: &tokio::runtime::Handle,
+) -> Result<String, JobFailure> {
+    let scratch = tempfile::tempdir()
+        .map_err(|e| JobFailure::new(format!("creating a scratch folder: {e}")))?;
+    let files = lm
+        .save(scratch.path())
+        .map_err(|e| JobFailure::new(format!("saving the model: {e}")))?;
+    runtime.block_on(upload_model(job, ctx, folder, files))
+}
+
+fn write_checkpoint(
+    state: &RunState,
+    lm: &TrainableLm,
+    optimizer: &AdamW,
+    job: &Job,
+    ctx: &JobContext,
+    runtime: &tokio::runtime::Handle,
+) -> Result<RunState, JobFailure> {
+    // Two slots, written in turn: the state file names the slot that is complete, so
+    // a worker killed mid-write leaves the previous checkpoint intact.
+    let mut state = state.clone();
+    state.slot = 1 - state.slot;
+    let bytes = |t| safetensors_bytes(&t).map_err(|e| JobFailure::new(e.to_string()));
+    let params = bytes(lm.parameter_tensors())?;
+    let moments = bytes(optimizer.state())?;
+    runtime.block_on(async {
+        ctx.write_artifact(
+            job,
+            &format!("checkpoint/params-{}.safetensors", state.slot),
+            params,
+        )
+        .await?;
+        ctx.write_artifact(
+            job,
+            &format!("checkpoint/optimizer-{}.safetensors", state.slot),
+            moments,
+        )
+        .await?;
+        ctx.write_artifact(
+            job,
+            CHECKPOINT_STATE,
+            serde_json::to_vec(&state).expect("state serialises"),
+        )
+        .await
+    })?;
+    tracing::info!(job = %job.key(), step = state.step, "checkpoint written");
+    Ok(state)
+}
+
+/// Restores the latest checkpoint of this config, if there is one; returns its state.
+async fn resume(
+    job: &Job,
+    ctx: &JobContext,
+    hash: &str,
+) -> Result<Option<(RunState, Vec<u8>, Vec<u8>)>, JobFailure> {
+    let read = |file: String| async move {
+        let key = ArtifactKey::for_job(&job.group_id, &job.name, &file)
+            .map_err(|e| JobFailure::new(e.to_string()))?;
+        ctx.artifacts
+            .get(&key)
+            .await
+            .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))
+    };
+    let Some(bytes) = read(CHECKPOINT_STATE.to_string()).await? else {
+        return Ok(None);
+    };
+    let state: RunState = match serde_json::from_slice(&bytes) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::warn!(job = %job.key(), "the checkpoint state is unreadable ({e}); training from the start");
+            return Ok(None);
+        }
+    };
+    if state.config_hash != hash {
+        tracing::info!(job = %job.key(), "the checkpoint belongs to a different config; training from the start");
+        return Ok(None);
+    }
+    let params = read(format!("checkpoint/params-{}.safetensors", state.slot)).await?;
+    let moments = read(format!("checkpoint/optimizer-{}.safetensors", state.slot)).await?;
+    match (params, moments) {
+        (Some(p), Some(m)) => Ok(Some((state, p, m))),
+        _ => Err(JobFailure::new(format!(
+            "checkpoint of {} names slot {} whose files are missing",
+            job.key(),
+            state.slot
+        ))),
+    }
+}
+
+fn lora_config(spec: &RetrainSpec) -> Option<LoraConfig> {
+    spec.lora.as_ref().map(|l| LoraConfig {
+        rank: l.rank,
+        alpha: l.alpha,
+        targets: l.targets.clone(),
+    })
+}
+
+#[async_trait]
+impl JobRunner for RetrainRunner {
+    fn kind(&self) -> JobKind {
+        JobKind::Retrain
+    }
+
+    async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
+        let JobBody::Retrain(spec) = &job.body else {
+            return Err(JobFailure::new("not a retrain job"));
+        };
+        let mut spec = (**spec).clone();
+        let hash = config_hash(job);
+        let old = data::gather(&spec.data.old, ctx, job.mini).await?;
+        let new = data::gather(&spec.data.new, ctx, job.mini).await?;
+        let (old_turns, new_turns) = (data::turn_count(&old), data::turn_count(&new));
+        let mut counts: BTreeMap<String, u64> = [
+            ("old_examples".to_string(), old_turns as u64),
+            ("new_examples".to_string(), new_turns as u64),
+        ]
+        .into();
+        if new_turns < spec.data.min_new_examples {
+            let reason = format!(
+                "{new_turns} new examples, fewer than min_new_examples = {}",
+                spec.data.min_new_examples
+            );
+            tracing::info!(job = %job.key(), %reason, "retraining skipped");
+            return Ok(JobOutput {
+                counts,
+                metrics: json!({"skipped": true, "reason": reason}),
+                artifacts: BTreeMap::new(),
+            });
+        }
+        let splits = split(old, new, &spec.split);
+        if splits.train.is_empty() {
+            return Err(JobFailure::new(
+                "the training split is empty: check `data` and `split` (which data each split takes)",
+            ));
+        }
+        let mut artifacts = BTreeMap::new();
+        artifacts.insert(
+            "splits".to_string(),
+            ctx.write_artifact(
+                job,
+                "splits.json",
+                serde_json::to_vec_pretty(&split_listing(&splits)).expect("listing serialises"),
+            )
+            .await?,
+        );
+        if job.mini {
+            spec.training.steps = spec.training.steps.min(4);
+        }
+        spec.model = checkpoints::materialize(&spec.model, ctx).await?;
+        let base = resolve(&spec.model)?;
+        let resumed = resume(job, ctx, &hash).await?;
+        ctx.check_cancelled()?;
+
+        let runtime = tokio::runtime::Handle::current();
+        let (job_owned, ctx_owned) = (job.clone(), ctx.clone());
+        let spec_owned = spec.clone();
+        let (run, test_loss) = tokio::task::spawn_blocking(move || {
+            let (job, ctx, spec) = (job_owned, ctx_owned, spec_owned);
+            let device =
+                parse_device(&spec.model.device).map_err(|e| JobFailure::new(e.to_string()))?;
+            let lm = TrainableLm::load(&base, lora_config(&spec), spec.training.seed, &device)
+                .map_err(|e| {
+                    JobFailure::new(format!("loading {} to train: {e}", base.display()))
+                })?;
+            let max_tokens = spec.training.max_tokens;
+            let train = tokenize(&lm, &splits.train, max_tokens)?;
+            let valid = tokenize(&lm, &splits.valid, max_tokens)?;
+            let test = tokenize(&lm, &splits.test, max_tokens)?;
+            let optimizer = AdamW::new(
+                lm.parameters(),
+                AdamWConfig {
+                    weight_decay: spec.training.weight_decay,
+                    ..AdamWConfig::default()
+                },
+            )
+            .map_err(|e| JobFailure::new(e.to_string()))?;
+            let mut run = TrainingRun {
+                spec: spec.training.clone(),
+                lm,
+                optimizer,
+                train,
+                valid,
+                state: RunState {
+                    config_hash: hash,
+                    ..RunState::default()
+                },
+            };
+            if let Some((state, params, moments)) = resumed {
+                let load = |b: &[u8]| {
+                    tensors_from_bytes(b, &device).map_err(|e| JobFailure::new(e.to_string()))
+                };
+                run.lm
+                    .restore_parameters(&load(&params)?)
+                    .map_err(|e| JobFailure::new(e.to_string()))?;
+                run.optimizer
+                    .restore(&load(&moments)?, state.step)
+                    .map_err(|e| JobFailure::new(e.to_string()))?;
+                tracing::info!(job = %job.key(), step = state.step, "resuming from the checkpoint");
+                run.state = state;
+            }
+            tracing::info!(
+                job = %job.key(),
+                train = run.train.len(),
+                valid = run.valid.len(),
+                test = test.len(),
+                trainable_parameters = run.lm.trainable_count(),
+                steps = spec.training.steps,
+                "training"
+            );
+            let mut saved_state: Option<RunState> = None;
+            let cancel = ctx.cancel.clone();
+            run.run(
+                spec.checkpoint.every_steps,
+                spec.checkpoint.every_seconds,
+                &|| cancel.is_cancelled(),
+                &mut |event| match event {
+                    Event::Checkpoint(state, lm, optimizer) => {
+                        let mut state = state.clone();
+                        if let Some(previous) = &saved_state {
+                            state.slot = previous.slot;
+                        }
+                        saved_state = Some(write_checkpoint(
+                            &state, lm, optimizer, &job, &ctx, &runtime,
+                        )?);
+                        Ok(())
+                    }
+                    Event::NewBest(lm) => {
+                        save_model(lm, &job, &ctx, BEST_MODEL, &runtime).map(|_| ())
+                    }
+                },
+            )?;
+            let test_loss = mean_loss(&run.lm, &test, spec.training.batch_size)?;
+            let final_key = save_model(&run.lm, &job, &ctx, FINAL_MODEL, &runtime)?;
+            Ok::<_, JobFailure>((
+                (
+                    run.state,
+                    run.train.len(),
+                    run.valid.len(),
+                    test.len(),
+                    run.lm.trainable_count(),
+                    final_key,
+                ),
+                test_loss,
+            ))
+        })
+        .await
+        .map_err(|e| JobFailure::new(format!("training failed: {e}")))??;
+        let (state, train_n, valid_n, test_n, trainable, final_key) = run;
+
+        artifacts.insert("model".into(), final_key);
+        if state.best.is_some()
+            && let Ok(keys) = ctx
+                .artifacts
+                .list(&format!("{}/{}/{BEST_MODEL}", job.group_id, job.name))
+                .await
+            && let Some(key) = keys.iter().find(|k| k.as_str().ends_with(".safetensors"))
+        {
+            artifacts.insert("best".into(), key.as_str().to_string());
+        }
+        artifacts.insert(
+            "curve".into(),
+            ctx.write_artifact(
+                job,
+                CURVE,
+                serde_json::to_vec(&json!({
+                    "curve": state.curve,
+                    "valid": state.valid,
+                    "best": state.best,
+                    "test_loss": test_loss,
+                }))
+                .expect("curve serialises"),
+            )
+            .await?,
+        );
+        let tail = state.curve.len().div_ceil(10).max(1);
+        let train_loss = state.curve[state.curve.len().saturating_sub(tail)..]
+            .iter()
+            .map(|p| p.loss)
+            .sum::<f64>()
+            / tail.min(state.curve.len()).max(1) as f64;
+        let valid_loss = state.valid.last().map(|v| v.loss);
+        counts.extend([
+            ("train_examples".to_string(), train_n as u64),
+            ("valid_examples".to_string(), valid_n as u64),
+            ("test_examples".to_string(), test_n as u64),
+            ("steps".to_string(), state.step as u64),
+            ("trainable_parameters".to_string(), trainable as u64),
+        ]);
+        Ok(JobOutput {
+            counts,
+            metrics: json!({
+                "train_loss": train_loss,
+                "valid_loss": valid_loss,
+                "valid_perplexity": valid_loss.map(f64::exp),
+                "best_valid_loss": state.best.map(|b| b.loss),
+                "best_step": state.best.map(|b| b.step),
+                "test_loss": test_loss,
+                "test_perplexity": test_loss.map(f64::exp),
+                "tokens_per_second": state.tokens as f64 / state.seconds.max(1e-9),
+                "training_seconds": state.seconds,
+            }),
+            artifacts,
+        })
+    }
+}
