@@ -221,3 +221,66 @@ fn a_killed_retrain_job_resumes_and_matches_an_uninterrupted_run() {
         );
     }
 }
+
+/// SmolLM2-135M (the real GGUF, dequantized) with LoRA adapters, a few steps on gold
+/// IC-DST turns; the adapter then merges into the base when self_label loads it.
+#[test]
+fn smollm2_lora_fine_tune_loads_in_self_label() {
+    let fleet = Fleet::new();
+    let models = repo_root().join(".models");
+    let data = std::env::var_os("LABELFLEET_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/data"))
+        .join("icdst_train/train_1p_v1.json");
+    let dir = fleet.jobs_dir("smol");
+    common::write_job(
+        &dir,
+        "train.json",
+        &json!({
+            "kind": "retrain",
+            "group_id": "smol",
+            "retrain": {
+                "model": {"path": models.join("SmolLM2-135M-Instruct")},
+                "data": {"old": [{"gold": {"path": data, "format": "icdst", "max_dialogues": 3}}]},
+                "split": {"policy": "resample", "ratios": [0.67, 0.33, 0.0]},
+                "training": {"steps": 3, "batch_size": 2, "learning_rate": 0.001,
+                             "max_tokens": 320, "eval_every": 3},
+                "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}
+            }
+        }),
+    );
+    common::write_job(
+        &dir,
+        "label.json",
+        &json!({
+            "kind": "self_label",
+            "group_id": "smol",
+            "after": ["train"],
+            "self_label": {
+                "data": {"path": SAMPLE, "format": "multiwoz21"},
+                "dialogues": {"count": 1, "max_turns": 1},
+                "model": {"checkpoint": "smol/train/best"},
+                "retriever": {"model": {"path": models.join("all-MiniLM-L6-v2")}},
+                "generation": {"max_new_tokens": 16}
+            }
+        }),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "5"]);
+    assert!(worker.wait(Duration::from_secs(900)).success());
+    let entries = fleet.entries("smol");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let train = entries.iter().find(|e| e.run_id == "train").unwrap();
+    assert_eq!(train.counts["steps"], 3);
+    // Rank-4 adapters on q and v of 30 layers: (576·4 + 4·576) + (576·4 + 4·192) each.
+    assert_eq!(train.counts["trainable_parameters"], 30 * (2 * 576 * 4 + 576 * 4 + 4 * 192));
+    assert!(train.metrics["valid_loss"].as_f64().unwrap().is_finite());
+    assert!(train.artifacts["model"].ends_with("model/adapter_model.safetensors"));
+    let label = entries.iter().find(|e| e.run_id == "label").unwrap();
+    assert_eq!(label.counts["turns"], 1);
+    let events = worker.events();
+    assert!(
+        !common::find(&events, "checkpoint fetched", None).is_empty(),
+        "self_label fetched the adapter"
+    );
+}
