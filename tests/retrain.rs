@@ -91,12 +91,31 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
             }
         }),
     );
+    common::write_job(
+        &dir,
+        "eval.json",
+        &json!({
+            "kind": "eval",
+            "group_id": "tiny",
+            "after": ["train"],
+            "eval": {
+                "gold": {"path": SAMPLE, "format": "multiwoz21"},
+                "max_dialogues": 2,
+                "predictions": {"model": {
+                    "model": {"checkpoint": "tiny/train"},
+                    "retriever": {"model": {"path": minilm}, "k_examples": 1, "minimum_distinct": 1},
+                    "generation": {"max_new_tokens": 8},
+                    "max_tokens": 160
+                }}
+            }
+        }),
+    );
     fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
     let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "5"]);
     assert!(worker.wait(Duration::from_secs(600)).success());
 
     let entries = fleet.entries("tiny");
-    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries.len(), 3, "{entries:?}");
     let train = entries.iter().find(|e| e.run_id == "train").unwrap();
     assert_eq!(train.kind, "retrain");
     assert_eq!(train.counts["steps"], 60);
@@ -156,6 +175,17 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
     // The checkpoint loads in self_label.
     let label = entries.iter().find(|e| e.run_id == "label").unwrap();
     assert_eq!(label.counts["turns"], 2);
+
+    // eval labels two gold dialogues with the checkpoint and measures its loss there.
+    let eval = entries.iter().find(|e| e.run_id == "eval").unwrap();
+    assert_eq!(eval.counts["dialogues"], 2);
+    let loss = eval.metrics["loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 0.0);
+    let perplexity = eval.metrics["perplexity"].as_f64().unwrap();
+    assert!((perplexity - loss.exp()).abs() < 1e-6 * perplexity);
+    let jga = eval.metrics["joint_goal_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&jga));
+    assert!(eval.counts["loss_tokens"] > 0);
 }
 
 #[test]
@@ -273,7 +303,10 @@ fn smollm2_lora_fine_tune_loads_in_self_label() {
     let train = entries.iter().find(|e| e.run_id == "train").unwrap();
     assert_eq!(train.counts["steps"], 3);
     // Rank-4 adapters on q and v of 30 layers: (576·4 + 4·576) + (576·4 + 4·192) each.
-    assert_eq!(train.counts["trainable_parameters"], 30 * (2 * 576 * 4 + 576 * 4 + 4 * 192));
+    assert_eq!(
+        train.counts["trainable_parameters"],
+        30 * (2 * 576 * 4 + 576 * 4 + 4 * 192)
+    );
     assert!(train.metrics["valid_loss"].as_f64().unwrap().is_finite());
     assert!(train.artifacts["model"].ends_with("model/adapter_model.safetensors"));
     let label = entries.iter().find(|e| e.run_id == "label").unwrap();

@@ -160,7 +160,7 @@ pub enum DatasetFormat {
 }
 
 /// Where an `eval` job's predicted states come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PredictionSource {
     /// A predictions file: a JSON list of `{dialogue_id, turn_id, slot_values}`.
@@ -169,6 +169,37 @@ pub enum PredictionSource {
     Group(String),
     /// A trivial predictor, as a floor that any labeller must beat.
     Baseline(Baseline),
+    /// Label the gold dialogues with a model (as `self_label` does) and score those
+    /// labels; the model's loss and perplexity on the gold completions are reported
+    /// too. This is how a `retrain` checkpoint is evaluated.
+    Model(Box<ModelPredictions>),
+}
+
+/// A model that labels an `eval` job's gold dialogues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPredictions {
+    /// The causal LM, e.g. `{"checkpoint": "group/retrain_job"}`.
+    pub model: ModelRef,
+    /// How in-context examples are retrieved (examples never come from the gold
+    /// dialogues being scored unless `gold_examples` names them).
+    pub retriever: RetrieverSpec,
+    /// How tokens are picked.
+    #[serde(default)]
+    pub generation: GenerationSpec,
+    /// Dialogues labelled together.
+    #[serde(default = "default_label_batch")]
+    pub batch_size: usize,
+    /// Longest scored example in tokens for the loss (longer prompts lose their start).
+    #[serde(default = "default_loss_tokens")]
+    pub max_tokens: usize,
+}
+
+fn default_label_batch() -> usize {
+    8
+}
+fn default_loss_tokens() -> usize {
+    512
 }
 
 /// Trivial predictors for `eval`.
@@ -383,14 +414,28 @@ impl Job {
                 JobBody::Retrain(Box::new(spec))
             }
         };
-        if let JobBody::Eval(spec) = &body
-            && !(0.0..=1.0).contains(&spec.fuzzy_threshold)
-        {
-            return Err(JobError::new(
-                file,
-                "eval.fuzzy_threshold",
-                "expected a number between 0 and 1",
-            ));
+        if let JobBody::Eval(spec) = &body {
+            if !(0.0..=1.0).contains(&spec.fuzzy_threshold) {
+                return Err(JobError::new(
+                    file,
+                    "eval.fuzzy_threshold",
+                    "expected a number between 0 and 1",
+                ));
+            }
+            if let PredictionSource::Model(m) = &spec.predictions {
+                let at = "eval.predictions.model";
+                m.model
+                    .check(&format!("{at}.model"))
+                    .and_then(|_| m.retriever.model.check(&format!("{at}.retriever.model")))
+                    .map_err(|(path, message)| JobError::new(file, path, message))?;
+                if m.batch_size == 0 || m.max_tokens < 16 {
+                    return Err(JobError::new(
+                        file,
+                        at,
+                        "batch_size must be at least 1 and max_tokens at least 16",
+                    ));
+                }
+            }
         }
         Ok(Job {
             name,

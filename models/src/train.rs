@@ -107,6 +107,23 @@ pub fn completion_nll(
     Ok(((mean * count as f64)?, count))
 }
 
+/// The mean loss per completion token of `model` over `examples`, in batches of
+/// `batch_size`; `None` when there is nothing to score.
+pub fn mean_completion_loss(
+    model: &Llama,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+) -> Result<Option<f64>, ModelError> {
+    let (mut sum, mut tokens) = (0f64, 0usize);
+    for batch in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&TokenizedExample> = batch.iter().collect();
+        let (nll, count) = completion_nll(model, &refs)?;
+        sum += nll.to_scalar::<f32>()? as f64;
+        tokens += count;
+    }
+    Ok((tokens > 0).then(|| sum / tokens as f64))
+}
+
 /// A causal LM whose parameters can be trained.
 pub struct TrainableLm {
     /// The model, over the trainable tensors (and the frozen base, with LoRA).

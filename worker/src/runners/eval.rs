@@ -1,4 +1,7 @@
-//! `eval` jobs: score predicted belief states against gold.
+//! `eval` jobs: score predicted belief states against gold. Predictions come from a
+//! file, a manifest group, a baseline, or a model (a `retrain` checkpoint, say) that
+//! labels the gold dialogues through `self_label`'s own code path; a model's loss and
+//! perplexity on the gold completions are measured as well.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,15 +10,21 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use labelfleet_core::job::{
-    Baseline, DatasetFormat, EvalSpec, Job, JobBody, JobKind, PredictionSource,
+    Baseline, DatasetFormat, DialogueSelection, EvalSpec, Job, JobBody, JobKind, ModelPredictions,
+    PredictionSource, SelfLabelSpec,
 };
 use labelfleet_dst::metrics::{Scores, ValueMatcher, score};
 use labelfleet_dst::{Dialogue, Prediction, read_dataset, read_predictions, read_predictions_file};
 use labelfleet_manifest::list_all;
+use labelfleet_models::TokenizedExample;
+use labelfleet_models::train::mean_completion_loss;
 use serde_json::json;
 
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
+use crate::runners::checkpoints;
 use crate::runners::format_of;
+use crate::runners::retrain::render;
+use crate::runners::self_label::{SelfLabelRunner, example_of, select_dialogues};
 
 /// How many dialogues a `--mini` job scores.
 pub const MINI_DIALOGUES: usize = 2;
@@ -25,6 +34,7 @@ pub const MINI_DIALOGUES: usize = 2;
 #[derive(Default)]
 pub struct EvalRunner {
     gold_cache: Mutex<HashMap<GoldKey, CachedGold>>,
+    labeller: SelfLabelRunner,
 }
 
 /// A gold file and its format.
@@ -94,6 +104,9 @@ impl EvalRunner {
                 }
                 Ok(all)
             }
+            PredictionSource::Model(_) => Err(JobFailure::new(
+                "model predictions are made by EvalRunner::evaluate_model",
+            )),
             PredictionSource::Baseline(baseline) => Ok(gold
                 .iter()
                 .flat_map(|d| &d.turns)
@@ -107,6 +120,78 @@ impl EvalRunner {
                 })
                 .collect()),
         }
+    }
+}
+
+impl EvalRunner {
+    /// Labels the gold dialogues with the model as a `self_label` job would (its running
+    /// log, predictions and scores become this job's artifacts), then measures the
+    /// model's loss on the gold completions of the same dialogues.
+    async fn evaluate_model(
+        &self,
+        job: &Job,
+        spec: &EvalSpec,
+        predictions: &ModelPredictions,
+        ctx: &JobContext,
+    ) -> Result<JobOutput, JobFailure> {
+        let model = checkpoints::materialize(&predictions.model, ctx).await?;
+        let selection = DialogueSelection {
+            count: spec.max_dialogues,
+            ..DialogueSelection::default()
+        };
+        let labelling = Job {
+            body: JobBody::SelfLabel(Box::new(SelfLabelSpec {
+                data: spec.gold.clone(),
+                dialogues: selection.clone(),
+                model: model.clone(),
+                retriever: predictions.retriever.clone(),
+                generation: predictions.generation.clone(),
+                batch_size: predictions.batch_size,
+                checkpoint_turns: 100,
+            })),
+            after: Vec::new(),
+            provenance: None,
+            ..job.clone()
+        };
+        let mut output = self.labeller.run(&labelling, ctx).await?;
+
+        let gold = self
+            .gold(Path::new(&spec.gold.path), spec.gold.format)
+            .await?;
+        let dialogues = select_dialogues((*gold).clone(), &selection, job.mini);
+        let models = self.labeller.models();
+        let (max_tokens, batch_size) = (predictions.max_tokens, predictions.batch_size);
+        let (loss, scored) = tokio::task::spawn_blocking(move || {
+            let lm = models.causal_lm(&model)?;
+            let mut examples = Vec::new();
+            for turn in dialogues.iter().flat_map(|d| &d.turns) {
+                let example = example_of(
+                    &turn.last_slot_values,
+                    &turn.system_utterance,
+                    &turn.user_utterance,
+                    &turn.turn_slot_values,
+                );
+                let (prompt, completion) = render(&example);
+                examples.push(
+                    TokenizedExample::new(&lm.tokenizer, &prompt, &completion, max_tokens)
+                        .map_err(|e| JobFailure::new(format!("{}: {e}", turn.dialogue_id)))?,
+                );
+            }
+            let loss = mean_completion_loss(&lm.model, &examples, batch_size)
+                .map_err(|e| JobFailure::new(format!("measuring the loss: {e}")))?;
+            Ok::<_, JobFailure>((
+                loss,
+                examples.iter().map(|e| e.scored_tokens()).sum::<usize>(),
+            ))
+        })
+        .await
+        .map_err(|e| JobFailure::new(format!("measuring the loss failed: {e}")))??;
+        if let Some(metrics) = output.metrics.as_object_mut() {
+            metrics.insert("loss".into(), json!(loss));
+            metrics.insert("perplexity".into(), json!(loss.map(f64::exp)));
+        }
+        output.counts.insert("loss_tokens".into(), scored as u64);
+        Ok(output)
     }
 }
 
@@ -139,6 +224,9 @@ impl JobRunner for EvalRunner {
         let JobBody::Eval(spec) = &job.body else {
             return Err(JobFailure::new("not an eval job"));
         };
+        if let PredictionSource::Model(model) = &spec.predictions {
+            return self.evaluate_model(job, spec, model, ctx).await;
+        }
         let gold = self
             .gold(Path::new(&spec.gold.path), spec.gold.format)
             .await?;

@@ -118,22 +118,13 @@ fn model_error(e: labelfleet_models::ModelError) -> JobFailure {
     JobFailure::new(format!("training failed: {e}"))
 }
 
-/// The mean loss per completion token of `model` over `examples`, in batches.
+/// The mean loss per completion token of `lm` over `examples`, in batches.
 pub fn mean_loss(
     lm: &TrainableLm,
     examples: &[TokenizedExample],
     batch_size: usize,
 ) -> Result<Option<f64>, JobFailure> {
-    let (mut sum, mut tokens) = (0f64, 0usize);
-    for batch in examples.chunks(batch_size) {
-        let refs: Vec<&TokenizedExample> = batch.iter().collect();
-        let (nll, count) = completion_nll(&lm.model, &refs).map_err(model_error)?;
-        sum += nll
-            .to_scalar::<f32>()
-            .map_err(|e| JobFailure::new(e.to_string()))? as f64;
-        tokens += count;
-    }
-    Ok((tokens > 0).then(|| sum / tokens as f64))
+    train::mean_completion_loss(&lm.model, examples, batch_size).map_err(model_error)
 }
 
 impl TrainingRun {

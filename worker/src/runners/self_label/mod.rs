@@ -140,6 +140,11 @@ pub(crate) async fn group_examples(
 }
 
 impl SelfLabelRunner {
+    /// The models this runner keeps loaded.
+    pub(crate) fn models(&self) -> Arc<ModelCache> {
+        self.models.clone()
+    }
+
     async fn resume(
         &self,
         job: &Job,
