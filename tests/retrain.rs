@@ -317,3 +317,97 @@ fn smollm2_lora_fine_tune_loads_in_self_label() {
         "self_label fetched the adapter"
     );
 }
+
+/// A 4-trial sweep runs through the queue on two workers and picks the trial with the
+/// lowest validation loss; a second sweep builds on the first.
+#[test]
+fn a_sweep_runs_its_trials_on_two_workers_and_picks_the_best() {
+    let fleet = Fleet::new();
+    let model = tiny_model(fleet.dir.path());
+    let dir = fleet.jobs_dir("sweep");
+    let mut template = retrain_job("sweep", &model, 20, 1000)["retrain"].clone();
+    template["split"] = json!({"policy": "resample", "ratios": [0.6, 0.2, 0.2]});
+    common::write_job(
+        &dir,
+        "tune.json",
+        &json!({
+            "kind": "tune",
+            "group_id": "sweep",
+            "tune": {
+                "retrain": template,
+                "grid": {"training.learning_rate": [0.00003, 0.0003, 0.003, 0.03]},
+                "parallel": 2,
+                "metric": "valid_loss"
+            }
+        }),
+    );
+    common::write_job(
+        &dir,
+        "again.json",
+        &json!({
+            "kind": "tune",
+            "group_id": "sweep",
+            "tune": {
+                "retrain": template,
+                "grid": {"training.learning_rate": [0.001]},
+                "metric": "valid_loss",
+                "build_on": ["sweep/tune"]
+            }
+        }),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut workers: Vec<_> = (0..2)
+        .map(|w| fleet.spawn_worker(&format!("w{w}"), &["--wait", "1", "--idle-exit", "5"]))
+        .collect();
+    for w in &mut workers {
+        assert!(w.wait(Duration::from_secs(600)).success());
+    }
+    let entries = fleet.entries("sweep");
+    assert_eq!(entries.len(), 4 + 1 + 1 + 1, "{entries:?}");
+    let trials: Vec<_> = entries
+        .iter()
+        .filter(|e| e.run_id.starts_with("tune_t"))
+        .collect();
+    assert_eq!(trials.len(), 4);
+    let workers_used: std::collections::BTreeSet<&str> =
+        trials.iter().map(|e| e.worker.as_str()).collect();
+    assert_eq!(workers_used.len(), 2, "both workers ran trials");
+    // Two at a time: trial 2 started after trial 0 finished, so it finished later.
+    let done = |run: &str| {
+        entries
+            .iter()
+            .find(|e| e.run_id == run)
+            .unwrap()
+            .completed_at
+            .clone()
+    };
+    assert!(done("tune_t02") > done("tune_t00"));
+    assert!(done("tune_t03") > done("tune_t01"));
+
+    let best = trials
+        .iter()
+        .min_by(|a, b| {
+            let v = |e: &&&labelfleet_manifest::ManifestEntry| {
+                e.metrics["valid_loss"].as_f64().unwrap()
+            };
+            v(a).total_cmp(&v(b))
+        })
+        .unwrap();
+    let tune = entries.iter().find(|e| e.run_id == "tune").unwrap();
+    assert_eq!(tune.kind, "tune");
+    assert_eq!(tune.metrics["best_trial"], best.run_id.as_str());
+    assert_eq!(tune.metrics["best_value"], best.metrics["valid_loss"]);
+    assert_eq!(tune.counts["trials"], 4);
+    let ranking = artifact(&fleet, &tune.artifacts["trials"]);
+    assert_eq!(ranking.as_array().unwrap().len(), 4);
+
+    // The second sweep ranks its one trial among the first sweep's four.
+    let again = entries.iter().find(|e| e.run_id == "again").unwrap();
+    assert_eq!(again.counts["earlier_trials"], 4);
+    let own = entries.iter().find(|e| e.run_id == "again_t00").unwrap();
+    let overall = own.metrics["valid_loss"]
+        .as_f64()
+        .unwrap()
+        .min(best.metrics["valid_loss"].as_f64().unwrap());
+    assert_eq!(again.metrics["best_value"].as_f64().unwrap(), overall);
+}

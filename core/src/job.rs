@@ -34,6 +34,7 @@ pub use crate::retrain::{
 pub use crate::self_label::{
     DialogueSelection, GenerationSpec, ModelRef, RetrieverSpec, SelfLabelSpec, WeightFormat,
 };
+pub use crate::tune::{Goal, PlannedTrial, Range, TrialRun, TuneSpec};
 
 /// The kinds of job labelfleet knows about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -47,15 +48,18 @@ pub enum JobKind {
     Eval,
     /// Do nothing for a while: a health check and benchmark load for the fleet itself.
     Noop,
+    /// Pick the best of a sweep's trials (`enqueue` expands a tune file into them).
+    Tune,
 }
 
 impl JobKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::SelfLabel,
         JobKind::Retrain,
         JobKind::Eval,
         JobKind::Noop,
+        JobKind::Tune,
     ];
 
     /// The kind's name as it appears in job files.
@@ -65,6 +69,7 @@ impl JobKind {
             JobKind::Retrain => "retrain",
             JobKind::Eval => "eval",
             JobKind::Noop => "noop",
+            JobKind::Tune => "tune",
         }
     }
 
@@ -91,6 +96,8 @@ pub enum JobBody {
     Eval(EvalSpec),
     /// Settings of a `noop` job.
     Noop(NoopSpec),
+    /// Settings of a `tune` job.
+    Tune(Box<TuneSpec>),
 }
 
 impl JobBody {
@@ -101,6 +108,7 @@ impl JobBody {
             JobBody::Retrain(_) => JobKind::Retrain,
             JobBody::Eval(_) => JobKind::Eval,
             JobBody::Noop(_) => JobKind::Noop,
+            JobBody::Tune(_) => JobKind::Tune,
         }
     }
 
@@ -110,6 +118,7 @@ impl JobBody {
             JobBody::Retrain(spec) => serde_json::to_value(spec),
             JobBody::Eval(spec) => serde_json::to_value(spec),
             JobBody::Noop(spec) => serde_json::to_value(spec),
+            JobBody::Tune(spec) => serde_json::to_value(spec),
         }
         .expect("job bodies serialise to JSON")
     }
@@ -406,6 +415,19 @@ impl Job {
                 spec.check()
                     .map_err(|(path, message)| JobError::new(file, path, message))?;
                 JobBody::SelfLabel(Box::new(spec))
+            }
+            JobKind::Tune => {
+                let spec: TuneSpec = deserialize_at(body_value, file, "tune")?;
+                spec.check()
+                    .map_err(|(path, message)| JobError::new(file, path, message))?;
+                if provenance.is_none() && !spec.planned.is_empty() {
+                    return Err(JobError::new(
+                        file,
+                        "tune.planned",
+                        "`planned` is written by `enqueue` when it expands the sweep; remove it",
+                    ));
+                }
+                JobBody::Tune(Box::new(spec))
             }
             JobKind::Retrain => {
                 let spec: RetrainSpec = deserialize_at(body_value, file, "retrain")?;

@@ -36,6 +36,7 @@ pub mod provenance;
 pub mod queue;
 mod retrain;
 mod self_label;
+pub mod tune;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

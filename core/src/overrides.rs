@@ -132,7 +132,7 @@ fn error_is_at(error_path: &str, path: &[String]) -> bool {
         || dotted.starts_with(&format!("{error_path}."))
 }
 
-fn set_at(root: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+pub(crate) fn set_at(root: &mut Value, path: &[String], value: Value) -> Result<(), String> {
     let (last, parents) = path.split_last().expect("paths are never empty");
     let mut node = root;
     for key in parents {

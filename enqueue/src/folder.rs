@@ -107,24 +107,32 @@ pub fn load_folder(
     let mut jobs = Vec::new();
     let mut seen: HashMap<(String, String), PathBuf> = HashMap::new();
     for path in files {
-        match load_file(&path, overrides, mini) {
-            Ok(job) => {
-                let key = (job.group_id.clone(), job.name.clone());
-                if let Some(first) = seen.get(&key) {
-                    errors.push(JobError {
-                        file: path.display().to_string(),
-                        path: "name".into(),
-                        message: format!(
-                            "job `{}` of group `{}` is already defined by {}; names are unique within a group",
-                            job.name,
-                            job.group_id,
-                            first.display()
-                        ),
+        // A tune file becomes its trial jobs and itself.
+        let loaded = load_file(&path, overrides, mini)
+            .and_then(|job| labelfleet_core::tune::expand(job, &path.display().to_string()));
+        match loaded {
+            Ok(expanded) => {
+                for job in expanded {
+                    let key = (job.group_id.clone(), job.name.clone());
+                    if let Some(first) = seen.get(&key) {
+                        errors.push(JobError {
+                            file: path.display().to_string(),
+                            path: "name".into(),
+                            message: format!(
+                                "job `{}` of group `{}` is already defined by {}; names are unique within a group",
+                                job.name,
+                                job.group_id,
+                                first.display()
+                            ),
+                        });
+                        continue;
+                    }
+                    seen.insert(key, path.clone());
+                    jobs.push(LoadedJob {
+                        source: path.clone(),
+                        job,
                     });
-                    continue;
                 }
-                seen.insert(key, path.clone());
-                jobs.push(LoadedJob { source: path, job });
             }
             Err(e) => errors.push(e),
         }

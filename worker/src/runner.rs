@@ -134,6 +134,7 @@ impl Runners {
         runners.register(Arc::new(crate::runners::eval::EvalRunner::default()));
         runners.register(Arc::new(crate::runners::noop::NoopRunner));
         runners.register(Arc::new(crate::runners::retrain::RetrainRunner));
+        runners.register(Arc::new(crate::runners::tune::TuneRunner));
         runners.register(Arc::new(
             crate::runners::self_label::SelfLabelRunner::default(),
         ));

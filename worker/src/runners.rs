@@ -5,6 +5,7 @@ pub mod eval;
 pub mod noop;
 pub mod retrain;
 pub mod self_label;
+pub mod tune;
 
 use labelfleet_core::job::DatasetFormat;
 use labelfleet_dst::Format;
