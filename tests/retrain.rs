@@ -410,4 +410,21 @@ fn a_sweep_runs_its_trials_on_two_workers_and_picks_the_best() {
         .unwrap()
         .min(best.metrics["valid_loss"].as_f64().unwrap());
     assert_eq!(again.metrics["best_value"].as_f64().unwrap(), overall);
+
+    // report: a table with every trial's parameters, loss curves, metric by parameter.
+    let out = fleet.dir.path().join("report");
+    let table = fleet.ok(&["report", "sweep", "--out", out.to_str().unwrap()]);
+    for t in 0..4 {
+        let row = table
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("tune_t{t:02} ")))
+            .unwrap_or_else(|| panic!("no row for trial {t}:\n{table}"));
+        assert!(row.contains("training.learning_rate="), "{row}");
+    }
+    let curves = std::fs::read_to_string(out.join("loss_curves.svg")).unwrap();
+    assert!(curves.starts_with("<svg") && curves.contains("tune_t03"));
+    let by_lr = std::fs::read_to_string(out.join("tune_training_learning_rate.svg")).unwrap();
+    assert!(by_lr.contains("valid_loss by training.learning_rate"));
+    // One dot per trial (the best one drawn in red).
+    assert_eq!(by_lr.matches("<circle").count(), 4);
 }

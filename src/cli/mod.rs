@@ -4,6 +4,8 @@ mod backends;
 mod enqueue;
 mod generate_runs;
 mod logging;
+mod plots;
+mod report;
 mod results;
 mod run;
 mod setup;
@@ -96,6 +98,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print the manifest entries (metrics) of a group, or of every group.
     Results(results::ResultsArgs),
+    /// Print a table of a group's runs (a sweep's trials with their parameters) and
+    /// write SVG plots: loss curves, and each sweep's metric against its parameters.
+    Report(report::ReportArgs),
     /// Create the AWS queue (with its dead-letter queue), table and bucket; idempotent.
     Setup(setup::SetupArgs),
     /// Split a dataset into chunks and write one self_label job per chunk: job_0 plus
@@ -103,12 +108,13 @@ pub enum Command {
     GenerateRuns(generate_runs::GenerateRunsArgs),
 }
 
-const ALIASES: [&str; 7] = [
+const ALIASES: [&str; 8] = [
     "enqueue",
     "worker",
     "status",
     "run",
     "results",
+    "report",
     "setup",
     "generate-runs",
 ];
@@ -150,6 +156,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::run(&cli.global, args).await,
             Command::Run(args) => run::run(&cli.global, args).await,
             Command::Results(args) => results::run(&cli.global, args).await,
+            Command::Report(args) => report::run(&cli.global, args).await,
             Command::Setup(args) => setup::run(&cli.global, args).await,
             Command::GenerateRuns(args) => generate_runs::run(&cli.global, args).await,
         }

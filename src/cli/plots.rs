@@ -1,0 +1,147 @@
+//! SVG plots for `report`, drawn with plotters: training curves, and a sweep's metric
+//! against each parameter.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// One run's curves: training loss per step, and validation loss where measured.
+pub struct Curves {
+    /// The run's name, for the legend.
+    pub name: String,
+    /// (step, training loss).
+    pub train: Vec<(f64, f64)>,
+    /// (step, validation loss).
+    pub valid: Vec<(f64, f64)>,
+}
+
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+fn failed(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing the plot: {e}")
+}
+
+/// Draws every run's training loss (lines) and validation loss (dots) against steps.
+pub fn loss_curves(path: &Path, runs: &[Curves]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(failed)?;
+    let steps = span(runs.iter().flat_map(|r| r.train.iter().map(|p| p.0)));
+    let losses = span(
+        runs.iter()
+            .flat_map(|r| r.train.iter().chain(&r.valid).map(|p| p.1)),
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Loss by step (lines: training; dots: validation)",
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(steps.0.max(0.0)..steps.1, losses.0..losses.1)
+        .map_err(failed)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc("loss per completion token")
+        .draw()
+        .map_err(failed)?;
+    for (i, run) in runs.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                run.train.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(failed)?
+            .label(run.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(run.valid.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(failed)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)?;
+    root.present().map_err(failed)?;
+    Ok(())
+}
+
+/// Draws a sweep's metric against one parameter, a dot per trial, the best in red.
+/// The axis is logarithmic when the parameter spans more than a factor of 20.
+pub fn metric_vs_param(
+    path: &Path,
+    metric: &str,
+    param: &str,
+    trials: &[(f64, f64)],
+    best: Option<(f64, f64)>,
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(failed)?;
+    let (xs, ys) = (
+        span(trials.iter().map(|t| t.0)),
+        span(trials.iter().map(|t| t.1)),
+    );
+    let lowest = trials.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
+    let highest = trials.iter().map(|t| t.0).fold(f64::NEG_INFINITY, f64::max);
+    let caption = format!("{metric} by {param}");
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(&caption, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    let dots = |best_dot: Option<(f64, f64)>| {
+        trials
+            .iter()
+            .map(move |&t| {
+                let is_best = best_dot == Some(t);
+                Circle::new(
+                    t,
+                    if is_best { 7 } else { 5 },
+                    if is_best { RED.filled() } else { BLUE.filled() },
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if lowest > 0.0 && highest / lowest > 20.0 {
+        let mut chart = builder
+            .build_cartesian_2d((lowest / 1.5..highest * 1.5).log_scale(), ys.0..ys.1)
+            .map_err(failed)?;
+        chart
+            .configure_mesh()
+            .x_desc(param)
+            .y_desc(metric)
+            .draw()
+            .map_err(failed)?;
+        chart.draw_series(dots(best)).map_err(failed)?;
+    } else {
+        let mut chart = builder
+            .build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)
+            .map_err(failed)?;
+        chart
+            .configure_mesh()
+            .x_desc(param)
+            .y_desc(metric)
+            .draw()
+            .map_err(failed)?;
+        chart.draw_series(dots(best)).map_err(failed)?;
+    }
+    root.present().map_err(failed)?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! `labelfleet report GROUP`: a table of a group's runs (sweep trials with their
+//! parameters) and SVG plots: every retrain run's loss curves, and each sweep's metric
+//! against each of its parameters.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use labelfleet_core::artifacts::ArtifactKey;
+use labelfleet_manifest::{ManifestEntry, list_all};
+use serde_json::Value;
+
+use super::GlobalArgs;
+use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::plots::{self, Curves};
+use super::table::Table;
+
+/// Arguments of `report`.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The group to report on.
+    pub group: String,
+    /// Where to write the plots (default: `reports/GROUP`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Metrics shown as columns when any run of the group has them, in this order.
+const COLUMNS: [(&str, &str); 9] = [
+    ("joint_goal_accuracy", "JGA"),
+    ("slot_f1", "SLOT F1"),
+    ("train_loss", "TRAIN LOSS"),
+    ("valid_loss", "VALID LOSS"),
+    ("test_loss", "TEST LOSS"),
+    ("loss", "LOSS"),
+    ("perplexity", "PPL"),
+    ("tokens_per_second", "TOK/S"),
+    ("best_value", "BEST"),
+];
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn format_value(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x.fract() != 0.0 && x.abs() < 1e-2 => format!("{x:.1e}"),
+            Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+            Some(x) if x.fract() != 0.0 => format!("{x:.4}"),
+            _ => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Each trial run's parameters, from the group's tune entries' plans.
+fn trial_params(entries: &[ManifestEntry]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for e in entries.iter().filter(|e| e.kind == "tune") {
+        let Some(config) = e.provenance.as_ref().map(|p| &p.config) else {
+            continue;
+        };
+        for trial in config["tune"]["planned"].as_array().into_iter().flatten() {
+            let params = trial["params"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", format_value(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            for run in trial["runs"].as_array().into_iter().flatten() {
+                for name in [&run["retrain"], &run["eval"]] {
+                    if let Some(name) = name.as_str() {
+                        out.insert(name.to_string(), params.clone());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn read_json(
+    artifacts: &dyn labelfleet_core::artifacts::ArtifactStore,
+    key: &str,
+) -> anyhow::Result<Value> {
+    let key = ArtifactKey::new(key)?;
+    let bytes = artifacts
+        .get(&key)
+        .await?
+        .with_context(|| format!("artifact {key} is missing"))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{key} is not JSON"))
+}
+
+/// Runs `report`.
+pub async fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<()> {
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let entries = list_all(&*b.manifest, &args.group)
+        .await
+        .with_context(|| format!("listing group {}", args.group))?;
+    if entries.is_empty() {
+        anyhow::bail!(
+            "group `{}` has no manifest entries; `labelfleet results` lists the groups that do",
+            args.group
+        );
+    }
+    let params = trial_params(&entries);
+    let columns: Vec<(&str, &str)> = COLUMNS
+        .iter()
+        .copied()
+        .filter(|(m, _)| {
+            entries
+                .iter()
+                .any(|e| e.metrics.get(*m).is_some_and(|v| !v.is_null()))
+        })
+        .collect();
+    let mut header = vec!["RUN", "KIND"];
+    header.extend(columns.iter().map(|c| c.1));
+    if !params.is_empty() {
+        header.push("PARAMS");
+    }
+    let mut table = Table::new(&header);
+    for e in &entries {
+        let mut row = vec![e.run_id.clone(), e.kind.clone()];
+        for (metric, _) in &columns {
+            row.push(match e.metrics.get(*metric) {
+                Some(v) if !v.is_null() => format_value(v),
+                _ => "-".into(),
+            });
+        }
+        if !params.is_empty() {
+            row.push(params.get(&e.run_id).cloned().unwrap_or_default());
+        }
+        table.row(row);
+    }
+    print!("{}", table.render());
+
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("reports").join(&args.group));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = Vec::new();
+
+    let mut curves = Vec::new();
+    for e in entries.iter().filter(|e| e.kind == "retrain") {
+        let Some(key) = e.artifacts.get("curve") else {
+            continue;
+        };
+        let curve = read_json(&*b.artifacts, key).await?;
+        let points = |name: &str| -> Vec<(f64, f64)> {
+            curve[name]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((number(&p["step"])?, number(&p["loss"])?)))
+                .collect()
+        };
+        curves.push(Curves {
+            name: e.run_id.clone(),
+            train: points("curve"),
+            valid: points("valid"),
+        });
+    }
+    if !curves.is_empty() {
+        let path = out.join("loss_curves.svg");
+        plots::loss_curves(&path, &curves)?;
+        written.push(path);
+    }
+
+    for e in entries.iter().filter(|e| e.kind == "tune") {
+        let Some(key) = e.artifacts.get("trials") else {
+            continue;
+        };
+        let trials = read_json(&*b.artifacts, key).await?;
+        let metric = e.metrics["metric"].as_str().unwrap_or("metric").to_string();
+        let trials = trials.as_array().cloned().unwrap_or_default();
+        let names: std::collections::BTreeSet<String> = trials
+            .iter()
+            .flat_map(|t| {
+                t["params"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.keys().cloned())
+            })
+            .collect();
+        for param in names {
+            let points: Vec<(f64, f64)> = trials
+                .iter()
+                .filter_map(|t| Some((number(&t["params"][&param])?, number(&t["value"])?)))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let best = trials
+                .first()
+                .and_then(|t| Some((number(&t["params"][&param])?, number(&t["value"])?)));
+            let path = out.join(format!("{}_{}.svg", e.run_id, param.replace('.', "_")));
+            plots::metric_vs_param(&path, &metric, &param, &points, best)?;
+            written.push(path);
+        }
+    }
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    if written.is_empty() {
+        println!("no retrain curves or sweeps in this group: nothing to plot");
+    }
+    Ok(())
+}
