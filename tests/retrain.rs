@@ -208,6 +208,28 @@ fn a_killed_retrain_job_resumes_and_matches_an_uninterrupted_run() {
     let state = fleet
         .home()
         .join("artifacts/resume/train/checkpoint/state.json");
+    // `status` shows the training's progress: step, loss, speed, ETA.
+    let mut progress = String::new();
+    wait_until(
+        Duration::from_secs(300),
+        "training progress in status",
+        || {
+            let status = fleet.status();
+            progress = status["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|w| w["progress"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            progress.starts_with("step ")
+        },
+    );
+    assert!(
+        progress.contains(&format!("/{steps} · loss "))
+            && progress.contains("steps/s")
+            && progress.contains("ETA"),
+        "{progress}"
+    );
     wait_until(Duration::from_secs(300), "the first checkpoint", || {
         state.exists()
     });

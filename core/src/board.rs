@@ -157,6 +157,9 @@ pub struct WorkerReport {
     pub jobs_failed: u64,
     /// The last job error it saw, if any.
     pub last_error: Option<String>,
+    /// What its running job last said of its progress (`step 120/200 · loss 1.23 ·
+    /// 2.1 steps/s · ETA 38 s`), if it said anything.
+    pub progress: Option<String>,
     /// When it started (seconds since the Unix epoch).
     pub started_at: i64,
     /// When it last reported (seconds since the Unix epoch).

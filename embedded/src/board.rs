@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at  INTEGER NOT NULL,
     last_seen   INTEGER NOT NULL
 );
+-- A table of its own, so that boards created before progress existed need no migration.
+CREATE TABLE IF NOT EXISTS worker_progress (
+    worker_id TEXT PRIMARY KEY,
+    progress  TEXT
+);
 ";
 
 /// Workers not seen for this long are forgotten.
@@ -239,8 +244,16 @@ impl JobBoard for SqliteBoard {
                     ],
                 )?;
                 conn.execute(
+                    "INSERT OR REPLACE INTO worker_progress (worker_id, progress) VALUES (?1, ?2)",
+                    params![w.worker_id, w.progress],
+                )?;
+                conn.execute(
                     "DELETE FROM workers WHERE last_seen < ?1",
                     params![w.last_seen - FORGET_WORKERS_AFTER_SECS],
+                )?;
+                conn.execute(
+                    "DELETE FROM worker_progress WHERE worker_id NOT IN (SELECT worker_id FROM workers)",
+                    [],
                 )?;
                 Ok(())
             })
@@ -251,8 +264,9 @@ impl JobBoard for SqliteBoard {
         self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen
-                     FROM workers WHERE last_seen >= ?1 ORDER BY last_seen DESC, worker_id",
+                    "SELECT w.worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen, p.progress
+                     FROM workers w LEFT JOIN worker_progress p ON p.worker_id = w.worker_id
+                     WHERE last_seen >= ?1 ORDER BY last_seen DESC, w.worker_id",
                 )?;
                 let rows = stmt
                     .query_map(params![seen_since], |r| {
@@ -268,6 +282,7 @@ impl JobBoard for SqliteBoard {
                             last_error: r.get(7)?,
                             started_at: r.get(8)?,
                             last_seen: r.get(9)?,
+                            progress: r.get(10)?,
                         })
                     })?
                     .collect::<Result<_, _>>()?;

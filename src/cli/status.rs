@@ -62,7 +62,8 @@ pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Va
         .map(|w| {
             json!({"worker_id": w.worker_id, "host": w.host, "pid": w.pid, "state": w.state.as_str(),
                    "job": w.job, "jobs_done": w.jobs_done, "jobs_failed": w.jobs_failed,
-                   "last_error": w.last_error, "last_seen_secs_ago": chrono::Utc::now().timestamp() - w.last_seen})
+                   "last_error": w.last_error, "progress": w.progress,
+                   "last_seen_secs_ago": chrono::Utc::now().timestamp() - w.last_seen})
         })
         .collect();
     Ok(json!({
@@ -121,12 +122,15 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
             groups.render()
         }
     );
-    let mut workers = Table::new(&["WORKER", "STATE", "JOB", "DONE", "FAILED", "SEEN"]);
+    let mut workers = Table::new(&[
+        "WORKER", "STATE", "JOB", "PROGRESS", "DONE", "FAILED", "SEEN",
+    ]);
     for w in state["workers"].as_array().into_iter().flatten() {
         workers.row(vec![
             text(&w["worker_id"]),
             text(&w["state"]),
             text(&w["job"]),
+            text(&w["progress"]),
             text(&w["jobs_done"]),
             text(&w["jobs_failed"]),
             format!("{}s ago", w["last_seen_secs_ago"]),

@@ -10,7 +10,7 @@ use labelfleet_manifest::{ManifestEntry, PutOutcome};
 use tokio_util::sync::CancellationToken;
 
 use crate::Backends;
-use crate::runner::{JobContext, JobFailure, Runners};
+use crate::runner::{JobContext, JobFailure, Progress, Runners};
 
 /// A job that ran and was recorded.
 #[derive(Debug, Clone)]
@@ -31,6 +31,7 @@ pub async fn run_job(
     backends: &Backends,
     runners: &Runners,
     cancel: CancellationToken,
+    progress: Progress,
 ) -> Result<ManifestEntry, JobFailure> {
     let runner = runners.get(job.kind()).ok_or_else(|| {
         JobFailure::new(format!(
@@ -43,6 +44,7 @@ pub async fn run_job(
         manifest: backends.manifest.clone(),
         cancel,
         attempt,
+        progress,
     };
     let job_key = if runner.writes_artifacts() {
         let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");
@@ -127,7 +129,16 @@ pub async fn execute(
     runners: &Runners,
     cancel: CancellationToken,
 ) -> Result<Completion, JobFailure> {
-    let entry = run_job(job, attempt, worker_id, backends, runners, cancel).await?;
+    let entry = run_job(
+        job,
+        attempt,
+        worker_id,
+        backends,
+        runners,
+        cancel,
+        Progress::default(),
+    )
+    .await?;
     let (mut completions, _released) = record(vec![entry], backends).await.map_err(|e| {
         JobFailure::new(format!(
             "the job ran but its manifest entry could not be written: {e}"

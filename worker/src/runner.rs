@@ -21,6 +21,29 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// Which delivery of the job this is (1 for the first).
     pub attempt: u32,
+    /// Where the job says how far it has got; the worker shows it in `status`.
+    pub progress: Progress,
+}
+
+/// A running job's latest word on its progress, shared with the worker that reports it.
+#[derive(Clone, Default, Debug)]
+pub struct Progress(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Progress {
+    /// Replaces the progress line.
+    pub fn set(&self, line: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(line.into());
+    }
+
+    /// The latest line, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets the line (the job ended).
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl JobContext {

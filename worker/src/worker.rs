@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::Backends;
 use crate::execute::{record, retry_transient, run_job};
 use crate::heartbeat::Heartbeat;
-use crate::runner::Runners;
+use crate::runner::{Progress, Runners};
 use crate::shutdown::Shutdown;
 
 /// How a worker behaves.
@@ -147,6 +147,8 @@ struct Inner {
     report: Mutex<WorkerReport>,
     running: Mutex<BTreeSet<String>>,
     last_publish: Mutex<Instant>,
+    /// What the running job last said of its progress.
+    progress: Progress,
     slots: Arc<Semaphore>,
     started_jobs: AtomicU64,
     done: AtomicU64,
@@ -184,6 +186,7 @@ impl Worker {
             jobs_done: 0,
             jobs_failed: 0,
             last_error: None,
+            progress: None,
             started_at: now_secs(),
             last_seen: now_secs(),
         };
@@ -197,6 +200,7 @@ impl Worker {
                 report: Mutex::new(report),
                 running: Mutex::new(BTreeSet::new()),
                 last_publish: Mutex::new(Instant::now()),
+                progress: Progress::default(),
                 slots,
                 started_jobs: AtomicU64::new(0),
                 done: AtomicU64::new(0),
@@ -301,6 +305,11 @@ impl Inner {
             r.last_seen = now_secs();
             r.jobs_done = self.done.load(Ordering::Relaxed);
             r.jobs_failed = self.failed.load(Ordering::Relaxed);
+            r.progress = if r.job.is_some() {
+                self.progress.get()
+            } else {
+                None
+            };
             r.clone()
         };
         if let Err(e) = self.backends.board.report_worker(&report).await {
@@ -333,6 +342,9 @@ impl Inner {
                 set.insert(job.to_string());
             } else {
                 set.remove(job);
+            }
+            if set.is_empty() {
+                self.progress.clear();
             }
             let label = match set.len() {
                 0 => None,
@@ -653,6 +665,7 @@ impl Inner {
             &self.backends,
             &self.runners,
             cancel.clone(),
+            self.progress.clone(),
         );
         tokio::pin!(run);
         let stop_now = async {

@@ -123,6 +123,7 @@ pub async fn worker_reports(b: &dyn JobBoard) {
         jobs_done: 0,
         jobs_failed: 0,
         last_error: None,
+        progress: None,
         started_at: 1_000,
         last_seen: 2_000_000_000,
     };
@@ -130,6 +131,7 @@ pub async fn worker_reports(b: &dyn JobBoard) {
     report.state = WorkerState::Running;
     report.job = Some("g/job_1".into());
     report.jobs_done = 3;
+    report.progress = Some("step 3/10 · loss 1.234".into());
     report.last_seen += 5;
     b.report_worker(&report).await.unwrap();
     let mine: Vec<WorkerReport> = b
@@ -140,6 +142,13 @@ pub async fn worker_reports(b: &dyn JobBoard) {
         .filter(|w| w.worker_id == id)
         .collect();
     assert_eq!(mine, [report.clone()]);
+    // Progress goes when the job does.
+    report.progress = None;
+    report.job = None;
+    report.last_seen += 5;
+    b.report_worker(&report).await.unwrap();
+    let now: Vec<WorkerReport> = b.workers(2_000_000_000).await.unwrap();
+    assert_eq!(now.iter().find(|w| w.worker_id == id), Some(&report));
     assert!(
         b.workers(report.last_seen + 1)
             .await

@@ -322,6 +322,7 @@ impl JobRunner for RetrainRunner {
             run.run(
                 spec.checkpoint.every_steps,
                 spec.checkpoint.every_seconds,
+                &ctx.progress,
                 &|| cancel.is_cancelled(),
                 &mut |event| match event {
                     Event::Checkpoint(state, lm, optimizer) => {

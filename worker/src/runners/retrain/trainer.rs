@@ -15,7 +15,7 @@ use labelfleet_models::train::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::runner::JobFailure;
+use crate::runner::{JobFailure, Progress};
 use crate::runners::self_label::shuffle;
 
 /// One optimizer step on the training curve.
@@ -135,6 +135,7 @@ impl TrainingRun {
         &mut self,
         every_steps: Option<usize>,
         every_seconds: Option<u64>,
+        progress: &Progress,
         cancelled: &dyn Fn() -> bool,
         on_event: &mut dyn FnMut(Event<'_>) -> Result<(), JobFailure>,
     ) -> Result<(), JobFailure> {
@@ -151,6 +152,7 @@ impl TrainingRun {
         let mut last_checkpoint = Instant::now();
         let mut last_log = Instant::now();
         let steps_at_start = self.state.step;
+        let tokens_at_start = self.state.tokens;
         let started = Instant::now();
         while self.state.step < spec.steps {
             if cancelled() {
@@ -232,10 +234,17 @@ impl TrainingRun {
                 on_event(Event::Checkpoint(&self.state, &self.lm, &self.optimizer))?;
                 last_checkpoint = Instant::now();
             }
+            let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+            let rate = (self.state.step - steps_at_start) as f64 / elapsed;
+            let eta = (spec.steps - self.state.step) as f64 / rate.max(1e-9);
+            progress.set(format!(
+                "step {}/{} · loss {loss:.3} · {rate:.2} steps/s · {:.0} tok/s · ETA {:.0} s",
+                self.state.step,
+                spec.steps,
+                (self.state.tokens - tokens_at_start) as f64 / elapsed,
+                eta
+            ));
             if last_log.elapsed().as_secs() >= 10 || last {
-                let done = self.state.step - steps_at_start;
-                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                let eta = (spec.steps - self.state.step) as f64 / rate.max(1e-9);
                 tracing::info!(
                     step = self.state.step,
                     steps = spec.steps,

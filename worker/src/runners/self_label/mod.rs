@@ -266,6 +266,11 @@ impl JobRunner for SelfLabelRunner {
                     log_bytes(&hash_owned, false, turns),
                 ))?;
                 tracing::info!(job = %job_owned.key(), labelled, total, "running log written");
+                let rate = labelled as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                ctx_owned.progress.set(format!(
+                    "turns {labelled}/{total} · {rate:.2} turns/s · ETA {:.0} s",
+                    total.saturating_sub(labelled) as f64 / rate.max(1e-9)
+                ));
                 ctx_owned.check_cancelled()
             })?;
             Ok(labelling)
