@@ -6,7 +6,10 @@
 //!   [`job::Job::parse`] (unknown keys, wrong types and missing fields are
 //!   [`job::JobError`]s that name the file and the JSON path). [`overrides`] applies
 //!   `--set`/`--unset` before parsing, and [`provenance::Provenance`] records where a
-//!   job came from (git commit, dirty tree, resolved config, version, time).
+//!   job came from (git commit, dirty tree, resolved config, version, time). Each
+//!   kind's settings are checked past serde too (`SelfLabelSpec::check`,
+//!   `RetrainSpec::check`, `TuneSpec::check`, all re-exported from [`job`]); a `tune`
+//!   job is a sweep that [`tune::expand`] turns into its trial jobs at enqueue time.
 //! - [`queue::Queue`] carries jobs to workers with SQS FIFO semantics: a message is
 //!   received with a visibility timeout, kept alive with [`queue::Queue::extend`]
 //!   (heartbeats), and then acknowledged, released or dead-lettered.

@@ -3,10 +3,14 @@
 //! - [`Backends`] bundles the four contracts a worker talks to.
 //! - [`runner::JobRunner`] runs one kind of job; [`runner::Runners`] registers one
 //!   long-lived runner per kind in one place, so models and other heavy state are
-//!   cached across jobs. The runners live in [`runners`]: `eval` scores predictions,
-//!   `noop` sleeps, and `self_label` retrieves examples from the manifest, prompts a
-//!   causal LM (from `labelfleet-models`) in batches across dialogues, and keeps a
-//!   running log artifact it resumes from.
+//!   cached across jobs. The runners live in [`runners`]: `self_label` retrieves
+//!   examples from the manifest, prompts a causal LM (from `labelfleet-models`) in
+//!   batches across dialogues, and keeps a running log artifact it resumes from;
+//!   `retrain` fine-tunes a model on labelled turns with resumable checkpoints;
+//!   `eval` scores predictions, or a model that labels the gold set through
+//!   `self_label`'s path; `tune` ranks a sweep's trials; `noop` sleeps. Models saved by
+//!   `retrain` reach other jobs through [`runners::checkpoints`]. A runner reports how
+//!   far it has got through [`runner::Progress`], which `status` shows.
 //! - [`execute`] holds the code path every job takes: [`execute::run_job`] runs it
 //!   with its runner (which writes artifacts) and returns its manifest entry;
 //!   [`execute::record`] writes entries (idempotently) and releases the held jobs that

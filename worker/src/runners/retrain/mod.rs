@@ -1,9 +1,9 @@
 //! `retrain` jobs: fine-tune a causal LM on labelled turns with candle.
 //!
-//! The job gathers old and new labelled dialogues ([`data`]), skips itself with a
+//! The job gathers old and new labelled dialogues (`data`), skips itself with a
 //! clear manifest record when there are too few new examples, splits them
-//! ([`splits`]), renders each turn into `self_label`'s prompt → completion form and
-//! trains ([`trainer`]). Every `checkpoint.every_steps` steps (or seconds) the
+//! (`splits`), renders each turn into `self_label`'s prompt → completion form and
+//! trains (`trainer`). Every `checkpoint.every_steps` steps (or seconds) the
 //! trainable parameters, AdamW's moments and the run state go to the artifact store
 //! under `checkpoint/`; a redelivered job of the same config resumes from there. The
 //! best model by validation loss is kept under `best/`, the final one under `model/`
