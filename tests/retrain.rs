@@ -450,3 +450,75 @@ fn a_sweep_runs_its_trials_on_two_workers_and_picks_the_best() {
     // One dot per trial (the best one drawn in red).
     assert_eq!(by_lr.matches("<circle").count(), 4);
 }
+
+/// SIGTERM (a spot machine's notice): the training job checkpoints at once and is
+/// released for another worker, well inside a long grace period, and the next worker
+/// resumes from that checkpoint.
+#[test]
+fn a_stopping_worker_checkpoints_its_training_and_hands_it_over() {
+    let fleet = Fleet::new();
+    let model = tiny_model(fleet.dir.path());
+    let steps = 150;
+    let dir = fleet.jobs_dir("spot");
+    // No periodic checkpoints: the only one is the one the stop writes.
+    common::write_job(
+        &dir,
+        "train.json",
+        &retrain_job("spot", &model, steps, 100_000),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let args = ["--heartbeat", "1", "--wait", "1"];
+    let mut first = fleet.spawn_worker("first", &[&args[..], &["--grace", "600"]].concat());
+    wait_until(Duration::from_secs(300), "training progress", || {
+        fleet.status()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| {
+                w["progress"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("step "))
+            })
+    });
+    let asked = std::time::Instant::now();
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(60)).success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "the grace period was not needed"
+    );
+    let events = first.events();
+    assert_eq!(
+        common::find(
+            &events,
+            "job saved its progress and was released for another worker",
+            None
+        )
+        .len(),
+        1
+    );
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(
+            fleet
+                .home()
+                .join("artifacts/spot/train/checkpoint/state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let saved = state["step"].as_u64().unwrap();
+    assert!(
+        saved > 0 && saved < steps as u64,
+        "checkpoint at step {saved}"
+    );
+
+    let mut second = fleet.spawn_worker("second", &[&args[..], &["--idle-exit", "5"]].concat());
+    assert!(second.wait(Duration::from_secs(600)).success());
+    let entry = &fleet.entries("spot")[0];
+    assert_eq!(entry.worker, "second");
+    assert_eq!(entry.counts["steps"], steps as u64);
+    let resumed = common::find(&second.events(), "resuming from the checkpoint", None)
+        .first()
+        .map(|e| e["fields"]["step"].as_u64().unwrap());
+    assert_eq!(resumed, Some(saved));
+}

@@ -31,6 +31,7 @@ pub async fn run_job(
     backends: &Backends,
     runners: &Runners,
     cancel: CancellationToken,
+    stop: CancellationToken,
     progress: Progress,
 ) -> Result<ManifestEntry, JobFailure> {
     let runner = runners.get(job.kind()).ok_or_else(|| {
@@ -43,6 +44,7 @@ pub async fn run_job(
         artifacts: backends.artifacts.clone(),
         manifest: backends.manifest.clone(),
         cancel,
+        stop,
         attempt,
         progress,
     };
@@ -136,6 +138,7 @@ pub async fn execute(
         backends,
         runners,
         cancel,
+        CancellationToken::new(),
         Progress::default(),
     )
     .await?;

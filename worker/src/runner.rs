@@ -19,6 +19,11 @@ pub struct JobContext {
     pub manifest: Arc<dyn Manifest>,
     /// Cancelled when the job must stop early (shutdown, or its lease was lost).
     pub cancel: CancellationToken,
+    /// Cancelled as soon as the worker is asked to stop (SIGTERM: a spot machine is
+    /// going away). A job that can save its progress should do so, then return
+    /// [`JobFailure::interrupted`]; the worker releases it for another worker at once,
+    /// without counting a failure. Jobs that ignore it run on for the grace period.
+    pub stop: CancellationToken,
     /// Which delivery of the job this is (1 for the first).
     pub attempt: u32,
     /// Where the job says how far it has got; the worker shows it in `status`.
@@ -96,6 +101,19 @@ impl JobContext {
             Ok(())
         }
     }
+
+    /// As [`JobContext::check_cancelled`], and also stops (as interrupted) when the
+    /// worker is stopping: call right after saving progress.
+    pub fn check_stopping(&self) -> Result<(), JobFailure> {
+        self.check_cancelled()?;
+        if self.stop.is_cancelled() {
+            Err(JobFailure::interrupted(
+                "stopped for the worker's shutdown after saving its progress",
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// What a finished job reports for its manifest entry.
@@ -115,6 +133,9 @@ pub struct JobOutput {
 pub struct JobFailure {
     /// What went wrong.
     pub message: String,
+    /// The job stopped because the worker is stopping, after saving its progress: not
+    /// a failure of the job, and it should run again elsewhere at once.
+    pub interrupted: bool,
 }
 
 impl JobFailure {
@@ -122,6 +143,15 @@ impl JobFailure {
     pub fn new(message: impl Into<String>) -> JobFailure {
         JobFailure {
             message: message.into(),
+            interrupted: false,
+        }
+    }
+
+    /// The job saved its progress and stopped because the worker is stopping.
+    pub fn interrupted(message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            message: message.into(),
+            interrupted: true,
         }
     }
 }

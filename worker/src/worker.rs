@@ -658,6 +658,7 @@ impl Inner {
             cancel.clone(),
         );
         let started = Instant::now();
+        let stop = CancellationToken::new();
         let run = run_job(
             &job,
             message.receive_count,
@@ -665,11 +666,13 @@ impl Inner {
             &self.backends,
             &self.runners,
             cancel.clone(),
+            stop.clone(),
             self.progress.clone(),
         );
         tokio::pin!(run);
         let stop_now = async {
             self.shutdown.reached(1).await;
+            stop.cancel();
             tracing::info!(
                 grace_s = self.config.grace.as_secs_f64(),
                 "stop requested; letting the job finish within the grace period"
@@ -713,6 +716,25 @@ impl Inner {
                     span,
                     _slot: slot,
                 });
+            }
+            Err(failure) if failure.interrupted => {
+                heartbeat.stop();
+                match self
+                    .backends
+                    .queue
+                    .release(&message.receipt, Duration::ZERO)
+                    .await
+                {
+                    Ok(()) => tracing::warn!(
+                        reason = %failure.message,
+                        "job saved its progress and was released for another worker"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "job saved its progress; it returns after its visibility timeout"
+                    ),
+                }
+                drop(slot);
             }
             Err(failure) => {
                 let lease_lost = heartbeat.stop();

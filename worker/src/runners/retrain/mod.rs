@@ -318,12 +318,11 @@ impl JobRunner for RetrainRunner {
                 "training"
             );
             let mut saved_state: Option<RunState> = None;
-            let cancel = ctx.cancel.clone();
             run.run(
                 spec.checkpoint.every_steps,
                 spec.checkpoint.every_seconds,
                 &ctx.progress,
-                &|| cancel.is_cancelled(),
+                &|| ctx.check_stopping(),
                 &mut |event| match event {
                     Event::Checkpoint(state, lm, optimizer) => {
                         let mut state = state.clone();

@@ -129,14 +129,15 @@ pub fn mean_loss(
 
 impl TrainingRun {
     /// Trains until `spec.steps`, handing checkpoints and new bests to `on_event`.
-    /// `cancelled` is polled between steps: a cancelled run saves a checkpoint first,
-    /// so the next delivery resumes from here.
+    /// `check` is called between steps: when it fails (the job was cancelled, or the
+    /// worker is stopping) the run saves a checkpoint first, so the next delivery
+    /// resumes from here, and returns that failure.
     pub fn run(
         &mut self,
         every_steps: Option<usize>,
         every_seconds: Option<u64>,
         progress: &Progress,
-        cancelled: &dyn Fn() -> bool,
+        check: &dyn Fn() -> Result<(), JobFailure>,
         on_event: &mut dyn FnMut(Event<'_>) -> Result<(), JobFailure>,
     ) -> Result<(), JobFailure> {
         if self.train.is_empty() {
@@ -155,12 +156,13 @@ impl TrainingRun {
         let tokens_at_start = self.state.tokens;
         let started = Instant::now();
         while self.state.step < spec.steps {
-            if cancelled() {
+            if let Err(mut stop) = check() {
                 on_event(Event::Checkpoint(&self.state, &self.lm, &self.optimizer))?;
-                return Err(JobFailure::new(format!(
-                    "cancelled at step {}; the checkpoint there lets the next delivery resume",
-                    self.state.step
-                )));
+                stop.message = format!(
+                    "{} (at step {}, checkpointed: the next delivery resumes there)",
+                    stop.message, self.state.step
+                );
+                return Err(stop);
             }
             let step_started = Instant::now();
             let step = self.state.step;

@@ -271,7 +271,7 @@ impl JobRunner for SelfLabelRunner {
                     "turns {labelled}/{total} · {rate:.2} turns/s · ETA {:.0} s",
                     total.saturating_sub(labelled) as f64 / rate.max(1e-9)
                 ));
-                ctx_owned.check_cancelled()
+                ctx_owned.check_stopping()
             })?;
             Ok(labelling)
         })
