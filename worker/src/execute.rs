@@ -21,6 +21,17 @@ pub struct Completion {
     pub written: bool,
 }
 
+/// How the worker steers a running job, and hears from it.
+#[derive(Clone, Default)]
+pub struct JobControl {
+    /// Cancelled when the job must stop (its lease was lost, or the grace period ended).
+    pub cancel: CancellationToken,
+    /// Cancelled when the worker is asked to stop: save progress and stop early.
+    pub stop: CancellationToken,
+    /// Where the job reports its progress.
+    pub progress: Progress,
+}
+
 /// Runs `job` with its runner and returns the manifest entry to record. For runners
 /// that write artifacts, the job's own config and provenance are written first, as the
 /// `job.json` artifact.
@@ -30,9 +41,7 @@ pub async fn run_job(
     worker_id: &str,
     backends: &Backends,
     runners: &Runners,
-    cancel: CancellationToken,
-    stop: CancellationToken,
-    progress: Progress,
+    control: JobControl,
 ) -> Result<ManifestEntry, JobFailure> {
     let runner = runners.get(job.kind()).ok_or_else(|| {
         JobFailure::new(format!(
@@ -43,10 +52,10 @@ pub async fn run_job(
     let ctx = JobContext {
         artifacts: backends.artifacts.clone(),
         manifest: backends.manifest.clone(),
-        cancel,
-        stop,
+        cancel: control.cancel,
+        stop: control.stop,
         attempt,
-        progress,
+        progress: control.progress,
     };
     let job_key = if runner.writes_artifacts() {
         let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");
@@ -137,9 +146,10 @@ pub async fn execute(
         worker_id,
         backends,
         runners,
-        cancel,
-        CancellationToken::new(),
-        Progress::default(),
+        JobControl {
+            cancel,
+            ..JobControl::default()
+        },
     )
     .await?;
     let (mut completions, _released) = record(vec![entry], backends).await.map_err(|e| {

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Backends;
-use crate::execute::{record, retry_transient, run_job};
+use crate::execute::{JobControl, record, retry_transient, run_job};
 use crate::heartbeat::Heartbeat;
 use crate::runner::{Progress, Runners};
 use crate::shutdown::Shutdown;
@@ -665,9 +665,11 @@ impl Inner {
             &self.config.worker_id,
             &self.backends,
             &self.runners,
-            cancel.clone(),
-            stop.clone(),
-            self.progress.clone(),
+            JobControl {
+                cancel: cancel.clone(),
+                stop: stop.clone(),
+                progress: self.progress.clone(),
+            },
         );
         tokio::pin!(run);
         let stop_now = async {
