@@ -160,6 +160,8 @@ pub struct WorkerReport {
     /// What its running job last said of its progress (`step 120/200 · loss 1.23 ·
     /// 2.1 steps/s · ETA 38 s`), if it said anything.
     pub progress: Option<String>,
+    /// The device it runs models on (`cuda:0`, `cpu`), when it was pinned to one.
+    pub device: Option<String>,
     /// When it started (seconds since the Unix epoch).
     pub started_at: i64,
     /// When it last reported (seconds since the Unix epoch).

@@ -35,17 +35,16 @@ pub struct SelfLabelSpec {
     pub generation: GenerationSpec,
     /// Dialogues labelled together in one batch (their turns are sequential; different
     /// dialogues are independent).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
+    /// When absent, the worker picks it: 8 on a CPU; on a GPU as many as fit in its
+    /// free memory (the decision is logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     /// Write the progress artifact after this many labelled turns, so that a restarted
     /// job resumes where it stopped.
     #[serde(default = "default_checkpoint_turns")]
     pub checkpoint_turns: usize,
 }
 
-fn default_batch_size() -> usize {
-    8
-}
 fn default_checkpoint_turns() -> usize {
     100
 }
@@ -242,7 +241,7 @@ impl SelfLabelSpec {
         let at = |f: &str| format!("self_label.{f}");
         self.model.check(&at("model"))?;
         self.retriever.model.check(&at("retriever.model"))?;
-        if self.batch_size == 0 {
+        if self.batch_size == Some(0) {
             return Err((at("batch_size"), "expected at least 1".into()));
         }
         if self.checkpoint_turns == 0 {
@@ -304,7 +303,7 @@ mod tests {
         let JobBody::SelfLabel(spec) = &job.body else {
             panic!("not a self_label body")
         };
-        assert_eq!(spec.batch_size, 8);
+        assert_eq!(spec.batch_size, None, "the worker picks it");
         assert_eq!(spec.retriever.k_examples, 8);
         assert_eq!(spec.retriever.example_warmup, 32);
         assert_eq!(spec.model.device, "cpu");

@@ -43,10 +43,11 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at  INTEGER NOT NULL,
     last_seen   INTEGER NOT NULL
 );
--- A table of its own, so that boards created before progress existed need no migration.
+-- A table of its own, so that boards created before these columns existed need no migration.
 CREATE TABLE IF NOT EXISTS worker_progress (
     worker_id TEXT PRIMARY KEY,
-    progress  TEXT
+    progress  TEXT,
+    device    TEXT
 );
 ";
 
@@ -244,8 +245,8 @@ impl JobBoard for SqliteBoard {
                     ],
                 )?;
                 conn.execute(
-                    "INSERT OR REPLACE INTO worker_progress (worker_id, progress) VALUES (?1, ?2)",
-                    params![w.worker_id, w.progress],
+                    "INSERT OR REPLACE INTO worker_progress (worker_id, progress, device) VALUES (?1, ?2, ?3)",
+                    params![w.worker_id, w.progress, w.device],
                 )?;
                 conn.execute(
                     "DELETE FROM workers WHERE last_seen < ?1",
@@ -264,7 +265,7 @@ impl JobBoard for SqliteBoard {
         self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT w.worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen, p.progress
+                    "SELECT w.worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen, p.progress, p.device
                      FROM workers w LEFT JOIN worker_progress p ON p.worker_id = w.worker_id
                      WHERE last_seen >= ?1 ORDER BY last_seen DESC, w.worker_id",
                 )?;
@@ -283,6 +284,7 @@ impl JobBoard for SqliteBoard {
                             started_at: r.get(8)?,
                             last_seen: r.get(9)?,
                             progress: r.get(10)?,
+                            device: r.get(11)?,
                         })
                     })?
                     .collect::<Result<_, _>>()?;

@@ -49,6 +49,18 @@ impl LlamaConfig {
     fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
+
+    /// Bytes one prompt of `tokens` tokens needs while it is decoded in a batch, in f32:
+    /// its key/value cache in every layer, one layer's attention scores and
+    /// activations during prefill, and its logits.
+    pub fn bytes_per_row(&self, tokens: usize) -> u64 {
+        let f = 4u64;
+        let t = tokens as u64;
+        let kv = 2 * self.num_layers as u64 * (self.num_kv_heads * self.head_dim()) as u64 * t * f;
+        let scores = self.num_heads as u64 * t * t * f;
+        let activations = t * (4 * self.hidden_size + 2 * self.intermediate_size) as u64 * f;
+        kv + scores + activations + self.vocab_size as u64 * f
+    }
 }
 
 /// The projections LoRA may adapt, by their Hugging Face names.

@@ -59,9 +59,9 @@ pub struct GenerateRunsArgs {
     /// job_0 labels without examples until its index holds this many turns.
     #[arg(long, default_value_t = 32)]
     pub example_warmup: usize,
-    /// Dialogues per batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
+    /// Dialogues per batch (default: the worker picks, from its GPU's free memory).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
 }
 
 /// Dataset formats, as the command line spells them.

@@ -3,6 +3,7 @@
 mod backends;
 mod enqueue;
 mod generate_runs;
+mod launch;
 mod logging;
 mod plots;
 mod report;
@@ -92,6 +93,9 @@ pub enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Poll the queue and run jobs until stopped (SIGINT/SIGTERM), idle or done.
     Worker(worker::WorkerArgs),
+    /// Start one worker per visible GPU (or N on the CPU), each pinned to its GPU;
+    /// restart any that dies, and stop them together.
+    Launch(launch::LaunchArgs),
     /// Show the fleet: queue depth, dead letters, held jobs, group progress, workers.
     Status(status::StatusArgs),
     /// Run one job file in this process, without a queue, with the same outputs.
@@ -108,9 +112,10 @@ pub enum Command {
     GenerateRuns(generate_runs::GenerateRunsArgs),
 }
 
-const ALIASES: [&str; 8] = [
+const ALIASES: [&str; 9] = [
     "enqueue",
     "worker",
+    "launch",
     "status",
     "run",
     "results",
@@ -153,6 +158,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Enqueue(args) => enqueue::run(&cli.global, args).await,
             Command::Worker(args) => worker::run(&cli.global, args).await,
+            Command::Launch(args) => launch::run(&cli.global, args).await,
             Command::Status(args) => status::run(&cli.global, args).await,
             Command::Run(args) => run::run(&cli.global, args).await,
             Command::Results(args) => results::run(&cli.global, args).await,

@@ -62,7 +62,7 @@ pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Va
         .map(|w| {
             json!({"worker_id": w.worker_id, "host": w.host, "pid": w.pid, "state": w.state.as_str(),
                    "job": w.job, "jobs_done": w.jobs_done, "jobs_failed": w.jobs_failed,
-                   "last_error": w.last_error, "progress": w.progress,
+                   "last_error": w.last_error, "progress": w.progress, "device": w.device,
                    "last_seen_secs_ago": chrono::Utc::now().timestamp() - w.last_seen})
         })
         .collect();
@@ -128,6 +128,8 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
     for w in state["workers"].as_array().into_iter().flatten() {
         workers.row(vec![
             text(&w["worker_id"]),
+            text(&w["host"]),
+            text(&w["device"]),
             text(&w["state"]),
             text(&w["job"]),
             text(&w["progress"]),

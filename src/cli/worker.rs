@@ -48,6 +48,39 @@ pub struct WorkerArgs {
     /// This worker's id in `status` (default: host-pid-random).
     #[arg(long, env = "LABELFLEET_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// Run every model of every job on this device (`cpu`, `cuda`, `cuda:N`), whatever
+    /// the job files say: one worker per GPU, each pinned to its own.
+    #[arg(long, env = "LABELFLEET_DEVICE", value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Refuse to start unless a CUDA GPU can be opened (the device given, or `cuda:0`):
+    /// a GPU machine that lost its driver should not quietly train on its CPU.
+    #[arg(long, env = "LABELFLEET_REQUIRE_GPU")]
+    pub require_gpu: bool,
+}
+
+/// The device a worker pins its jobs to, checked: with `require_gpu`, a CUDA device
+/// that opens.
+pub fn checked_device(device: Option<String>, require_gpu: bool) -> anyhow::Result<Option<String>> {
+    let device = match (device, require_gpu) {
+        (None, true) => Some("cuda:0".to_string()),
+        (device, _) => device,
+    };
+    if let Some(name) = &device {
+        let opened = labelfleet_models::parse_device(name).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}{}",
+                if require_gpu {
+                    " (--require-gpu: this worker runs only on a GPU)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        if require_gpu && !opened.is_cuda() {
+            anyhow::bail!("--require-gpu, but the device is `{name}`; give --device cuda:N");
+        }
+    }
+    Ok(device)
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -86,6 +119,10 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         anyhow::bail!("--concurrency must be at least 1");
     }
     config.concurrency = args.concurrency;
+    config.device = checked_device(args.device, args.require_gpu)?;
+    if let Some(device) = &config.device {
+        tracing::info!(%device, "every job's models run on this device");
+    }
     let opened = backends::open(global, config.max_receives).await?;
     if let Some(redrive) = opened.redrive_max_receives {
         // SQS moves a message to the dead-letter queue by itself after `redrive`

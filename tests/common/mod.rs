@@ -122,13 +122,19 @@ impl Fleet {
 
     /// Starts a worker process whose JSON log goes to `logs/<name>.log`.
     pub fn spawn_worker(&self, name: &str, args: &[&str]) -> Worker {
+        let mut all = vec!["worker", "--worker-id", name];
+        all.extend_from_slice(args);
+        self.spawn(name, &all)
+    }
+
+    /// Starts `labelfleet ARGS` in the background, its JSON log (stderr) going to
+    /// `logs/<name>.log`.
+    pub fn spawn(&self, name: &str, all: &[&str]) -> Worker {
         let logs = self.dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("{name}.log"));
-        let mut all = vec!["worker", "--worker-id", name];
-        all.extend_from_slice(args);
         let child = self
-            .command(&all)
+            .command(all)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -30,6 +30,8 @@ pub struct JobControl {
     pub stop: CancellationToken,
     /// Where the job reports its progress.
     pub progress: Progress,
+    /// The worker's device for every model of the job (see [`JobContext::place`]).
+    pub device: Option<String>,
 }
 
 /// Runs `job` with its runner and returns the manifest entry to record. For runners
@@ -56,6 +58,7 @@ pub async fn run_job(
         stop: control.stop,
         attempt,
         progress: control.progress,
+        device: control.device,
     };
     let job_key = if runner.writes_artifacts() {
         let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");

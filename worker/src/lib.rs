@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod execute;
+pub mod gpu;
 pub mod heartbeat;
 pub mod runner;
 pub mod runners;

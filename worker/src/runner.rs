@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
-use labelfleet_core::job::{Job, JobKind};
+use labelfleet_core::job::{Job, JobKind, ModelRef};
 use labelfleet_manifest::{Manifest, ManifestEntry};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ pub struct JobContext {
     pub attempt: u32,
     /// Where the job says how far it has got; the worker shows it in `status`.
     pub progress: Progress,
+    /// The device the worker was pinned to (`worker --device cuda:1`), if any.
+    pub device: Option<String>,
 }
 
 /// A running job's latest word on its progress, shared with the worker that reports it.
@@ -91,6 +93,19 @@ impl JobContext {
                 ))
             })?;
         Ok(Some((key, bytes)))
+    }
+
+    /// `model` on the device this worker was pinned to, if it was: a fleet runs the
+    /// same job files on every GPU, and each worker picks its own. Runners load every
+    /// model through this.
+    pub fn place(&self, model: &ModelRef) -> ModelRef {
+        match &self.device {
+            Some(device) => ModelRef {
+                device: device.clone(),
+                ..model.clone()
+            },
+            None => model.clone(),
+        }
     }
 
     /// Fails if the job has been cancelled; call between steps of long work.

@@ -65,6 +65,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// How long the recorder waits for more finished jobs to record them together.
     pub record_linger: Duration,
+    /// Where this worker's jobs run their models (`cuda:1`), whatever the jobs say;
+    /// `None` leaves each job's own `device`.
+    pub device: Option<String>,
 }
 
 impl WorkerConfig {
@@ -86,6 +89,7 @@ impl WorkerConfig {
             sweep_every: Duration::from_secs(60),
             concurrency: 1,
             record_linger: Duration::from_millis(20),
+            device: None,
         }
     }
 
@@ -187,6 +191,7 @@ impl Worker {
             jobs_failed: 0,
             last_error: None,
             progress: None,
+            device: config.device.clone(),
             started_at: now_secs(),
             last_seen: now_secs(),
         };
@@ -669,6 +674,7 @@ impl Inner {
                 cancel: cancel.clone(),
                 stop: stop.clone(),
                 progress: self.progress.clone(),
+                device: self.config.device.clone(),
             },
         );
         tokio::pin!(run);

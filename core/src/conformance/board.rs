@@ -124,6 +124,7 @@ pub async fn worker_reports(b: &dyn JobBoard) {
         jobs_failed: 0,
         last_error: None,
         progress: None,
+        device: Some("cuda:1".into()),
         started_at: 1_000,
         last_seen: 2_000_000_000,
     };

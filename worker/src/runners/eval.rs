@@ -134,7 +134,7 @@ impl EvalRunner {
         predictions: &ModelPredictions,
         ctx: &JobContext,
     ) -> Result<JobOutput, JobFailure> {
-        let model = checkpoints::materialize(&predictions.model, ctx).await?;
+        let model = checkpoints::materialize(&ctx.place(&predictions.model), ctx).await?;
         let selection = DialogueSelection {
             count: spec.max_dialogues,
             ..DialogueSelection::default()
@@ -146,7 +146,7 @@ impl EvalRunner {
                 model: model.clone(),
                 retriever: predictions.retriever.clone(),
                 generation: predictions.generation.clone(),
-                batch_size: predictions.batch_size,
+                batch_size: Some(predictions.batch_size),
                 checkpoint_turns: 100,
             })),
             after: Vec::new(),

@@ -256,7 +256,7 @@ impl JobRunner for RetrainRunner {
         if job.mini {
             spec.training.steps = spec.training.steps.min(4);
         }
-        spec.model = checkpoints::materialize(&spec.model, ctx).await?;
+        spec.model = checkpoints::materialize(&ctx.place(&spec.model), ctx).await?;
         let base = resolve(&spec.model)?;
         let resumed = resume(job, ctx, &hash).await?;
         ctx.check_cancelled()?;

@@ -134,7 +134,7 @@ impl Labelling {
         let mut active: Vec<&Dialogue> = Vec::new();
         let mut since_checkpoint = 0;
         loop {
-            while active.len() < spec.batch_size {
+            while active.len() < spec.batch_size.unwrap_or(8) {
                 match waiting.next() {
                     Some(d) => active.push(d),
                     None => break,

@@ -101,6 +101,34 @@ pub(crate) fn read_data(path: &str, format: DatasetFormat) -> Result<Vec<Dialogu
     })
 }
 
+/// Dialogues per batch, when the job leaves it open: 8 on a CPU; on a GPU as many as
+/// its free memory holds at about 1,024 tokens a dialogue (at most 64). Logged.
+fn auto_batch_size(device: &str, config: &labelfleet_models::LlamaConfig) -> usize {
+    const CPU_BATCH: usize = 8;
+    let Some(ordinal) = crate::gpu::cuda_ordinal(device) else {
+        tracing::info!(batch_size = CPU_BATCH, "batch size: the CPU default");
+        return CPU_BATCH;
+    };
+    let per_row = config.bytes_per_row(1024);
+    match crate::gpu::free_memory(ordinal) {
+        Ok(free) => {
+            let batch = crate::gpu::batch_for_memory(free, per_row, 64);
+            tracing::info!(
+                device,
+                free_gib = format!("{:.1}", free as f64 / (1u64 << 30) as f64),
+                per_dialogue_mib = per_row >> 20,
+                batch_size = batch,
+                "batch size chosen from the GPU's free memory"
+            );
+            batch
+        }
+        Err(e) => {
+            tracing::warn!(device, error = %e, batch_size = CPU_BATCH, "cannot read the GPU's free memory; using the default batch size");
+            CPU_BATCH
+        }
+    }
+}
+
 pub(crate) fn config_hash(job: &Job) -> String {
     let digest = Sha256::digest(canonical_json(&job.config_value()).as_bytes());
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
@@ -187,7 +215,8 @@ impl JobRunner for SelfLabelRunner {
         };
         let mut spec = (**spec).clone();
         let hash = config_hash(job);
-        spec.model = crate::runners::checkpoints::materialize(&spec.model, ctx).await?;
+        spec.model = crate::runners::checkpoints::materialize(&ctx.place(&spec.model), ctx).await?;
+        spec.retriever.model = ctx.place(&spec.retriever.model);
         let started = Instant::now();
 
         let (data_path, data_format) = (spec.data.path.clone(), spec.data.format);
@@ -242,6 +271,9 @@ impl JobRunner for SelfLabelRunner {
         .await
         .map_err(|e| JobFailure::new(format!("loading models failed: {e}")))??;
         let seeded = seeds.len();
+        if spec.batch_size.is_none() {
+            spec.batch_size = Some(auto_batch_size(&spec.model.device, lm.model.config()));
+        }
         let mut labelling = Labelling {
             spec,
             source: job.key().to_string(),
