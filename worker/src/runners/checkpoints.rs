@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::job::ModelRef;
+use sha2::{Digest, Sha256};
 
 use crate::runner::{JobContext, JobFailure};
 
@@ -46,7 +47,10 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
             parts[0], parts[1]
         )));
     }
-    let local = cache_dir().join("checkpoints").join(&prefix);
+    // Keyed by the store too: two fleets on one machine may both have a `demo/train`.
+    let store = Sha256::digest(ctx.artifacts.describe().as_bytes());
+    let store: String = store.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let local = cache_dir().join("checkpoints").join(store).join(&prefix);
     std::fs::create_dir_all(&local)
         .map_err(|e| JobFailure::new(format!("creating {}: {e}", local.display())))?;
     for key in keys {
