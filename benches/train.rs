@@ -19,13 +19,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Format, read_dataset};
 use labelfleet_models::train::{
     AdamW, AdamWConfig, clip_grad_norm, completion_nll, random_weights,
 };
 use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
 use labelfleet_worker::runners::retrain::render;
-use labelfleet_worker::runners::self_label::example_of;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -38,14 +38,7 @@ fn pairs() -> Vec<(String, String)> {
         .unwrap()
         .iter()
         .flat_map(|d| d.turns.clone())
-        .map(|t| {
-            render(&example_of(
-                &t.last_slot_values,
-                &t.system_utterance,
-                &t.user_utterance,
-                &t.turn_slot_values,
-            ))
-        })
+        .map(|t| render(&Example::of_gold_turn(&t)))
         .collect()
 }
 

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Fleet, repo_root, wait_until};
+use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Format, read_dataset};
 use labelfleet_worker::runners::retrain::render;
-use labelfleet_worker::runners::self_label::example_of;
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "runs/sample-data/multiwoz21_val_sample.json";
@@ -23,12 +23,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
         .iter()
         .flat_map(|d| &d.turns)
         .map(|t| {
-            let e = example_of(
-                &t.last_slot_values,
-                &t.system_utterance,
-                &t.user_utterance,
-                &t.turn_slot_values,
-            );
+            let e = Example::of_gold_turn(t);
             let (prompt, completion) = render(&e);
             format!("{prompt}{completion}")
         })
@@ -491,7 +486,7 @@ fn a_stopping_worker_checkpoints_its_training_and_hands_it_over() {
     assert_eq!(
         common::find(
             &events,
-            "job saved its progress and was released for another worker",
+            "job saved its progress; released for another worker",
             None
         )
         .len(),

@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 
 use crate::provenance::Provenance;
 pub use crate::retrain::{
-    CheckpointSpec, DataSource, GoldData, LoraSpec, RetrainSpec, Schedule, SplitPolicy, SplitSpec,
-    SplitUse, TrainingData, TrainingSpec,
+    CheckpointSpec, DataSource, GoldData, LORA_TARGETS, LoraSpec, RetrainSpec, Schedule,
+    SplitPolicy, SplitSpec, SplitUse, TrainingData, TrainingSpec,
 };
 pub use crate::self_label::{
     DialogueSelection, GenerationSpec, ModelRef, RetrieverSpec, SelfLabelSpec, WeightFormat,

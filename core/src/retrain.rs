@@ -275,7 +275,8 @@ fn default_targets() -> Vec<String> {
     vec!["q_proj".into(), "v_proj".into()]
 }
 
-/// Projections LoRA may adapt.
+/// Projections LoRA may adapt (the models crate has the same list, which does the
+/// adapting; a worker test checks the two agree).
 pub const LORA_TARGETS: [&str; 7] = [
     "q_proj",
     "k_proj",

@@ -87,6 +87,20 @@ pub struct Example {
     pub update: SlotValues,
 }
 
+impl Example {
+    /// A gold turn as an example: its context and the slots it set or changed.
+    pub fn of_gold_turn(turn: &crate::Turn) -> Example {
+        Example {
+            context: TurnContext {
+                last_slot_values: turn.last_slot_values.clone(),
+                system_utterance: turn.system_utterance.clone(),
+                user_utterance: turn.user_utterance.clone(),
+            },
+            update: turn.turn_slot_values.clone(),
+        }
+    }
+}
+
 /// A Python-style argument name for a canonical slot: `pricerange` → `price_range`,
 /// `book people` → `book_people`.
 pub fn argument_name(slot: &str) -> String {

@@ -303,6 +303,16 @@ impl Inner {
         running > 0
     }
 
+    /// Releases a job for another worker at once (shutdown), logging `what` and how.
+    async fn hand_over(&self, receipt: &Receipt, what: &str, reason: Option<&str>) {
+        match self.backends.queue.release(receipt, Duration::ZERO).await {
+            Ok(()) => tracing::warn!(reason, "{what}; released for another worker"),
+            Err(e) => {
+                tracing::warn!(error = %e, reason, "{what}; it returns after its visibility timeout")
+            }
+        }
+    }
+
     async fn publish(&self) {
         *self.last_publish.lock().expect("publish lock") = Instant::now();
         let report = {
@@ -698,19 +708,8 @@ impl Inner {
         let Some(result) = result else {
             cancel.cancel();
             heartbeat.stop();
-            match self
-                .backends
-                .queue
-                .release(&message.receipt, Duration::ZERO)
-                .await
-            {
-                Ok(()) => {
-                    tracing::warn!("job interrupted by shutdown; released for another worker")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "job interrupted by shutdown; it returns after its visibility timeout")
-                }
-            }
+            self.hand_over(&message.receipt, "job interrupted by shutdown", None)
+                .await;
             return;
         };
         match result {
@@ -727,21 +726,12 @@ impl Inner {
             }
             Err(failure) if failure.interrupted => {
                 heartbeat.stop();
-                match self
-                    .backends
-                    .queue
-                    .release(&message.receipt, Duration::ZERO)
-                    .await
-                {
-                    Ok(()) => tracing::warn!(
-                        reason = %failure.message,
-                        "job saved its progress and was released for another worker"
-                    ),
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "job saved its progress; it returns after its visibility timeout"
-                    ),
-                }
+                self.hand_over(
+                    &message.receipt,
+                    "job saved its progress",
+                    Some(&failure.message),
+                )
+                .await;
                 drop(slot);
             }
             Err(failure) => {

@@ -14,6 +14,7 @@ use labelfleet_core::job::{
     PredictionSource, SelfLabelSpec,
 };
 use labelfleet_dst::metrics::{Scores, ValueMatcher, score};
+use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Dialogue, Prediction, read_dataset, read_predictions, read_predictions_file};
 use labelfleet_manifest::list_all;
 use labelfleet_models::TokenizedExample;
@@ -24,7 +25,7 @@ use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::checkpoints;
 use crate::runners::format_of;
 use crate::runners::retrain::render;
-use crate::runners::self_label::{SelfLabelRunner, example_of, select_dialogues};
+use crate::runners::self_label::{SelfLabelRunner, select_dialogues};
 
 /// How many dialogues a `--mini` job scores.
 pub const MINI_DIALOGUES: usize = 2;
@@ -165,12 +166,7 @@ impl EvalRunner {
             let lm = models.causal_lm(&model)?;
             let mut examples = Vec::new();
             for turn in dialogues.iter().flat_map(|d| &d.turns) {
-                let example = example_of(
-                    &turn.last_slot_values,
-                    &turn.system_utterance,
-                    &turn.user_utterance,
-                    &turn.turn_slot_values,
-                );
+                let example = Example::of_gold_turn(turn);
                 let (prompt, completion) = render(&example);
                 examples.push(
                     TokenizedExample::new(&lm.tokenizer, &prompt, &completion, max_tokens)

@@ -8,7 +8,6 @@ use labelfleet_core::job::DataSource;
 use labelfleet_dst::prompt::{Example, build_prompt, target_completion};
 
 use crate::runner::{JobContext, JobFailure};
-use crate::runners::self_label::example_of;
 use crate::runners::self_label::{group_examples, read_data};
 
 /// Dialogues a `--mini` retrain job takes from each source.
@@ -78,18 +77,7 @@ pub async fn gather(
                     .take(gold.max_dialogues.unwrap_or(usize::MAX))
                     .map(|d| LabelledDialogue {
                         source: format!("gold:{}", gold.path),
-                        examples: d
-                            .turns
-                            .iter()
-                            .map(|t| {
-                                example_of(
-                                    &t.last_slot_values,
-                                    &t.system_utterance,
-                                    &t.user_utterance,
-                                    &t.turn_slot_values,
-                                )
-                            })
-                            .collect(),
+                        examples: d.turns.iter().map(Example::of_gold_turn).collect(),
                         dialogue_id: d.dialogue_id,
                     })
                     .collect()

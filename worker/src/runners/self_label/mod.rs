@@ -33,7 +33,6 @@ pub use self::labelling::LabelledTurn;
 use self::labelling::{Labelling, RunningLog, embed_into, log_bytes};
 use self::models::ModelCache;
 use self::retrieval::ExampleIndex;
-pub use self::retrieval::example_of;
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::format_of;
 
@@ -249,12 +248,7 @@ impl JobRunner for SelfLabelRunner {
                     seeds.push((
                         format!("gold:{}#{}", t.dialogue_id, t.turn_id),
                         t.dialogue_id.clone(),
-                        example_of(
-                            &t.last_slot_values,
-                            &t.system_utterance,
-                            &t.user_utterance,
-                            &t.turn_slot_values,
-                        ),
+                        Example::of_gold_turn(&t),
                     ));
                 }
             }
