@@ -286,15 +286,18 @@ impl JobRunner for SelfLabelRunner {
             let total: usize = labelling.dialogues.iter().map(|d| d.turns.len()).sum();
             labelling.run(|turns| {
                 let labelled = turns.len();
+                let new_tokens: usize = turns.iter().map(|t| t.new_tokens).sum();
                 runtime.block_on(ctx_owned.write_artifact(
                     &job_owned,
                     RUNNING_LOG,
                     log_bytes(&hash_owned, false, turns),
                 ))?;
                 tracing::info!(job = %job_owned.key(), labelled, total, "running log written");
-                let rate = labelled as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+                let rate = labelled as f64 / elapsed;
                 ctx_owned.progress.set(format!(
-                    "turns {labelled}/{total} · {rate:.2} turns/s · ETA {:.0} s",
+                    "turns {labelled}/{total} · {rate:.2} turns/s · {:.1} tok/s · ETA {:.0} s",
+                    new_tokens as f64 / elapsed,
                     total.saturating_sub(labelled) as f64 / rate.max(1e-9)
                 ));
                 ctx_owned.check_stopping()
