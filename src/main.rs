@@ -6,6 +6,7 @@
 //! subcommand, so `worker --once` and `labelfleet worker --once` are the same.
 
 mod cli;
+mod dataset;
 
 use std::process::ExitCode;
 

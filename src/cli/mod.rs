@@ -12,6 +12,7 @@ mod run;
 mod setup;
 mod status;
 mod table;
+mod upload_dataset;
 mod worker;
 
 use std::ffi::OsString;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Print a table of a group's runs (a sweep's trials with their parameters) and
     /// write SVG plots: loss curves, and each sweep's metric against its parameters.
     Report(report::ReportArgs),
+    /// Export a group's self-labelled turns as a Hugging Face dataset (parquet splits
+    /// and a dataset card) named after its manifest entries.
+    UploadDataset(upload_dataset::UploadDatasetArgs),
     /// Create the AWS queue (with its dead-letter queue), table and bucket; idempotent.
     Setup(setup::SetupArgs),
     /// Split a dataset into chunks and write one self_label job per chunk: job_0 plus
@@ -112,7 +116,8 @@ pub enum Command {
     GenerateRuns(generate_runs::GenerateRunsArgs),
 }
 
-const ALIASES: [&str; 9] = [
+const ALIASES: [&str; 10] = [
+    "upload-dataset",
     "enqueue",
     "worker",
     "launch",
@@ -163,6 +168,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(&cli.global, args).await,
             Command::Results(args) => results::run(&cli.global, args).await,
             Command::Report(args) => report::run(&cli.global, args).await,
+            Command::UploadDataset(args) => upload_dataset::run(&cli.global, args).await,
             Command::Setup(args) => setup::run(&cli.global, args).await,
             Command::GenerateRuns(args) => generate_runs::run(&cli.global, args).await,
         }

@@ -51,7 +51,7 @@ pub struct SelfLabelRunner {
 
 /// A stable shuffle (splitmix64-driven Fisher–Yates): the same seed picks the same
 /// dialogues on every machine and every version of labelfleet.
-pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

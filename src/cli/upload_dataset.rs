@@ -1,0 +1,178 @@
+//! `labelfleet upload-dataset --group-id G`: a manifest group's self-labelled turns as
+//! a Hugging Face dataset (parquet splits and a dataset card) in a local folder.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use labelfleet_core::artifacts::ArtifactKey;
+use labelfleet_manifest::list_all;
+use sha2::{Digest, Sha256};
+
+use super::GlobalArgs;
+use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use crate::dataset::write::{Card, splits};
+use crate::dataset::{self, TurnRow, rows_of_log, write_dataset};
+
+/// Arguments of `upload-dataset`.
+#[derive(clap::Args, Debug)]
+pub struct UploadDatasetArgs {
+    /// The manifest group whose self_label entries to export.
+    #[arg(long)]
+    pub group_id: String,
+    /// The owner part of the dataset's name (a Hub user or organisation).
+    #[arg(long, env = "LABELFLEET_DATASET_OWNER", default_value = "local")]
+    pub owner: String,
+    /// Where to write: a local folder; the dataset goes to `TO/OWNER/NAME/`.
+    #[arg(long, default_value = "datasets")]
+    pub to: String,
+    /// Hold out this many dialogues: adds the splits `train_minus_N` and `valid_N`.
+    #[arg(long, value_name = "N")]
+    pub validation_dialogues: Option<usize>,
+    /// Seed of the validation split's dialogue shuffle.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Export even though some of the group's jobs have not finished.
+    #[arg(long)]
+    pub allow_incomplete: bool,
+    /// Replace a different dataset that has the same name.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The marker a written dataset carries: the SHA-256 of its files.
+const FINGERPRINT: &str = ".labelfleet-dataset.sha256";
+
+fn fingerprint(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.display().to_string().as_bytes());
+        hasher.update(std::fs::read(dir.join(file))?);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Runs `upload-dataset`.
+pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result<()> {
+    if args.to.starts_with("s3://") || args.to.starts_with("hf://") {
+        anyhow::bail!(
+            "--to {}: this version writes to a local folder only; S3 and the Hugging Face Hub are not supported yet",
+            args.to
+        );
+    }
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let group = &args.group_id;
+    let entries: Vec<_> = list_all(&*b.manifest, group)
+        .await
+        .with_context(|| format!("listing group {group}"))?
+        .into_iter()
+        .filter(|e| e.kind == "self_label")
+        .collect();
+    if entries.is_empty() {
+        anyhow::bail!(
+            "group `{group}` has no self_label entries; run its jobs first (`labelfleet status` shows what is pending)"
+        );
+    }
+    let done: std::collections::BTreeSet<&str> =
+        entries.iter().map(|e| e.run_id.as_str()).collect();
+    let pending: Vec<String> = b
+        .board
+        .group_jobs(group)
+        .await
+        .context("reading the job board")?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !done.contains(name.as_str()))
+        .collect();
+    if !pending.is_empty() && !args.allow_incomplete {
+        anyhow::bail!(
+            "group `{group}` is incomplete: {} job(s) have no manifest entry yet ({}); wait for them, or pass --allow-incomplete",
+            pending.len(),
+            pending.join(", ")
+        );
+    }
+    let mut rows: Vec<TurnRow> = Vec::new();
+    let mut provenance = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = entry.artifacts.get("labels").with_context(|| {
+            format!("{}/{} has no labels artifact", entry.group_id, entry.run_id)
+        })?;
+        let key = ArtifactKey::new(key)?;
+        let bytes = b
+            .artifacts
+            .get(&key)
+            .await?
+            .with_context(|| format!("artifact {key} is missing"))?;
+        let source = format!("{}/{}", entry.group_id, entry.run_id);
+        rows.extend(rows_of_log(&bytes, &source).map_err(anyhow::Error::msg)?);
+        let git = entry
+            .provenance
+            .as_ref()
+            .and_then(|p| p.git_commit.clone())
+            .unwrap_or_else(|| "-".into());
+        provenance.push(format!(
+            "`{source}`: {} turns, labelled by {} (attempt {}) at {}, git {git}",
+            entry.counts.get("turns").copied().unwrap_or(0),
+            entry.worker,
+            entry.attempt,
+            entry.completed_at
+        ));
+        if (i + 1) % 50 == 0 {
+            tracing::info!(read = i + 1, of = entries.len(), "reading labels");
+        }
+    }
+    rows.sort_by(|a, b| (&a.dialogue_id, a.turn_id).cmp(&(&b.dialogue_id, b.turn_id)));
+    let dialogues = dataset::dialogue_count(&rows);
+    let name = dataset::name(&args.owner, group, dialogues, &entries);
+    let card = Card {
+        name: name.clone(),
+        group: group.clone(),
+        provenance,
+        first_config: entries
+            .first()
+            .and_then(|e| e.provenance.as_ref())
+            .map(|p| p.config.clone()),
+    };
+    let splits = splits(rows, args.validation_dialogues, args.seed)?;
+
+    let target = PathBuf::from(&args.to).join(&name);
+    let scratch = PathBuf::from(&args.to).join(format!(".{}.partial", name.replace('/', "_")));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let files = write_dataset(&scratch, &splits, &card)?;
+    let print = fingerprint(&scratch, &files)?;
+    if target.exists() {
+        let existing = std::fs::read_to_string(target.join(FINGERPRINT)).unwrap_or_default();
+        if existing.trim() == print {
+            std::fs::remove_dir_all(&scratch)?;
+            println!("{name}: already at {}, unchanged", target.display());
+            return Ok(());
+        }
+        if !args.force {
+            std::fs::remove_dir_all(&scratch)?;
+            anyhow::bail!(
+                "{} holds a different dataset of the same name; pass --force to replace it",
+                target.display()
+            );
+        }
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::write(scratch.join(FINGERPRINT), format!("{print}\n"))?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(&scratch, &target)
+        .with_context(|| format!("moving the dataset to {}", target.display()))?;
+    for split in &splits {
+        println!(
+            "{:<16} {:>6} turns  {:>5} dialogues",
+            split.name,
+            split.rows.len(),
+            dataset::dialogue_count(&split.rows)
+        );
+    }
+    println!("{name} → {}", target.display());
+    Ok(())
+}

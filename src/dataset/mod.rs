@@ -1,0 +1,93 @@
+//! Exporting a manifest group's self-labelled turns as a Hugging Face dataset: turn
+//! rows with the columns the seed pipeline publishes ([`rows`]), a stable name
+//! ([`name`]), dialogue-level splits, parquet files and a dataset card ([`write`]).
+
+pub mod rows;
+pub mod write;
+
+use std::collections::BTreeSet;
+
+use labelfleet_core::job::canonical_json;
+use labelfleet_manifest::ManifestEntry;
+use sha2::{Digest, Sha256};
+
+pub use rows::{TurnRow, rows_of_log};
+pub use write::write_dataset;
+
+/// The dataset's name: `{owner}/manifest_self_labelled_{group}_{dialogues}_{hash}`,
+/// where the hash is the first 12 characters of the URL-safe base64 of the SHA-256 of
+/// the canonical JSON (sorted keys) of the manifest entries, `-` replaced by `x`. The
+/// same entries always give the same name; any change to an entry changes it.
+pub fn name(owner: &str, group: &str, dialogues: usize, entries: &[ManifestEntry]) -> String {
+    let mut sorted: Vec<&ManifestEntry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    let value = serde_json::to_value(&sorted).expect("entries serialise");
+    let digest = Sha256::digest(canonical_json(&value).as_bytes());
+    let hash: String = base64_url(&digest)
+        .chars()
+        .take(12)
+        .collect::<String>()
+        .replace('-', "x");
+    format!("{owner}/manifest_self_labelled_{group}_{dialogues}_{hash}")
+}
+
+/// URL-safe base64 (RFC 4648 §5), without padding.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Dialogues among `rows`.
+pub fn dialogue_count(rows: &[TurnRow]) -> usize {
+    rows.iter()
+        .map(|r| &r.dialogue_id)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(run: &str, jga: f64) -> ManifestEntry {
+        serde_json::from_value(serde_json::json!({
+            "group_id": "g", "run_id": run, "kind": "self_label", "counts": {"turns": 3},
+            "metrics": {"joint_goal_accuracy": jga}, "artifacts": {}, "worker": "w",
+            "attempt": 1, "completed_at": "2026-11-23T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn base64_url_matches_rfc_4648() {
+        assert_eq!(base64_url(b""), "");
+        assert_eq!(base64_url(b"f"), "Zg");
+        assert_eq!(base64_url(b"foob"), "Zm9vYg");
+        assert_eq!(base64_url(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8");
+    }
+
+    #[test]
+    fn the_name_is_stable_and_follows_the_entries() {
+        let a = [entry("job_0", 0.5), entry("job_1", 0.25)];
+        let reordered = [entry("job_1", 0.25), entry("job_0", 0.5)];
+        let changed = [entry("job_0", 0.5), entry("job_1", 0.3)];
+        let name_a = name("me", "g", 6, &a);
+        assert_eq!(name_a, name("me", "g", 6, &reordered));
+        assert_ne!(name_a, name("me", "g", 6, &changed));
+        let hash = name_a.rsplit('_').next().unwrap();
+        assert_eq!(hash.len(), 12);
+        assert!(!hash.contains('-'));
+        assert!(name_a.starts_with("me/manifest_self_labelled_g_6_"));
+    }
+}
