@@ -3,6 +3,7 @@
 mod backends;
 mod enqueue;
 mod generate_runs;
+mod ingest;
 mod launch;
 mod logging;
 mod plots;
@@ -109,6 +110,9 @@ pub enum Command {
     /// Export a group's self-labelled turns as a Hugging Face dataset (parquet splits
     /// and a dataset card) named after its manifest entries.
     UploadDataset(upload_dataset::UploadDatasetArgs),
+    /// Turn raw interaction logs (a `logs.tar.gz` per session folder) into a
+    /// de-duplicated parquet dataset with a stats summary.
+    Ingest(ingest::IngestArgs),
     /// Create the AWS queue (with its dead-letter queue), table and bucket; idempotent.
     Setup(setup::SetupArgs),
     /// Split a dataset into chunks and write one self_label job per chunk: job_0 plus
@@ -116,7 +120,8 @@ pub enum Command {
     GenerateRuns(generate_runs::GenerateRunsArgs),
 }
 
-const ALIASES: [&str; 10] = [
+const ALIASES: [&str; 11] = [
+    "ingest",
     "upload-dataset",
     "enqueue",
     "worker",
@@ -169,6 +174,7 @@ pub fn main() -> ExitCode {
             Command::Results(args) => results::run(&cli.global, args).await,
             Command::Report(args) => report::run(&cli.global, args).await,
             Command::UploadDataset(args) => upload_dataset::run(&cli.global, args).await,
+            Command::Ingest(args) => ingest::run(args).await,
             Command::Setup(args) => setup::run(&cli.global, args).await,
             Command::GenerateRuns(args) => generate_runs::run(&cli.global, args).await,
         }

@@ -1,7 +1,9 @@
 //! Exporting a manifest group's self-labelled turns as a Hugging Face dataset: turn
 //! rows with the columns the seed pipeline publishes ([`rows`]), a stable name
-//! ([`name`]), dialogue-level splits, parquet files and a dataset card ([`write`]).
+//! ([`name`]), dialogue-level splits, parquet files and a dataset card ([`write`]);
+//! and raw interaction logs turned into a de-duplicated dataset ([`ingest`]).
 
+pub mod ingest;
 pub mod rows;
 pub mod write;
 

@@ -1,0 +1,230 @@
+//! Raw interaction logs into a dataset, as droidlet's `process_s3_logs.py` does: every
+//! `logs.tar.gz` under a folder is unpacked in memory, the named pipe-delimited CSV in
+//! it is read, each row is tagged with its session (the archive's folder), rows whose
+//! command text repeats (case-insensitively, ignoring surrounding spaces) are dropped,
+//! and what is kept is written as parquet with a stats summary. A bad archive or a bad
+//! row is reported and skipped, never fatal.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use serde::Serialize;
+
+/// The archive name looked for.
+pub const ARCHIVE: &str = "logs.tar.gz";
+
+/// One kept row: its session and its fields by column.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    /// The folder the archive was in, relative to the root.
+    pub session: String,
+    /// Column → value.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// What ingestion found and did.
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    /// Archives found.
+    pub archives: usize,
+    /// Archives that could not be read (corrupt, or without the CSV); each with why.
+    pub bad_archives: Vec<String>,
+    /// Rows read from the CSVs.
+    pub rows_read: usize,
+    /// Rows skipped as malformed; each with where and why.
+    pub bad_rows: Vec<String>,
+    /// Rows dropped because their text repeated an earlier row's.
+    pub duplicates: usize,
+    /// Rows written.
+    pub rows_kept: usize,
+    /// duplicates / (rows read − bad rows).
+    pub duplicate_rate: f64,
+    /// Mean length of the kept rows' text, in characters.
+    pub average_text_length: f64,
+    /// Kept rows per session.
+    pub rows_per_session: BTreeMap<String, usize>,
+}
+
+/// Every `logs.tar.gz` below `root`, sorted.
+pub fn find_archives(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == ARCHIVE) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The CSV named `csv_name` inside a gzipped tarball.
+fn csv_in_archive(path: &Path, csv_name: &str) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar.gz: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("corrupt archive: {e}"))?;
+        let name = entry.path().map_err(|e| e.to_string())?.into_owned();
+        if name.file_name().is_some_and(|n| n == csv_name) {
+            let mut bytes = Vec::new();
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("corrupt archive: {e}"))?;
+            return Ok(bytes);
+        }
+    }
+    Err(format!("no {csv_name} inside"))
+}
+
+/// The key a row's text is de-duplicated by.
+fn dedup_key(text: &str) -> String {
+    text.trim().to_lowercase()
+}
+
+/// Reads every archive under `root`: rows of `csv_name` (pipe-delimited, with a
+/// header), de-duplicated on `text_column`.
+pub fn ingest(
+    root: &Path,
+    csv_name: &str,
+    text_column: &str,
+) -> anyhow::Result<(Vec<LogRow>, Stats)> {
+    let mut stats = Stats::default();
+    let mut rows = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for archive in find_archives(root)? {
+        stats.archives += 1;
+        let session = archive
+            .parent()
+            .and_then(|p| p.strip_prefix(root).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let bytes = match csv_in_archive(&archive, csv_name) {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                tracing::warn!(archive = %archive.display(), %why, "skipping a bad archive");
+                stats
+                    .bad_archives
+                    .push(format!("{}: {why}", archive.display()));
+                continue;
+            }
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(b'|')
+            .flexible(false)
+            .from_reader(bytes.as_slice());
+        let header: Vec<String> = match reader.headers() {
+            Ok(h) => h.iter().map(|c| c.trim().to_string()).collect(),
+            Err(e) => {
+                stats
+                    .bad_archives
+                    .push(format!("{}: unreadable header: {e}", archive.display()));
+                continue;
+            }
+        };
+        let Some(text_at) = header.iter().position(|c| c == text_column) else {
+            stats.bad_archives.push(format!(
+                "{}: {csv_name} has no `{text_column}` column (columns: {})",
+                archive.display(),
+                header.join(", ")
+            ));
+            continue;
+        };
+        for (line, record) in reader.records().enumerate() {
+            stats.rows_read += 1;
+            let place = format!("{session}/{csv_name} row {}", line + 1);
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    stats.bad_rows.push(format!("{place}: {e}"));
+                    continue;
+                }
+            };
+            let text = record.get(text_at).unwrap_or("").trim();
+            if text.is_empty() {
+                stats
+                    .bad_rows
+                    .push(format!("{place}: empty `{text_column}`"));
+                continue;
+            }
+            if !seen.insert(dedup_key(text)) {
+                stats.duplicates += 1;
+                continue;
+            }
+            let fields = header
+                .iter()
+                .cloned()
+                .zip(record.iter().map(|v| v.trim().to_string()))
+                .collect();
+            *stats.rows_per_session.entry(session.clone()).or_default() += 1;
+            rows.push(LogRow {
+                session: session.clone(),
+                fields,
+            });
+        }
+    }
+    stats.rows_kept = rows.len();
+    let valid = stats.rows_read - stats.bad_rows.len();
+    stats.duplicate_rate = if valid == 0 {
+        0.0
+    } else {
+        stats.duplicates as f64 / valid as f64
+    };
+    stats.average_text_length = if rows.is_empty() {
+        0.0
+    } else {
+        rows.iter()
+            .map(|r| r.fields[text_column].chars().count())
+            .sum::<usize>() as f64
+            / rows.len() as f64
+    };
+    Ok((rows, stats))
+}
+
+/// Writes the rows as one parquet file: `session`, then every column any CSV had
+/// (null where a CSV lacked it).
+pub fn write_parquet(path: &Path, rows: &[LogRow]) -> anyhow::Result<()> {
+    let columns: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.fields.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut fields = vec![Field::new("session", DataType::Utf8, false)];
+    fields.extend(columns.iter().map(|c| Field::new(c, DataType::Utf8, true)));
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+        rows.iter().map(|r| r.session.as_str()),
+    ))];
+    for column in &columns {
+        arrays.push(Arc::new(StringArray::from(
+            rows.iter()
+                .map(|r| r.fields.get(column).map(String::as_str))
+                .collect::<Vec<_>>(),
+        )));
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(())
+}
