@@ -150,3 +150,93 @@ fn a_fleet_labelled_group_exports_and_loads_with_datasets() {
     assert!(export(&["--force"]).status.success());
     assert_eq!(load(&dir)["train"]["rows"], turns);
 }
+
+/// The same export to S3 (moto): a group labelled on the AWS backends by a tiny llama
+/// the test builds, uploaded under a prefix, read back, and left alone the second time.
+#[test]
+fn a_group_on_aws_exports_to_s3() {
+    use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
+    let server = labelfleet_aws::testing::MotoServer::shared();
+    let fleet = Fleet::on_aws(server, 3);
+    let artifacts = fleet
+        .env
+        .iter()
+        .find(|(k, _)| k == "LABELFLEET_ARTIFACTS")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let bucket = artifacts
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let texts: Vec<String> = labelfleet_dst::read_dataset(
+        &repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
+        labelfleet_dst::Format::Multiwoz21,
+    )
+    .unwrap()
+    .iter()
+    .flat_map(|d| d.turns.iter().map(|t| t.user_utterance.clone()))
+    .collect();
+    let model = fleet.dir.path().join("tiny");
+    labelfleet_models::tiny::write_tiny_model(&model, &texts, 2).unwrap();
+    let dir = fleet.jobs_dir("tiny-labels");
+    common::write_job(
+        &dir,
+        "job_0.json",
+        &serde_json::json!({
+            "kind": "self_label",
+            "group_id": "tiny-labels",
+            "self_label": {
+                "data": {"path": "runs/sample-data/multiwoz21_val_sample.json", "format": "multiwoz21"},
+                "dialogues": {"count": 3, "max_turns": 2},
+                "model": {"path": model},
+                "retriever": {"model": {"path": repo_root().join(".models/all-MiniLM-L6-v2")}},
+                "generation": {"max_new_tokens": 4}
+            }
+        }),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "3"]);
+    assert!(worker.wait(Duration::from_secs(300)).success());
+    assert_eq!(fleet.entries("tiny-labels").len(), 1);
+
+    let to = format!("s3://{bucket}/datasets");
+    let args = [
+        "upload-dataset",
+        "--group-id",
+        "tiny-labels",
+        "--owner",
+        "tester",
+        "--to",
+        &to,
+    ];
+    let out = fleet.ok(&args);
+    let name = out
+        .lines()
+        .find_map(|l| l.split(" → ").next().filter(|_| l.contains(" → ")))
+        .unwrap()
+        .to_string();
+    assert!(out.contains(&format!("→ {to}/{name}")), "{out}");
+
+    let store = common::block_on(async {
+        labelfleet_aws::S3ArtifactStore::new(&server.sdk_config().await, &bucket, "datasets")
+    });
+    let get = |file: &str| {
+        common::block_on(store.get(&ArtifactKey::new(&format!("{name}/{file}")).unwrap()))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{file} not uploaded"))
+    };
+    let parquet = get("data/train-00000-of-00001.parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(parquet),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 6, "3 dialogues × 2 turns");
+    assert!(String::from_utf8(get("README.md")).unwrap().contains(&name));
+    assert!(fleet.ok(&args).contains("unchanged"));
+}

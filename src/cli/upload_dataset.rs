@@ -1,5 +1,5 @@
 //! `labelfleet upload-dataset --group-id G`: a manifest group's self-labelled turns as
-//! a Hugging Face dataset (parquet splits and a dataset card) in a local folder.
+//! a Hugging Face dataset (parquet splits and a dataset card) in a local folder or S3.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,8 @@ pub struct UploadDatasetArgs {
     /// The owner part of the dataset's name (a Hub user or organisation).
     #[arg(long, env = "LABELFLEET_DATASET_OWNER", default_value = "local")]
     pub owner: String,
-    /// Where to write: a local folder; the dataset goes to `TO/OWNER/NAME/`.
+    /// Where to write: a local folder or `s3://bucket/prefix`; the dataset goes to
+    /// `TO/OWNER/NAME/`.
     #[arg(long, default_value = "datasets")]
     pub to: String,
     /// Hold out this many dialogues: adds the splits `train_minus_N` and `valid_N`.
@@ -57,9 +58,9 @@ fn fingerprint(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
 
 /// Runs `upload-dataset`.
 pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result<()> {
-    if args.to.starts_with("s3://") || args.to.starts_with("hf://") {
+    if args.to.starts_with("hf://") {
         anyhow::bail!(
-            "--to {}: this version writes to a local folder only; S3 and the Hugging Face Hub are not supported yet",
+            "--to {}: uploading to the Hugging Face Hub is not supported yet; write to a folder or s3:// and upload that",
             args.to
         );
     }
@@ -138,33 +139,35 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     };
     let splits = splits(rows, args.validation_dialogues, args.seed)?;
 
-    let target = PathBuf::from(&args.to).join(&name);
-    let scratch = PathBuf::from(&args.to).join(format!(".{}.partial", name.replace('/', "_")));
+    let scratch_root = match args.to.strip_prefix("s3://") {
+        Some(_) => std::env::temp_dir(),
+        None => PathBuf::from(&args.to),
+    };
+    let scratch = scratch_root.join(format!(
+        ".{}.{}.partial",
+        name.replace('/', "_"),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&scratch);
     let files = write_dataset(&scratch, &splits, &card)?;
     let print = fingerprint(&scratch, &files)?;
-    if target.exists() {
-        let existing = std::fs::read_to_string(target.join(FINGERPRINT)).unwrap_or_default();
-        if existing.trim() == print {
-            std::fs::remove_dir_all(&scratch)?;
-            println!("{name}: already at {}, unchanged", target.display());
-            return Ok(());
+    let written = match args.to.strip_prefix("s3://") {
+        Some(location) => {
+            let result = to_s3(location, &name, &scratch, &files, &print, args.force).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            result?
         }
-        if !args.force {
-            std::fs::remove_dir_all(&scratch)?;
-            anyhow::bail!(
-                "{} holds a different dataset of the same name; pass --force to replace it",
-                target.display()
-            );
-        }
-        std::fs::remove_dir_all(&target)?;
-    }
-    std::fs::write(scratch.join(FINGERPRINT), format!("{print}\n"))?;
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::rename(&scratch, &target)
-        .with_context(|| format!("moving the dataset to {}", target.display()))?;
+        None => to_folder(
+            &PathBuf::from(&args.to).join(&name),
+            &scratch,
+            &print,
+            args.force,
+        )?,
+    };
+    let Some(location) = written else {
+        println!("{name}: already there, unchanged");
+        return Ok(());
+    };
     for split in &splits {
         println!(
             "{:<16} {:>6} turns  {:>5} dialogues",
@@ -173,6 +176,79 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
             dataset::dialogue_count(&split.rows)
         );
     }
-    println!("{name} → {}", target.display());
+    println!("{name} → {location}");
     Ok(())
+}
+
+/// Moves the scratch folder to `target`; `None` when the same dataset is already there.
+fn to_folder(
+    target: &Path,
+    scratch: &Path,
+    print: &str,
+    force: bool,
+) -> anyhow::Result<Option<String>> {
+    if target.exists() {
+        let existing = std::fs::read_to_string(target.join(FINGERPRINT)).unwrap_or_default();
+        if existing.trim() == print {
+            std::fs::remove_dir_all(scratch)?;
+            return Ok(None);
+        }
+        if !force {
+            std::fs::remove_dir_all(scratch)?;
+            anyhow::bail!(
+                "{} holds a different dataset of the same name; pass --force to replace it",
+                target.display()
+            );
+        }
+        std::fs::remove_dir_all(target)?;
+    }
+    std::fs::write(scratch.join(FINGERPRINT), format!("{print}\n"))?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(scratch, target)
+        .with_context(|| format!("moving the dataset to {}", target.display()))?;
+    Ok(Some(target.display().to_string()))
+}
+
+/// Uploads the files under `s3://bucket/prefix/{name}/`, the fingerprint last; `None`
+/// when the same dataset is already there.
+async fn to_s3(
+    location: &str,
+    name: &str,
+    scratch: &Path,
+    files: &[PathBuf],
+    print: &str,
+    force: bool,
+) -> anyhow::Result<Option<String>> {
+    use labelfleet_core::artifacts::ArtifactStore;
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    if bucket.is_empty() {
+        anyhow::bail!("--to s3://{location}: expected s3://bucket/prefix");
+    }
+    let sdk = labelfleet_aws::load_sdk_config().await;
+    labelfleet_aws::check_sdk_config(&sdk).await?;
+    let store = labelfleet_aws::S3ArtifactStore::new(&sdk, bucket, prefix);
+    let key = |file: &str| ArtifactKey::new(&format!("{name}/{file}"));
+    if let Some(existing) = store.get(&key(FINGERPRINT)?).await? {
+        if String::from_utf8_lossy(&existing).trim() == print {
+            return Ok(None);
+        }
+        if !force {
+            anyhow::bail!(
+                "s3://{location}/{name} holds a different dataset of the same name; pass --force to replace it"
+            );
+        }
+    }
+    for file in files {
+        let bytes = std::fs::read(scratch.join(file))?;
+        store.put(&key(&file.display().to_string())?, bytes).await?;
+    }
+    store
+        .put(&key(FINGERPRINT)?, format!("{print}\n").into_bytes())
+        .await?;
+    Ok(Some(format!(
+        "s3://{}/{name}",
+        location.trim_end_matches('/')
+    )))
 }
