@@ -40,6 +40,44 @@ pub struct UploadDatasetArgs {
     pub force: bool,
 }
 
+/// Progress through a group's entries: a bar on a terminal, a log line every 50 entries
+/// otherwise.
+struct Progress {
+    total: usize,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            total,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn step(&self, done: usize) {
+        if self.terminal {
+            let width = 30;
+            let filled = done * width / self.total.max(1);
+            eprint!(
+                "\rreading labels [{}{}] {done}/{}",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.total
+            );
+        } else if done % 50 == 0 {
+            tracing::info!(read = done, of = self.total, "reading labels");
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}
+
 /// The marker a written dataset carries: the SHA-256 of its files.
 const FINGERPRINT: &str = ".labelfleet-dataset.sha256";
 
@@ -97,6 +135,7 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     }
     let mut rows: Vec<TurnRow> = Vec::new();
     let mut provenance = Vec::new();
+    let progress = Progress::new(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let key = entry.artifacts.get("labels").with_context(|| {
             format!("{}/{} has no labels artifact", entry.group_id, entry.run_id)
@@ -121,10 +160,9 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
             entry.attempt,
             entry.completed_at
         ));
-        if (i + 1) % 50 == 0 {
-            tracing::info!(read = i + 1, of = entries.len(), "reading labels");
-        }
+        progress.step(i + 1);
     }
+    progress.finish();
     rows.sort_by(|a, b| (&a.dialogue_id, a.turn_id).cmp(&(&b.dialogue_id, b.turn_id)));
     let dialogues = dataset::dialogue_count(&rows);
     let name = dataset::name(&args.owner, group, dialogues, &entries);
