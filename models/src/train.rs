@@ -132,8 +132,6 @@ pub struct TrainableLm {
     pub tokenizer: TextTokenizer,
     /// The trainable parameters.
     params: VarMap,
-    /// The frozen base weights when training adapters; empty for a full fine-tune.
-    base: HashMap<String, Tensor>,
     tie_embeddings: bool,
     lora: Option<LoraConfig>,
     /// Where the base model was read from (an adapter names it).
@@ -187,7 +185,7 @@ impl TrainableLm {
             tensors,
         } = weights;
         let params = VarMap::new();
-        let (model, base) = match &lora {
+        let model = match &lora {
             None => {
                 {
                     let mut data = params.data().lock().expect("var map");
@@ -196,21 +194,20 @@ impl TrainableLm {
                     }
                 }
                 let vb = VarBuilder::from_varmap(&params, DType::F32, device);
-                let model = Llama::from_var_builder(vb, config, tie_embeddings, device)?;
-                (model, HashMap::new())
+                Llama::from_var_builder(vb, config, tie_embeddings, device)?
             }
             Some(lora) => {
-                let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
+                // The base weights stay plain tensors (frozen); the model holds them.
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
                 let mut model = Llama::from_var_builder(vb, config, tie_embeddings, device)?;
                 crate::lora::attach_new(&mut model, &params, lora, seed)?;
-                (model, tensors)
+                model
             }
         };
         Ok(TrainableLm {
             model,
             tokenizer,
             params,
-            base,
             tie_embeddings,
             lora,
             base_path: None,
@@ -301,10 +298,6 @@ impl TrainableLm {
         Ok(files)
     }
 
-    /// The frozen base weights (empty for a full fine-tune).
-    pub fn base_weights(&self) -> &HashMap<String, Tensor> {
-        &self.base
-    }
 }
 
 /// Random weights for a llama of this shape: normal(0, 0.02)-like uniform noise in the
