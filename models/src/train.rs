@@ -297,7 +297,6 @@ impl TrainableLm {
         }
         Ok(files)
     }
-
 }
 
 /// Random weights for a llama of this shape: normal(0, 0.02)-like uniform noise in the

@@ -17,14 +17,13 @@ use labelfleet_dst::metrics::{Scores, ValueMatcher, score};
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Dialogue, Prediction, read_dataset, read_predictions, read_predictions_file};
 use labelfleet_manifest::list_all;
-use labelfleet_models::TokenizedExample;
 use labelfleet_models::train::mean_completion_loss;
 use serde_json::json;
 
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::checkpoints;
 use crate::runners::format_of;
-use crate::runners::retrain::render;
+use crate::runners::retrain::tokenized;
 use crate::runners::self_label::{SelfLabelRunner, select_dialogues};
 
 /// How many dialogues a `--mini` job scores.
@@ -166,10 +165,8 @@ impl EvalRunner {
             let lm = models.causal_lm(&model)?;
             let mut examples = Vec::new();
             for turn in dialogues.iter().flat_map(|d| &d.turns) {
-                let example = Example::of_gold_turn(turn);
-                let (prompt, completion) = render(&example);
                 examples.push(
-                    TokenizedExample::new(&lm.tokenizer, &prompt, &completion, max_tokens)
+                    tokenized(&lm.tokenizer, &Example::of_gold_turn(turn), max_tokens)
                         .map_err(|e| JobFailure::new(format!("{}: {e}", turn.dialogue_id)))?,
                 );
             }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use labelfleet_core::job::DataSource;
 use labelfleet_dst::prompt::{Example, build_prompt, target_completion};
+use labelfleet_models::{ModelError, TextTokenizer, TokenizedExample};
 
 use crate::runner::{JobContext, JobFailure};
 use crate::runners::self_label::{group_examples, read_data};
@@ -39,6 +40,17 @@ pub fn render(example: &Example) -> (String, String) {
         build_prompt(&[], &example.context),
         target_completion(&example.update),
     )
+}
+
+/// `example` rendered by [`render`] and tokenized for training or scoring, at most
+/// `max_tokens` long.
+pub fn tokenized(
+    tokenizer: &TextTokenizer,
+    example: &Example,
+    max_tokens: usize,
+) -> Result<TokenizedExample, ModelError> {
+    let (prompt, completion) = render(example);
+    TokenizedExample::new(tokenizer, &prompt, &completion, max_tokens)
 }
 
 /// Reads every source's labelled dialogues.

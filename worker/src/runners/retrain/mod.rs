@@ -23,7 +23,7 @@ use labelfleet_models::train::{AdamW, AdamWConfig, safetensors_bytes, tensors_fr
 use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
 use serde_json::json;
 
-pub use self::data::{LabelledDialogue, render};
+pub use self::data::{LabelledDialogue, render, tokenized};
 pub use self::splits::{Splits, split};
 pub use self::trainer::{CurvePoint, RunState, ValidPoint};
 use self::trainer::{Event, TrainingRun, mean_loss};
@@ -49,17 +49,12 @@ fn tokenize(
     let mut out = Vec::new();
     for d in dialogues {
         for example in &d.examples {
-            let (prompt, completion) = render(example);
-            out.push(
-                TokenizedExample::new(&lm.tokenizer, &prompt, &completion, max_tokens).map_err(
-                    |e| {
-                        JobFailure::new(format!(
-                            "{} {}: {e}; raise `training.max_tokens`",
-                            d.source, d.dialogue_id
-                        ))
-                    },
-                )?,
-            );
+            out.push(tokenized(&lm.tokenizer, example, max_tokens).map_err(|e| {
+                JobFailure::new(format!(
+                    "{} {}: {e}; raise `training.max_tokens`",
+                    d.source, d.dialogue_id
+                ))
+            })?);
         }
     }
     Ok(out)
@@ -120,16 +115,19 @@ fn save_model(
 
 fn write_checkpoint(
     state: &RunState,
+    slot: u8,
     lm: &TrainableLm,
     optimizer: &AdamW,
     job: &Job,
     ctx: &JobContext,
     runtime: &tokio::runtime::Handle,
-) -> Result<RunState, JobFailure> {
+) -> Result<(), JobFailure> {
     // Two slots, written in turn: the state file names the slot that is complete, so
     // a worker killed mid-write leaves the previous checkpoint intact.
-    let mut state = state.clone();
-    state.slot = 1 - state.slot;
+    let state = RunState {
+        slot,
+        ..state.clone()
+    };
     let bytes = |t| safetensors_bytes(&t).map_err(|e| JobFailure::new(e.to_string()));
     let params = bytes(lm.parameter_tensors())?;
     let moments = bytes(optimizer.state())?;
@@ -154,7 +152,19 @@ fn write_checkpoint(
         .await
     })?;
     tracing::info!(job = %job.key(), step = state.step, "checkpoint written");
-    Ok(state)
+    Ok(())
+}
+
+/// What a finished training run hands back to the async side.
+struct Trained {
+    state: RunState,
+    train_examples: usize,
+    valid_examples: usize,
+    test_examples: usize,
+    trainable: usize,
+    test_loss: Option<f64>,
+    final_key: String,
+    best_key: Option<String>,
 }
 
 /// Restores the latest checkpoint of this config, if there is one; returns its state.
@@ -264,7 +274,7 @@ impl JobRunner for RetrainRunner {
         let runtime = tokio::runtime::Handle::current();
         let (job_owned, ctx_owned) = (job.clone(), ctx.clone());
         let spec_owned = spec.clone();
-        let (run, test_loss) = tokio::task::spawn_blocking(move || {
+        let trained = tokio::task::spawn_blocking(move || {
             let (job, ctx, spec) = (job_owned, ctx_owned, spec_owned);
             let device =
                 parse_device(&spec.model.device).map_err(|e| JobFailure::new(e.to_string()))?;
@@ -317,7 +327,9 @@ impl JobRunner for RetrainRunner {
                 steps = spec.training.steps,
                 "training"
             );
-            let mut saved_state: Option<RunState> = None;
+            // The slot the next checkpoint goes to: never the one the state names now.
+            let mut slot = run.state.slot;
+            let mut best_key = None;
             run.run(
                 spec.checkpoint.every_steps,
                 spec.checkpoint.every_seconds,
@@ -325,47 +337,35 @@ impl JobRunner for RetrainRunner {
                 &|| ctx.check_stopping(),
                 &mut |event| match event {
                     Event::Checkpoint(state, lm, optimizer) => {
-                        let mut state = state.clone();
-                        if let Some(previous) = &saved_state {
-                            state.slot = previous.slot;
-                        }
-                        saved_state = Some(write_checkpoint(
-                            &state, lm, optimizer, &job, &ctx, &runtime,
-                        )?);
-                        Ok(())
+                        slot = 1 - slot;
+                        write_checkpoint(state, slot, lm, optimizer, &job, &ctx, &runtime)
                     }
                     Event::NewBest(lm) => {
-                        save_model(lm, &job, &ctx, BEST_MODEL, &runtime).map(|_| ())
+                        best_key = Some(save_model(lm, &job, &ctx, BEST_MODEL, &runtime)?);
+                        Ok(())
                     }
                 },
             )?;
             let test_loss = mean_loss(&run.lm, &test, spec.training.batch_size)?;
             let final_key = save_model(&run.lm, &job, &ctx, FINAL_MODEL, &runtime)?;
-            Ok::<_, JobFailure>((
-                (
-                    run.state,
-                    run.train.len(),
-                    run.valid.len(),
-                    test.len(),
-                    run.lm.trainable_count(),
-                    final_key,
-                ),
+            Ok::<_, JobFailure>(Trained {
+                train_examples: run.train.len(),
+                valid_examples: run.valid.len(),
+                test_examples: test.len(),
+                trainable: run.lm.trainable_count(),
+                state: run.state,
                 test_loss,
-            ))
+                final_key,
+                best_key,
+            })
         })
         .await
         .map_err(|e| JobFailure::new(format!("training failed: {e}")))??;
-        let (state, train_n, valid_n, test_n, trainable, final_key) = run;
+        let state = &trained.state;
 
-        artifacts.insert("model".into(), final_key);
-        if state.best.is_some()
-            && let Ok(keys) = ctx
-                .artifacts
-                .list(&format!("{}/{}/{BEST_MODEL}", job.group_id, job.name))
-                .await
-            && let Some(key) = keys.iter().find(|k| k.as_str().ends_with(".safetensors"))
-        {
-            artifacts.insert("best".into(), key.as_str().to_string());
+        artifacts.insert("model".into(), trained.final_key.clone());
+        if let Some(key) = &trained.best_key {
+            artifacts.insert("best".into(), key.clone());
         }
         artifacts.insert(
             "curve".into(),
@@ -376,25 +376,24 @@ impl JobRunner for RetrainRunner {
                     "curve": state.curve,
                     "valid": state.valid,
                     "best": state.best,
-                    "test_loss": test_loss,
+                    "test_loss": trained.test_loss,
                 }))
                 .expect("curve serialises"),
             )
             .await?,
         );
-        let tail = state.curve.len().div_ceil(10).max(1);
-        let train_loss = state.curve[state.curve.len().saturating_sub(tail)..]
-            .iter()
-            .map(|p| p.loss)
-            .sum::<f64>()
-            / tail.min(state.curve.len()).max(1) as f64;
+        // The training loss is the mean of the last tenth of the steps.
+        let steps = state.curve.len();
+        let tail = &state.curve[steps - steps.div_ceil(10)..];
+        let train_loss = (!tail.is_empty())
+            .then(|| tail.iter().map(|p| p.loss).sum::<f64>() / tail.len() as f64);
         let valid_loss = state.valid.last().map(|v| v.loss);
         counts.extend([
-            ("train_examples".to_string(), train_n as u64),
-            ("valid_examples".to_string(), valid_n as u64),
-            ("test_examples".to_string(), test_n as u64),
+            ("train_examples".to_string(), trained.train_examples as u64),
+            ("valid_examples".to_string(), trained.valid_examples as u64),
+            ("test_examples".to_string(), trained.test_examples as u64),
             ("steps".to_string(), state.step as u64),
-            ("trainable_parameters".to_string(), trainable as u64),
+            ("trainable_parameters".to_string(), trained.trainable as u64),
         ]);
         Ok(JobOutput {
             counts,
@@ -404,8 +403,8 @@ impl JobRunner for RetrainRunner {
                 "valid_perplexity": valid_loss.map(f64::exp),
                 "best_valid_loss": state.best.map(|b| b.loss),
                 "best_step": state.best.map(|b| b.step),
-                "test_loss": test_loss,
-                "test_perplexity": test_loss.map(f64::exp),
+                "test_loss": trained.test_loss,
+                "test_perplexity": trained.test_loss.map(f64::exp),
                 "tokens_per_second": state.tokens as f64 / state.seconds.max(1e-9),
                 "training_seconds": state.seconds,
             }),
