@@ -22,7 +22,7 @@ use std::time::Instant;
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Format, read_dataset};
 use labelfleet_models::train::{
-    AdamW, AdamWConfig, clip_grad_norm, completion_nll, random_weights,
+    AdamW, AdamWConfig, completion_nll, optimizer_step, random_weights,
 };
 use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
 use labelfleet_worker::runners::retrain::render;
@@ -68,13 +68,9 @@ fn tokens(batches: &[Vec<TokenizedExample>]) -> usize {
 /// (training tokens/s, forward-only tokens/s) over `batches`, after one warm-up step.
 fn measure(lm: &TrainableLm, batches: &[Vec<TokenizedExample>]) -> (f64, f64) {
     let mut optimizer = AdamW::new(lm.parameters(), AdamWConfig::default()).unwrap();
-    let params = lm.parameters();
     let step = |batch: &[TokenizedExample], optimizer: &mut AdamW| {
         let refs: Vec<&TokenizedExample> = batch.iter().collect();
-        let (nll, count) = completion_nll(&lm.model, &refs).unwrap();
-        let mut grads = (nll / count as f64).unwrap().backward().unwrap();
-        clip_grad_norm(&mut grads, &params, 1.0).unwrap();
-        optimizer.step(&grads, 1e-5).unwrap();
+        optimizer_step(&lm.model, optimizer, &[refs], 1.0, 1e-5).unwrap();
     };
     step(&batches[0], &mut optimizer);
     let started = Instant::now();

@@ -10,8 +10,7 @@ use candle_core::{Device, Tensor};
 use labelfleet_dst::{Format, read_dataset};
 use labelfleet_models::tiny::{tiny_config, train_tokenizer};
 use labelfleet_models::train::{
-    AdamW, AdamWConfig, Schedule, accumulate, clip_grad_norm, completion_nll, learning_rate,
-    random_weights,
+    AdamW, AdamWConfig, Schedule, completion_nll, learning_rate, optimizer_step, random_weights,
 };
 use labelfleet_models::{
     HfWeights, Llama, LoraConfig, TokenizedExample, TrainableLm, WeightFormat, load_causal_lm,
@@ -57,7 +56,7 @@ fn tiny(seed: u64, lora: Option<LoraConfig>) -> (TrainableLm, Vec<TokenizedExamp
 }
 
 /// Runs optimizer steps `from..to` over `examples` (4 per step, as 2 micro-batches of
-/// 2) and returns each step's mean loss per token.
+/// 2, the way `retrain` accumulates) and returns each step's mean loss per token.
 fn train(
     lm: &TrainableLm,
     optimizer: &mut AdamW,
@@ -66,7 +65,6 @@ fn train(
     to: usize,
     peak_lr: f64,
 ) -> Vec<f64> {
-    let params = lm.parameters();
     let mut losses = Vec::new();
     for step in from..to {
         let micro: Vec<Vec<&TokenizedExample>> = (0..2)
@@ -76,23 +74,9 @@ fn train(
                     .collect()
             })
             .collect();
-        let tokens: usize = micro.iter().flatten().map(|e| e.scored_tokens()).sum();
-        let mut total = None;
-        let mut loss_sum = 0.0;
-        for batch in &micro {
-            let (nll, _) = completion_nll(&lm.model, batch).unwrap();
-            loss_sum += nll.to_scalar::<f32>().unwrap() as f64;
-            let grads = (nll / tokens as f64).unwrap().backward().unwrap();
-            match total.as_mut() {
-                None => total = Some(grads),
-                Some(t) => accumulate(t, grads, &params).unwrap(),
-            }
-        }
-        let mut grads = total.unwrap();
-        clip_grad_norm(&mut grads, &params, 1.0).unwrap();
         let lr = learning_rate(step, 300, 10, peak_lr, Schedule::Cosine, 0.1);
-        optimizer.step(&grads, lr).unwrap();
-        losses.push(loss_sum / tokens as f64);
+        let report = optimizer_step(&lm.model, optimizer, &micro, 1.0, lr).unwrap();
+        losses.push(report.loss);
     }
     losses
 }

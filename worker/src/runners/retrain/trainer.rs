@@ -11,7 +11,7 @@ use std::time::Instant;
 use labelfleet_core::job::{Schedule, TrainingSpec};
 use labelfleet_models::TokenizedExample;
 use labelfleet_models::train::{
-    self, AdamW, TrainableLm, accumulate, clip_grad_norm, completion_nll, learning_rate,
+    self, AdamW, StepReport, TrainableLm, learning_rate, optimizer_step,
 };
 use serde::{Deserialize, Serialize};
 
@@ -144,7 +144,6 @@ impl TrainingRun {
             return Err(JobFailure::new("no training examples"));
         }
         let spec = self.spec.clone();
-        let params = self.optimizer.params().to_vec();
         let mut order = Order {
             seed: spec.seed,
             epoch: None,
@@ -166,41 +165,14 @@ impl TrainingRun {
             }
             let step_started = Instant::now();
             let step = self.state.step;
-            let micro: Vec<Vec<usize>> = (0..spec.grad_accumulation)
+            let micro: Vec<Vec<&TokenizedExample>> = (0..spec.grad_accumulation)
                 .map(|m| {
                     let first = (step * spec.grad_accumulation + m) * spec.batch_size;
                     (first..first + spec.batch_size)
-                        .map(|p| order.index(p))
+                        .map(|p| &self.train[order.index(p)])
                         .collect()
                 })
                 .collect();
-            let scored: usize = micro
-                .iter()
-                .flatten()
-                .map(|&i| self.train[i].scored_tokens())
-                .sum();
-            let mut total = None;
-            let mut loss_sum = 0f64;
-            for batch in &micro {
-                let refs: Vec<&TokenizedExample> = batch.iter().map(|&i| &self.train[i]).collect();
-                self.state.tokens += refs.iter().map(|e| e.tokens.len() as u64).sum::<u64>();
-                let (nll, _) = completion_nll(&self.lm.model, &refs).map_err(model_error)?;
-                loss_sum +=
-                    nll.to_scalar::<f32>()
-                        .map_err(|e| JobFailure::new(e.to_string()))? as f64;
-                // Dividing by the whole step's token count makes accumulated micro-batches
-                // equal one large batch.
-                let grads = (nll / scored as f64)
-                    .and_then(|l| l.backward())
-                    .map_err(|e| JobFailure::new(format!("backward pass failed: {e}")))?;
-                match total.as_mut() {
-                    None => total = Some(grads),
-                    Some(t) => accumulate(t, grads, &params).map_err(model_error)?,
-                }
-            }
-            let mut grads = total.expect("at least one micro-batch");
-            let grad_norm =
-                clip_grad_norm(&mut grads, &params, spec.max_grad_norm).map_err(model_error)?;
             let lr = learning_rate(
                 step,
                 spec.steps,
@@ -209,9 +181,19 @@ impl TrainingRun {
                 schedule(spec.schedule),
                 spec.min_lr_ratio,
             );
-            self.optimizer.step(&grads, lr).map_err(model_error)?;
-            drop(grads);
-            let loss = loss_sum / scored.max(1) as f64;
+            let StepReport {
+                loss,
+                grad_norm,
+                tokens,
+            } = optimizer_step(
+                &self.lm.model,
+                &mut self.optimizer,
+                &micro,
+                spec.max_grad_norm,
+                lr,
+            )
+            .map_err(model_error)?;
+            self.state.tokens += tokens as u64;
             if !loss.is_finite() {
                 return Err(JobFailure::new(format!(
                     "the loss became {loss} at step {}; lower `training.learning_rate` or set `max_grad_norm`",
