@@ -181,6 +181,14 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
     let jga = eval.metrics["joint_goal_accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&jga));
     assert!(eval.counts["loss_tokens"] > 0);
+
+    // Both jobs used the checkpoint; the worker fetched it once.
+    let events = worker.events();
+    assert_eq!(common::find(&events, "checkpoint fetched", None).len(), 1);
+    assert_eq!(
+        common::find(&events, "checkpoint already fetched", None).len(),
+        1
+    );
 }
 
 #[test]

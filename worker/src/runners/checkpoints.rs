@@ -1,11 +1,13 @@
 //! Models saved by `retrain` jobs, named in other jobs as `"checkpoint": "group/job"`:
 //! their files are fetched from the artifact store into a local cache folder, which
-//! then loads like any model folder.
+//! then loads like any model folder. A finished job's model is fetched once per
+//! machine and reused by every later job.
 
 use std::path::PathBuf;
 
 use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::job::ModelRef;
+use labelfleet_manifest::ManifestKey;
 use sha2::{Digest, Sha256};
 
 use crate::runner::{JobContext, JobFailure};
@@ -47,10 +49,34 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
             parts[0], parts[1]
         )));
     }
-    // Keyed by the store too: two fleets on one machine may both have a `demo/train`.
-    let store = Sha256::digest(ctx.artifacts.describe().as_bytes());
-    let store: String = store.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let local = cache_dir().join("checkpoints").join(store).join(&prefix);
+    // A folder per store and per finished run of the job: two fleets on one machine may
+    // both have a `demo/train`, and a job that ran again (a new home) saved a new model.
+    // A finished run's files never change, so once fetched they are reused.
+    let entry = ctx
+        .manifest
+        .get(&ManifestKey {
+            group_id: parts[0].to_string(),
+            run_id: parts[1].to_string(),
+        })
+        .await
+        .map_err(|e| JobFailure::new(format!("reading the manifest entry of {checkpoint}: {e}")))?;
+    let version = match &entry {
+        Some(e) => short_hash(&format!("{} {} {}", e.completed_at, e.worker, e.attempt)),
+        None => format!("unfinished-{}", std::process::id()),
+    };
+    let local = cache_dir()
+        .join("checkpoints")
+        .join(short_hash(&ctx.artifacts.describe()))
+        .join(&prefix)
+        .join(version);
+    let complete = local.join(".complete");
+    let mut resolved = model.clone();
+    resolved.checkpoint = None;
+    resolved.path = Some(local.display().to_string());
+    if entry.is_some() && complete.exists() {
+        tracing::info!(checkpoint, folder = %local.display(), "checkpoint already fetched");
+        return Ok(resolved);
+    }
     std::fs::create_dir_all(&local)
         .map_err(|e| JobFailure::new(format!("creating {}: {e}", local.display())))?;
     for key in keys {
@@ -68,11 +94,21 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
             .and_then(|_| std::fs::rename(&partial, &target))
             .map_err(|e| JobFailure::new(format!("writing {}: {e}", target.display())))?;
     }
+    if entry.is_some() {
+        std::fs::write(&complete, b"")
+            .map_err(|e| JobFailure::new(format!("writing {}: {e}", complete.display())))?;
+    }
     tracing::info!(checkpoint, folder = %local.display(), "checkpoint fetched");
-    let mut resolved = model.clone();
-    resolved.checkpoint = None;
-    resolved.path = Some(local.display().to_string());
     Ok(resolved)
+}
+
+/// 12 hex digits of the SHA-256 of `text`: a short, stable folder name.
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn fetch(key: &ArtifactKey, ctx: &JobContext) -> Result<Vec<u8>, JobFailure> {
