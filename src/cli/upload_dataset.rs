@@ -190,18 +190,17 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     let files = write_dataset(&scratch, &splits, &card)?;
     let print = fingerprint(&scratch, &files)?;
     let written = match args.to.strip_prefix("s3://") {
-        Some(location) => {
-            let result = to_s3(location, &name, &scratch, &files, &print, args.force).await;
-            let _ = std::fs::remove_dir_all(&scratch);
-            result?
-        }
+        Some(location) => to_s3(location, &name, &scratch, &files, &print, args.force).await,
         None => to_folder(
             &PathBuf::from(&args.to).join(&name),
             &scratch,
             &print,
             args.force,
-        )?,
+        ),
     };
+    // Gone already when the folder was moved into place.
+    let _ = std::fs::remove_dir_all(&scratch);
+    let written = written?;
     let Some(location) = written else {
         println!("{name}: already there, unchanged");
         return Ok(());
@@ -218,6 +217,20 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     Ok(())
 }
 
+/// Whether to write over a dataset whose fingerprint is `existing`: not when it is
+/// this one (`print`), and not a different one without `force`.
+fn should_write(existing: &str, print: &str, force: bool, place: &str) -> anyhow::Result<bool> {
+    if existing.trim() == print {
+        return Ok(false);
+    }
+    if !force {
+        anyhow::bail!(
+            "{place} holds a different dataset of the same name; pass --force to replace it"
+        );
+    }
+    Ok(true)
+}
+
 /// Moves the scratch folder to `target`; `None` when the same dataset is already there.
 fn to_folder(
     target: &Path,
@@ -226,17 +239,10 @@ fn to_folder(
     force: bool,
 ) -> anyhow::Result<Option<String>> {
     if target.exists() {
+        // A folder without the marker is not ours to replace silently either.
         let existing = std::fs::read_to_string(target.join(FINGERPRINT)).unwrap_or_default();
-        if existing.trim() == print {
-            std::fs::remove_dir_all(scratch)?;
+        if !should_write(&existing, print, force, &target.display().to_string())? {
             return Ok(None);
-        }
-        if !force {
-            std::fs::remove_dir_all(scratch)?;
-            anyhow::bail!(
-                "{} holds a different dataset of the same name; pass --force to replace it",
-                target.display()
-            );
         }
         std::fs::remove_dir_all(target)?;
     }
@@ -268,15 +274,15 @@ async fn to_s3(
     labelfleet_aws::check_sdk_config(&sdk).await?;
     let store = labelfleet_aws::S3ArtifactStore::new(&sdk, bucket, prefix);
     let key = |file: &str| ArtifactKey::new(&format!("{name}/{file}"));
-    if let Some(existing) = store.get(&key(FINGERPRINT)?).await? {
-        if String::from_utf8_lossy(&existing).trim() == print {
-            return Ok(None);
-        }
-        if !force {
-            anyhow::bail!(
-                "s3://{location}/{name} holds a different dataset of the same name; pass --force to replace it"
-            );
-        }
+    if let Some(existing) = store.get(&key(FINGERPRINT)?).await?
+        && !should_write(
+            &String::from_utf8_lossy(&existing),
+            print,
+            force,
+            &format!("s3://{location}/{name}"),
+        )?
+    {
+        return Ok(None);
     }
     for file in files {
         let bytes = std::fs::read(scratch.join(file))?;
