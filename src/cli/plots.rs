@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 /// One run's curves: training loss per step, and validation loss where measured.
@@ -119,29 +120,38 @@ pub fn metric_vs_param(
             })
             .collect::<Vec<_>>()
     };
+    let dots = dots(best);
     if lowest > 0.0 && highest / lowest > 20.0 {
-        let mut chart = builder
-            .build_cartesian_2d((lowest / 1.5..highest * 1.5).log_scale(), ys.0..ys.1)
-            .map_err(failed)?;
-        chart
-            .configure_mesh()
-            .x_desc(param)
-            .y_desc(metric)
-            .draw()
-            .map_err(failed)?;
-        chart.draw_series(dots(best)).map_err(failed)?;
+        let x = (lowest / 1.5..highest * 1.5).log_scale();
+        draw_dots(&mut builder, x, ys.0..ys.1, param, metric, dots)?;
     } else {
-        let mut chart = builder
-            .build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)
-            .map_err(failed)?;
-        chart
-            .configure_mesh()
-            .x_desc(param)
-            .y_desc(metric)
-            .draw()
-            .map_err(failed)?;
-        chart.draw_series(dots(best)).map_err(failed)?;
+        draw_dots(&mut builder, xs.0..xs.1, ys.0..ys.1, param, metric, dots)?;
     }
     root.present().map_err(failed)?;
+    Ok(())
+}
+
+/// A mesh with its axis titles and `dots` on it, over an x axis of either kind
+/// (linear or logarithmic).
+fn draw_dots<X>(
+    builder: &mut ChartBuilder<'_, '_, SVGBackend<'_>>,
+    x: X,
+    y: std::ops::Range<f64>,
+    x_desc: &str,
+    y_desc: &str,
+    dots: Vec<Circle<(f64, f64), i32>>,
+) -> anyhow::Result<()>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+{
+    let mut chart = builder.build_cartesian_2d(x, y).map_err(failed)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(failed)?;
+    chart.draw_series(dots).map_err(failed)?;
     Ok(())
 }
