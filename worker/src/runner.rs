@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
 use labelfleet_core::job::{Job, JobKind, ModelRef};
-use labelfleet_manifest::{Manifest, ManifestEntry};
+use labelfleet_manifest::{Manifest, ManifestEntry, ManifestKey};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,22 @@ impl JobContext {
             .await
             .map_err(|e| JobFailure::new(format!("writing artifact {key}: {e}")))?;
         Ok(key.as_str().to_string())
+    }
+
+    /// The manifest entry of `group/run`, if that job has completed.
+    pub async fn manifest_entry(
+        &self,
+        group: &str,
+        run: &str,
+    ) -> Result<Option<ManifestEntry>, JobFailure> {
+        let key = ManifestKey {
+            group_id: group.to_string(),
+            run_id: run.to_string(),
+        };
+        self.manifest
+            .get(&key)
+            .await
+            .map_err(|e| JobFailure::new(format!("reading the manifest entry {group}/{run}: {e}")))
     }
 
     /// The artifact an earlier job's manifest entry names under `role` (`None` when the

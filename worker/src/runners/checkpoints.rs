@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::job::ModelRef;
-use labelfleet_manifest::ManifestKey;
 use sha2::{Digest, Sha256};
 
 use crate::runner::{JobContext, JobFailure};
@@ -52,14 +51,7 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
     // A folder per store and per finished run of the job: two fleets on one machine may
     // both have a `demo/train`, and a job that ran again (a new home) saved a new model.
     // A finished run's files never change, so once fetched they are reused.
-    let entry = ctx
-        .manifest
-        .get(&ManifestKey {
-            group_id: parts[0].to_string(),
-            run_id: parts[1].to_string(),
-        })
-        .await
-        .map_err(|e| JobFailure::new(format!("reading the manifest entry of {checkpoint}: {e}")))?;
+    let entry = ctx.manifest_entry(parts[0], parts[1]).await?;
     let version = match &entry {
         Some(e) => short_hash(&format!("{} {} {}", e.completed_at, e.worker, e.attempt)),
         None => format!("unfinished-{}", std::process::id()),

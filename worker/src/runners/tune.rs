@@ -5,7 +5,6 @@
 
 use async_trait::async_trait;
 use labelfleet_core::job::{Goal, Job, JobBody, JobKind, TuneSpec};
-use labelfleet_manifest::ManifestKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -40,14 +39,7 @@ async fn metric_of(
     run: &str,
     metric: &str,
 ) -> Result<Option<f64>, JobFailure> {
-    let key = ManifestKey {
-        group_id: group.to_string(),
-        run_id: run.to_string(),
-    };
-    let entry =
-        ctx.manifest.get(&key).await.map_err(|e| {
-            JobFailure::new(format!("reading the manifest entry {group}/{run}: {e}"))
-        })?;
+    let entry = ctx.manifest_entry(group, run).await?;
     Ok(entry.and_then(|e| e.metrics.get(metric).and_then(Value::as_f64)))
 }
 
@@ -95,18 +87,9 @@ async fn results_of(
 /// The trials of an earlier sweep, from its manifest entry's ranking artifact.
 async fn earlier(sweep: &str, ctx: &JobContext) -> Result<Vec<TrialResult>, JobFailure> {
     let (group, name) = sweep.split_once('/').expect("checked when parsed");
-    let key = ManifestKey {
-        group_id: group.to_string(),
-        run_id: name.to_string(),
-    };
-    let entry = ctx
-        .manifest
-        .get(&key)
-        .await
-        .map_err(|e| JobFailure::new(format!("reading {sweep}: {e}")))?
-        .ok_or_else(|| {
-            JobFailure::new(format!("the earlier sweep {sweep} has no manifest entry"))
-        })?;
+    let entry = ctx.manifest_entry(group, name).await?.ok_or_else(|| {
+        JobFailure::new(format!("the earlier sweep {sweep} has no manifest entry"))
+    })?;
     let (artifact, bytes) = ctx
         .read_entry_artifact(&entry, "trials")
         .await?
