@@ -1,6 +1,7 @@
 //! ingest: session folders of `logs.tar.gz` built here (a good one with a case-only
 //! duplicate, one with a malformed row, a corrupt one, one without the CSV) become one
-//! de-duplicated parquet file and a stats summary; nothing bad is fatal.
+//! de-duplicated parquet file and a stats summary; nothing bad is fatal. The same logs
+//! give the same result from a folder and from an S3 prefix (moto).
 
 mod common;
 
@@ -26,10 +27,8 @@ fn tarball(path: &Path, files: &[(&str, &str)]) {
     tar.into_inner().unwrap().finish().unwrap();
 }
 
-#[test]
-fn logs_become_a_deduplicated_dataset_and_bad_input_is_skipped() {
-    let fleet = Fleet::new();
-    let root = fleet.dir.path().join("logs");
+/// Writes the four sessions' archives under `root`.
+fn write_logs(root: &Path) {
     let csv = "interaction_loggings.csv";
     tarball(
         &root.join("batch1/session_a/logs.tar.gz"),
@@ -58,15 +57,14 @@ fn logs_become_a_deduplicated_dataset_and_bad_input_is_skipped() {
         &root.join("batch2/session_d/logs.tar.gz"),
         &[("other.csv", "a|b\n1|2\n")],
     );
+}
 
+/// Runs `ingest SOURCE` and checks what it wrote.
+fn ingest_and_check(fleet: &Fleet, source: &str) {
     let out = fleet.dir.path().join("ingested");
+    let _ = std::fs::remove_dir_all(&out);
     let run = fleet
-        .command(&[
-            "ingest",
-            root.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+        .command(&["ingest", source, "--out", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(
@@ -127,4 +125,53 @@ fn logs_become_a_deduplicated_dataset_and_bad_input_is_skipped() {
         sessions,
         ["batch1/session_a", "batch1/session_a", "batch1/session_b"]
     );
+}
+
+#[test]
+fn logs_become_a_deduplicated_dataset_and_bad_input_is_skipped() {
+    let fleet = Fleet::new();
+    let root = fleet.dir.path().join("logs");
+    write_logs(&root);
+    ingest_and_check(&fleet, root.to_str().unwrap());
+}
+
+#[test]
+fn logs_under_an_s3_prefix_ingest_the_same() {
+    use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
+    let server = labelfleet_aws::testing::MotoServer::shared();
+    let fleet = Fleet::on_aws(server, 3);
+    let bucket = fleet
+        .env
+        .iter()
+        .find(|(k, _)| k == "LABELFLEET_QUEUE")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let root = fleet.dir.path().join("logs");
+    write_logs(&root);
+    let store = common::block_on(async {
+        labelfleet_aws::S3ArtifactStore::new(&server.sdk_config().await, &bucket, "raw/logs")
+    });
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let key = path.strip_prefix(&root).unwrap().to_str().unwrap();
+            common::block_on(store.put(
+                &ArtifactKey::new(key).unwrap(),
+                std::fs::read(&path).unwrap(),
+            ))
+            .unwrap();
+        }
+    }
+    // An object beside the sessions that is not an archive is not read.
+    common::block_on(store.put(
+        &ArtifactKey::new("batch1/notes.txt").unwrap(),
+        b"not logs".to_vec(),
+    ))
+    .unwrap();
+    ingest_and_check(&fleet, &format!("s3://{bucket}/raw/logs/"));
 }

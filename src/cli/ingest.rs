@@ -1,14 +1,20 @@
-//! `labelfleet ingest DIR`: raw interaction logs (`logs.tar.gz` per session) into a
-//! de-duplicated parquet dataset with a stats summary.
+//! `labelfleet ingest SOURCE`: raw interaction logs (`logs.tar.gz` per session, in a
+//! folder or under an S3 prefix) into a de-duplicated parquet dataset with a stats
+//! summary.
 
 use std::path::PathBuf;
 
-use crate::dataset::ingest::{ingest, write_parquet};
+use anyhow::Context;
+use labelfleet_core::artifacts::ArtifactStore;
+
+use crate::dataset::ingest::{ARCHIVE, Ingester, LogRow, Stats, ingest_folder, write_parquet};
 
 /// Arguments of `ingest`.
 #[derive(clap::Args, Debug)]
 pub struct IngestArgs {
-    /// The folder to search for `logs.tar.gz` archives (each session in its own folder).
+    /// Where to search for `logs.tar.gz` archives, each session in its own folder: a
+    /// local folder or `s3://bucket/prefix` (AWS credentials and region as for the AWS
+    /// backend).
     pub source: String,
     /// The pipe-delimited CSV to read inside each archive.
     #[arg(long, default_value = "interaction_loggings.csv")]
@@ -23,17 +29,16 @@ pub struct IngestArgs {
 
 /// Runs `ingest`.
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
-    if args.source.starts_with("s3://") {
-        anyhow::bail!(
-            "{}: this version ingests from a local folder only; copy the prefix down first (aws s3 sync)",
-            args.source
-        );
-    }
-    let root = PathBuf::from(&args.source);
-    if !root.is_dir() {
-        anyhow::bail!("{} is not a folder", root.display());
-    }
-    let (rows, stats) = ingest(&root, &args.csv, &args.text_column)?;
+    let (rows, stats) = match args.source.strip_prefix("s3://") {
+        Some(location) => ingest_s3(location, &args.csv, &args.text_column).await?,
+        None => {
+            let root = PathBuf::from(&args.source);
+            if !root.is_dir() {
+                anyhow::bail!("{} is not a folder", root.display());
+            }
+            ingest_folder(&root, &args.csv, &args.text_column)?
+        }
+    };
     write_parquet(&args.out.join("data/train-00000-of-00001.parquet"), &rows)?;
     std::fs::write(
         args.out.join("stats.json"),
@@ -58,4 +63,52 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     );
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// Reads every `logs.tar.gz` under `s3://{location}`, one object at a time; a session is
+/// an archive's folder relative to the prefix.
+async fn ingest_s3(
+    location: &str,
+    csv: &str,
+    text_column: &str,
+) -> anyhow::Result<(Vec<LogRow>, Stats)> {
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    if bucket.is_empty() {
+        anyhow::bail!("s3://{location}: expected s3://bucket/prefix");
+    }
+    let prefix = prefix.trim_end_matches('/');
+    let sdk = labelfleet_aws::load_sdk_config().await;
+    labelfleet_aws::check_sdk_config(&sdk).await?;
+    let store = labelfleet_aws::S3ArtifactStore::new(&sdk, bucket, prefix);
+    let archives: Vec<_> = store
+        .list("")
+        .await
+        .with_context(|| format!("listing s3://{location}"))?
+        .into_iter()
+        .filter(|key| key.as_str() == ARCHIVE || key.as_str().ends_with(&format!("/{ARCHIVE}")))
+        .collect();
+    tracing::info!(archives = archives.len(), "found under s3://{location}");
+    let mut ingester = Ingester::new(csv, text_column);
+    for (i, key) in archives.iter().enumerate() {
+        let session = key
+            .as_str()
+            .strip_suffix(ARCHIVE)
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        let place = store.locate(key);
+        // A missing object (deleted since the listing) is skipped like a corrupt one;
+        // a failing S3 is not: that would silently shrink the dataset.
+        match store
+            .get(key)
+            .await
+            .with_context(|| format!("reading {place}"))?
+        {
+            Some(bytes) => ingester.add_archive(session, &place, &bytes),
+            None => ingester.add_archive(session, &place, &[]),
+        }
+        if (i + 1) % 50 == 0 {
+            tracing::info!(read = i + 1, of = archives.len(), "reading archives");
+        }
+    }
+    Ok(ingester.finish())
 }

@@ -1,5 +1,6 @@
 //! Raw interaction logs into a dataset, as droidlet's `process_s3_logs.py` does: every
-//! `logs.tar.gz` under a folder is unpacked in memory, the named pipe-delimited CSV in
+//! `logs.tar.gz` under a folder or an S3 prefix is unpacked in memory by an
+//! [`Ingester`], the named pipe-delimited CSV in
 //! it is read, each row is tagged with its session (the archive's folder), rows whose
 //! command text repeats (case-insensitively, ignoring surrounding spaces) are dropped,
 //! and what is kept is written as parquet with a stats summary. A bad archive or a bad
@@ -71,10 +72,9 @@ pub fn find_archives(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// The CSV named `csv_name` inside a gzipped tarball.
-fn csv_in_archive(path: &Path, csv_name: &str) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+/// The CSV named `csv_name` inside a gzipped tarball's bytes.
+fn csv_in_archive(gzipped: &[u8], csv_name: &str) -> Result<Vec<u8>, String> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
     let entries = archive
         .entries()
         .map_err(|e| format!("not a tar.gz: {e}"))?;
@@ -97,31 +97,41 @@ fn dedup_key(text: &str) -> String {
     text.trim().to_lowercase()
 }
 
-/// Reads every archive under `root`: rows of `csv_name` (pipe-delimited, with a
-/// header), de-duplicated on `text_column`.
-pub fn ingest(
-    root: &Path,
-    csv_name: &str,
-    text_column: &str,
-) -> anyhow::Result<(Vec<LogRow>, Stats)> {
-    let mut stats = Stats::default();
-    let mut rows = Vec::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    for archive in find_archives(root)? {
+/// Reads archives one at a time, wherever they come from (a folder, an S3 prefix),
+/// keeping the rows whose text has not been seen in this or an earlier archive.
+pub struct Ingester {
+    csv_name: String,
+    text_column: String,
+    rows: Vec<LogRow>,
+    seen: HashSet<String>,
+    stats: Stats,
+}
+
+impl Ingester {
+    /// An ingester of `csv_name` (pipe-delimited, with a header) inside each archive,
+    /// de-duplicating on `text_column`.
+    pub fn new(csv_name: &str, text_column: &str) -> Ingester {
+        Ingester {
+            csv_name: csv_name.to_string(),
+            text_column: text_column.to_string(),
+            rows: Vec::new(),
+            seen: HashSet::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Reads one archive: `gzipped` is the `logs.tar.gz` of `session`, found at `place`
+    /// (a path or URL, for messages). A bad archive or row is recorded and skipped.
+    pub fn add_archive(&mut self, session: &str, place: &str, gzipped: &[u8]) {
+        let (csv_name, text_column) = (self.csv_name.as_str(), self.text_column.as_str());
+        let stats = &mut self.stats;
         stats.archives += 1;
-        let session = archive
-            .parent()
-            .and_then(|p| p.strip_prefix(root).ok())
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let bytes = match csv_in_archive(&archive, csv_name) {
+        let bytes = match csv_in_archive(gzipped, csv_name) {
             Ok(bytes) => bytes,
             Err(why) => {
-                tracing::warn!(archive = %archive.display(), %why, "skipping a bad archive");
-                stats
-                    .bad_archives
-                    .push(format!("{}: {why}", archive.display()));
-                continue;
+                tracing::warn!(archive = place, %why, "skipping a bad archive");
+                stats.bad_archives.push(format!("{place}: {why}"));
+                return;
             }
         };
         let mut reader = csv::ReaderBuilder::new()
@@ -133,36 +143,33 @@ pub fn ingest(
             Err(e) => {
                 stats
                     .bad_archives
-                    .push(format!("{}: unreadable header: {e}", archive.display()));
-                continue;
+                    .push(format!("{place}: unreadable header: {e}"));
+                return;
             }
         };
         let Some(text_at) = header.iter().position(|c| c == text_column) else {
             stats.bad_archives.push(format!(
-                "{}: {csv_name} has no `{text_column}` column (columns: {})",
-                archive.display(),
+                "{place}: {csv_name} has no `{text_column}` column (columns: {})",
                 header.join(", ")
             ));
-            continue;
+            return;
         };
         for (line, record) in reader.records().enumerate() {
             stats.rows_read += 1;
-            let place = format!("{session}/{csv_name} row {}", line + 1);
+            let at = format!("{session}/{csv_name} row {}", line + 1);
             let record = match record {
                 Ok(r) => r,
                 Err(e) => {
-                    stats.bad_rows.push(format!("{place}: {e}"));
+                    stats.bad_rows.push(format!("{at}: {e}"));
                     continue;
                 }
             };
             let text = record.get(text_at).unwrap_or("").trim();
             if text.is_empty() {
-                stats
-                    .bad_rows
-                    .push(format!("{place}: empty `{text_column}`"));
+                stats.bad_rows.push(format!("{at}: empty `{text_column}`"));
                 continue;
             }
-            if !seen.insert(dedup_key(text)) {
+            if !self.seen.insert(dedup_key(text)) {
                 stats.duplicates += 1;
                 continue;
             }
@@ -171,29 +178,69 @@ pub fn ingest(
                 .cloned()
                 .zip(record.iter().map(|v| v.trim().to_string()))
                 .collect();
-            *stats.rows_per_session.entry(session.clone()).or_default() += 1;
-            rows.push(LogRow {
-                session: session.clone(),
+            *stats
+                .rows_per_session
+                .entry(session.to_string())
+                .or_default() += 1;
+            self.rows.push(LogRow {
+                session: session.to_string(),
                 fields,
             });
         }
     }
-    stats.rows_kept = rows.len();
-    let valid = stats.rows_read - stats.bad_rows.len();
-    stats.duplicate_rate = if valid == 0 {
-        0.0
-    } else {
-        stats.duplicates as f64 / valid as f64
-    };
-    stats.average_text_length = if rows.is_empty() {
-        0.0
-    } else {
-        rows.iter()
-            .map(|r| r.fields[text_column].chars().count())
-            .sum::<usize>() as f64
-            / rows.len() as f64
-    };
-    Ok((rows, stats))
+
+    /// The kept rows and the summary of everything read.
+    pub fn finish(self) -> (Vec<LogRow>, Stats) {
+        let Ingester {
+            rows,
+            mut stats,
+            text_column,
+            ..
+        } = self;
+        stats.rows_kept = rows.len();
+        let valid = stats.rows_read - stats.bad_rows.len();
+        stats.duplicate_rate = if valid == 0 {
+            0.0
+        } else {
+            stats.duplicates as f64 / valid as f64
+        };
+        stats.average_text_length = if rows.is_empty() {
+            0.0
+        } else {
+            rows.iter()
+                .map(|r| r.fields[&text_column].chars().count())
+                .sum::<usize>() as f64
+                / rows.len() as f64
+        };
+        (rows, stats)
+    }
+}
+
+/// Reads every archive under the folder `root`; a session is an archive's folder
+/// relative to `root`.
+pub fn ingest_folder(
+    root: &Path,
+    csv_name: &str,
+    text_column: &str,
+) -> anyhow::Result<(Vec<LogRow>, Stats)> {
+    let mut ingester = Ingester::new(csv_name, text_column);
+    for archive in find_archives(root)? {
+        let session = archive
+            .parent()
+            .and_then(|p| p.strip_prefix(root).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let place = archive.display().to_string();
+        match std::fs::read(&archive) {
+            Ok(bytes) => ingester.add_archive(&session, &place, &bytes),
+            Err(e) => {
+                // Counted like any other archive that cannot be read.
+                ingester.stats.archives += 1;
+                ingester.stats.bad_archives.push(format!("{place}: {e}"));
+            }
+        }
+    }
+    Ok(ingester.finish())
 }
 
 /// Writes the rows as one parquet file: `session`, then every column any CSV had
