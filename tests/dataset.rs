@@ -171,36 +171,7 @@ fn a_group_on_aws_exports_to_s3() {
         .unwrap()
         .to_string();
 
-    let texts: Vec<String> = labelfleet_dst::read_dataset(
-        &repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
-        labelfleet_dst::Format::Multiwoz21,
-    )
-    .unwrap()
-    .iter()
-    .flat_map(|d| d.turns.iter().map(|t| t.user_utterance.clone()))
-    .collect();
-    let model = fleet.dir.path().join("tiny");
-    labelfleet_models::tiny::write_tiny_model(&model, &texts, 2).unwrap();
-    let dir = fleet.jobs_dir("tiny-labels");
-    common::write_job(
-        &dir,
-        "job_0.json",
-        &serde_json::json!({
-            "kind": "self_label",
-            "group_id": "tiny-labels",
-            "self_label": {
-                "data": {"path": "runs/sample-data/multiwoz21_val_sample.json", "format": "multiwoz21"},
-                "dialogues": {"count": 3, "max_turns": 2},
-                "model": {"path": model},
-                "retriever": {"model": {"path": repo_root().join(".models/all-MiniLM-L6-v2")}},
-                "generation": {"max_new_tokens": 4}
-            }
-        }),
-    );
-    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
-    let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "3"]);
-    assert!(worker.wait(Duration::from_secs(300)).success());
-    assert_eq!(fleet.entries("tiny-labels").len(), 1);
+    common::label_with_tiny_llama(&fleet, "tiny-labels", 3);
 
     let to = format!("s3://{bucket}/datasets");
     let args = [

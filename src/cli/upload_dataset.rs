@@ -1,5 +1,6 @@
 //! `labelfleet upload-dataset --group-id G`: a manifest group's self-labelled turns as
-//! a Hugging Face dataset (parquet splits and a dataset card) in a local folder or S3.
+//! a Hugging Face dataset (parquet splits and a dataset card) in a local folder, in S3,
+//! or on the Hugging Face Hub.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::GlobalArgs;
 use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use crate::dataset::hub::{FileToAdd, Hub, check_repo_id};
 use crate::dataset::write::{Card, splits};
 use crate::dataset::{self, TurnRow, rows_of_log, write_dataset};
 
@@ -22,10 +24,16 @@ pub struct UploadDatasetArgs {
     /// The owner part of the dataset's name (a Hub user or organisation).
     #[arg(long, env = "LABELFLEET_DATASET_OWNER", default_value = "local")]
     pub owner: String,
-    /// Where to write: a local folder or `s3://bucket/prefix`; the dataset goes to
-    /// `TO/OWNER/NAME/`.
+    /// Where to write: a local folder or `s3://bucket/prefix` (the dataset goes to
+    /// `TO/OWNER/NAME/`), or the Hugging Face Hub: `hf://OWNER` (the generated name under
+    /// OWNER) or `hf://OWNER/NAME`. The Hub needs a write token in `HF_TOKEN` or the
+    /// file `huggingface-cli login` writes; `HF_ENDPOINT` picks another Hub.
     #[arg(long, default_value = "datasets")]
     pub to: String,
+    /// Make a dataset that this upload creates on the Hub public (it is private
+    /// otherwise; an existing dataset keeps its visibility).
+    #[arg(long)]
+    pub public: bool,
     /// Hold out this many dialogues: adds the splits `train_minus_N` and `valid_N`.
     #[arg(long, value_name = "N")]
     pub validation_dialogues: Option<usize>,
@@ -35,7 +43,8 @@ pub struct UploadDatasetArgs {
     /// Export even though some of the group's jobs have not finished.
     #[arg(long)]
     pub allow_incomplete: bool,
-    /// Replace a different dataset that has the same name.
+    /// Replace a different dataset that has the same name (on the Hub: commit over it,
+    /// deleting the files the new dataset does not have).
     #[arg(long)]
     pub force: bool,
 }
@@ -78,6 +87,46 @@ impl Progress {
     }
 }
 
+/// Where `--to` points.
+enum Destination {
+    /// A local folder.
+    Folder(PathBuf),
+    /// `bucket/prefix` of an `s3://` location.
+    S3(String),
+    /// A Hub owner, and the repository's name when given.
+    Hub { owner: String, name: Option<String> },
+}
+
+impl Destination {
+    fn parse(to: &str) -> anyhow::Result<Destination> {
+        if let Some(location) = to.strip_prefix("s3://") {
+            return Ok(Destination::S3(location.to_string()));
+        }
+        let Some(hub) = to.strip_prefix("hf://") else {
+            return Ok(Destination::Folder(PathBuf::from(to)));
+        };
+        // `hf://datasets/owner/name` is how the Hub's own file system spells it.
+        let hub = hub
+            .strip_prefix("datasets/")
+            .unwrap_or(hub)
+            .trim_end_matches('/');
+        match hub.split_once('/') {
+            None if !hub.is_empty() => Ok(Destination::Hub {
+                owner: hub.to_string(),
+                name: None,
+            }),
+            Some((owner, name)) => {
+                check_repo_id(hub)?;
+                Ok(Destination::Hub {
+                    owner: owner.to_string(),
+                    name: Some(name.to_string()),
+                })
+            }
+            None => anyhow::bail!("--to {to}: expected hf://OWNER or hf://OWNER/NAME"),
+        }
+    }
+}
+
 /// The marker a written dataset carries: the SHA-256 of its files.
 const FINGERPRINT: &str = ".labelfleet-dataset.sha256";
 
@@ -96,12 +145,7 @@ fn fingerprint(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
 
 /// Runs `upload-dataset`.
 pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result<()> {
-    if args.to.starts_with("hf://") {
-        anyhow::bail!(
-            "--to {}: uploading to the Hugging Face Hub is not supported yet; write to a folder or s3:// and upload that",
-            args.to
-        );
-    }
+    let destination = Destination::parse(&args.to)?;
     let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
     let group = &args.group_id;
     let entries: Vec<_> = list_all(&*b.manifest, group)
@@ -165,7 +209,18 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     progress.finish();
     rows.sort_by(|a, b| (&a.dialogue_id, a.turn_id).cmp(&(&b.dialogue_id, b.turn_id)));
     let dialogues = dataset::dialogue_count(&rows);
-    let name = dataset::name(&args.owner, group, dialogues, &entries);
+    let name = match &destination {
+        Destination::Hub {
+            owner,
+            name: Some(name),
+        } => format!("{owner}/{name}"),
+        Destination::Hub { owner, name: None } => {
+            let name = dataset::name(owner, group, dialogues, &entries);
+            check_repo_id(&name)?;
+            name
+        }
+        _ => dataset::name(&args.owner, group, dialogues, &entries),
+    };
     let card = Card {
         name: name.clone(),
         group: group.clone(),
@@ -177,9 +232,9 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     };
     let splits = splits(rows, args.validation_dialogues, args.seed)?;
 
-    let scratch_root = match args.to.strip_prefix("s3://") {
-        Some(_) => std::env::temp_dir(),
-        None => PathBuf::from(&args.to),
+    let scratch_root = match &destination {
+        Destination::Folder(folder) => folder.clone(),
+        _ => std::env::temp_dir(),
     };
     let scratch = scratch_root.join(format!(
         ".{}.{}.partial",
@@ -189,14 +244,28 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     let _ = std::fs::remove_dir_all(&scratch);
     let files = write_dataset(&scratch, &splits, &card)?;
     let print = fingerprint(&scratch, &files)?;
-    let written = match args.to.strip_prefix("s3://") {
-        Some(location) => to_s3(location, &name, &scratch, &files, &print, args.force).await,
-        None => to_folder(
-            &PathBuf::from(&args.to).join(&name),
-            &scratch,
-            &print,
-            args.force,
-        ),
+    let written = match &destination {
+        Destination::S3(location) => {
+            to_s3(location, &name, &scratch, &files, &print, args.force).await
+        }
+        Destination::Folder(folder) => to_folder(&folder.join(&name), &scratch, &print, args.force),
+        Destination::Hub { .. } => {
+            let summary = format!(
+                "labelfleet upload-dataset: group {group}, {} dialogues, {} entries",
+                dialogues,
+                entries.len()
+            );
+            to_hub(
+                &name,
+                &scratch,
+                &files,
+                &print,
+                &summary,
+                args.force,
+                args.public,
+            )
+            .await
+        }
     };
     // Gone already when the folder was moved into place.
     let _ = std::fs::remove_dir_all(&scratch);
@@ -295,4 +364,62 @@ async fn to_s3(
         "s3://{}/{name}",
         location.trim_end_matches('/')
     )))
+}
+
+/// Commits the files to the Hub dataset `repo_id` (created private unless `public`), the
+/// fingerprint with them; `None` when the same dataset is already there.
+async fn to_hub(
+    repo_id: &str,
+    scratch: &Path,
+    files: &[PathBuf],
+    print: &str,
+    summary: &str,
+    force: bool,
+    public: bool,
+) -> anyhow::Result<Option<String>> {
+    let hub = Hub::from_env()?;
+    let mut stale = Vec::new();
+    if hub.create_dataset(repo_id, !public).await? {
+        tracing::info!(repo_id, private = !public, "created the dataset on the Hub");
+    } else {
+        let present = hub.files(repo_id).await?;
+        // The Hub puts a .gitattributes in every new repository; nothing else means empty.
+        let empty = present.iter().all(|p| p == ".gitattributes");
+        if !empty {
+            let existing = match present.iter().any(|p| p == FINGERPRINT) {
+                true => hub.file(repo_id, FINGERPRINT).await?.unwrap_or_default(),
+                false => Vec::new(),
+            };
+            let place = format!("the Hub dataset {repo_id}");
+            if !should_write(&String::from_utf8_lossy(&existing), print, force, &place)? {
+                return Ok(None);
+            }
+        }
+        let new: std::collections::BTreeSet<String> = files.iter().map(|f| hub_path(f)).collect();
+        stale = present
+            .into_iter()
+            .filter(|p| p != ".gitattributes" && p != FINGERPRINT && !new.contains(p))
+            .collect();
+    }
+    let mut adds = Vec::with_capacity(files.len() + 1);
+    for file in files {
+        adds.push(FileToAdd {
+            path: hub_path(file),
+            bytes: std::fs::read(scratch.join(file))?,
+        });
+    }
+    adds.push(FileToAdd {
+        path: FINGERPRINT.into(),
+        bytes: format!("{print}\n").into_bytes(),
+    });
+    hub.commit(repo_id, summary, &adds, &stale).await?;
+    Ok(Some(hub.page(repo_id)))
+}
+
+/// A file's path in a Hub repository: `/`-separated whatever the platform.
+fn hub_path(file: &Path) -> String {
+    file.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }

@@ -1,8 +1,10 @@
 //! Exporting a manifest group's self-labelled turns as a Hugging Face dataset: turn
 //! rows with the columns the seed pipeline publishes ([`rows`]), a stable name
 //! ([`name`]), dialogue-level splits, parquet files and a dataset card ([`write`]);
-//! and raw interaction logs turned into a de-duplicated dataset ([`ingest`]).
+//! the Hugging Face Hub's upload API ([`hub`]); and raw interaction logs turned into a
+//! de-duplicated dataset ([`ingest`]).
 
+pub mod hub;
 pub mod ingest;
 pub mod rows;
 pub mod write;
@@ -35,18 +37,8 @@ pub fn name(owner: &str, group: &str, dialogues: usize, entries: &[ManifestEntry
 
 /// URL-safe base64 (RFC 4648 §5), without padding.
 fn base64_url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (chunk[0] as u32) << 16
-            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
-            | *chunk.get(2).unwrap_or(&0) as u32;
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Dialogues among `rows`.

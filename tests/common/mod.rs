@@ -221,6 +221,42 @@ pub fn write_job(dir: &Path, file: &str, job: &Value) {
     std::fs::write(path, serde_json::to_vec_pretty(job).unwrap()).unwrap();
 }
 
+/// Labels `dialogues` sample dialogues (2 turns each) as the self_label job
+/// `{group}/job_0` with a tiny llama built here and the MiniLM retriever, through one
+/// worker: a real group to export, in seconds.
+pub fn label_with_tiny_llama(fleet: &Fleet, group: &str, dialogues: usize) {
+    let texts: Vec<String> = labelfleet_dst::read_dataset(
+        &repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
+        labelfleet_dst::Format::Multiwoz21,
+    )
+    .unwrap()
+    .iter()
+    .flat_map(|d| d.turns.iter().map(|t| t.user_utterance.clone()))
+    .collect();
+    let model = fleet.dir.path().join("tiny");
+    labelfleet_models::tiny::write_tiny_model(&model, &texts, 2).unwrap();
+    let dir = fleet.jobs_dir(group);
+    write_job(
+        &dir,
+        "job_0.json",
+        &serde_json::json!({
+            "kind": "self_label",
+            "group_id": group,
+            "self_label": {
+                "data": {"path": "runs/sample-data/multiwoz21_val_sample.json", "format": "multiwoz21"},
+                "dialogues": {"count": dialogues, "max_turns": 2},
+                "model": {"path": model},
+                "retriever": {"model": {"path": repo_root().join(".models/all-MiniLM-L6-v2")}},
+                "generation": {"max_new_tokens": 4}
+            }
+        }),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut worker = fleet.spawn_worker("labeller", &["--wait", "1", "--idle-exit", "3"]);
+    assert!(worker.wait(Duration::from_secs(300)).success());
+    assert_eq!(fleet.entries(group).len(), 1);
+}
+
 /// A noop job.
 pub fn noop(group: &str, sleep_ms: u64, after: &[&str]) -> Value {
     serde_json::json!({"kind": "noop", "group_id": group, "after": after, "noop": {"sleep_ms": sleep_ms}})
