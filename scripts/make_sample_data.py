@@ -2,7 +2,8 @@
 """Builds the small bundled samples from ../shared/data (run once; outputs are committed).
 
 - runs/sample-data/multiwoz21_val_sample.json: the first 10 dialogues of MultiWOZ 2.1
-  validation (ConvLab-3's val.json.zip), keeping each turn's text and metadata only.
+  validation (ConvLab-3's val.json.zip), keeping each turn's text, metadata and
+  dialog_act only.
 - dst/tests/fixtures/same_dialogue.{multiwoz21,icdst,sgd}.json: one dialogue written in
   all three formats, following each format's own conventions (IC-DST's `hotel-pricerange`
   and `hotel-book people`; MultiWOZ 2.2's `hotel-bookpeople` with list values), so that
@@ -18,11 +19,11 @@ data = Path(sys.argv[1]) if len(sys.argv) > 1 else root.parent / "shared" / "dat
 val = json.load(zipfile.ZipFile(data / "multiwoz21" / "val.json.zip").open("val.json"))
 order = [l.strip() for l in open(data / "multiwoz21" / "valListFile") if l.strip()]
 
-def trim(d):
-    return {"log": [{"text": t["text"], "metadata": t["metadata"]} for t in d["log"]]}
+def trim(d, keep=("text", "metadata")):
+    return {"log": [{k: t[k] for k in keep if k in t} for t in d["log"]]}
 
 sample_ids = [i.removesuffix(".json") for i in order][:10]
-sample = {i: trim(val[i]) for i in sample_ids}
+sample = {i: trim(val[i], ("text", "metadata", "dialog_act")) for i in sample_ids}
 out = root / "runs" / "sample-data" / "multiwoz21_val_sample.json"
 out.write_text(json.dumps(sample, indent=1) + "\n")
 print(out, out.stat().st_size, "bytes")

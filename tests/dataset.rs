@@ -113,9 +113,30 @@ fn a_fleet_labelled_group_exports_and_loads_with_datasets() {
         "slot_values",
         "last_slot_values",
         "domains",
+        "system_response_acts",
+        "last_system_response_acts",
     ] {
         assert!(columns.contains(&column), "{column} in {columns:?}");
     }
+    // The system's acts come from the data: the first row's response is the system's
+    // second utterance, with its acts.
+    let first = &split("train")["first"];
+    let gold = labelfleet_dst::read_dataset(
+        &repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
+        labelfleet_dst::Format::Multiwoz21,
+    )
+    .unwrap();
+    let dialogue = gold
+        .iter()
+        .find(|d| d.dialogue_id == first["dialogue_id"])
+        .unwrap();
+    assert_eq!(first["turn_id"], 0);
+    assert!(!dialogue.turns[1].system_acts.is_empty());
+    assert_eq!(
+        first["system_response_acts"],
+        serde_json::json!(dialogue.turns[1].system_acts)
+    );
+    assert_eq!(first["last_system_response_acts"], serde_json::json!([]));
     // Each row's state is the one the fleet labelled.
     let mut labelled: BTreeMap<(String, u64), Value> = BTreeMap::new();
     for e in &entries {

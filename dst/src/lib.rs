@@ -26,4 +26,4 @@ mod turn;
 
 pub use predictions::{Prediction, read_predictions, read_predictions_file};
 pub use readers::{DataError, Format, read_dataset};
-pub use turn::{Dialogue, SlotValues, Turn, delta};
+pub use turn::{Dialogue, SlotValues, Turn, delta, format_act};

@@ -1,5 +1,6 @@
 //! Readers for the dataset formats, into canonical [`Dialogue`]s.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::slots::{canonical_slot, normalize_value};
-use crate::turn::{Dialogue, SlotValues};
+use crate::turn::{Dialogue, SlotValues, format_act};
 
 /// The dataset formats labelfleet reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,23 @@ struct MwozTurn {
     text: String,
     #[serde(default)]
     metadata: serde_json::Map<String, Value>,
+    /// `{"Hotel-Inform": [["Area", "east"], …]}`; absent in trimmed copies.
+    #[serde(default)]
+    dialog_act: BTreeMap<String, Vec<Vec<String>>>,
+}
+
+/// A MultiWOZ turn's acts, as [`format_act`] writes them.
+fn multiwoz_acts(turn: &MwozTurn) -> Vec<String> {
+    turn.dialog_act
+        .iter()
+        .flat_map(|(act, pairs)| {
+            pairs.iter().map(move |pair| {
+                let slot = pair.first().map(String::as_str).unwrap_or("");
+                let value = pair.get(1).map(String::as_str).unwrap_or("");
+                format_act(act, slot, value)
+            })
+        })
+        .collect()
 }
 
 fn read_multiwoz21(value: Value) -> Result<Vec<Dialogue>, String> {
@@ -103,16 +121,20 @@ fn read_multiwoz21(value: Value) -> Result<Vec<Dialogue>, String> {
         let dialogue: MwozDialogue =
             serde_json::from_value(dialogue).map_err(|e| format!("dialogue {id}: {e}"))?;
         let mut turns = Vec::new();
+        let mut acts = Vec::new();
         for (k, pair) in dialogue.log.chunks(2).enumerate() {
             let [user, system] = pair else { break };
-            let before = if k == 0 {
-                String::new()
-            } else {
-                dialogue.log[2 * k - 1].text.clone()
+            let (before, before_acts) = match k {
+                0 => (String::new(), Vec::new()),
+                _ => {
+                    let before = &dialogue.log[2 * k - 1];
+                    (before.text.clone(), multiwoz_acts(before))
+                }
             };
             turns.push((before, user.text.clone(), multiwoz_state(&system.metadata)));
+            acts.push(before_acts);
         }
-        out.push(Dialogue::from_states(&id, turns));
+        out.push(Dialogue::from_states(&id, turns).with_system_acts(acts));
     }
     Ok(out)
 }
@@ -211,6 +233,17 @@ struct SgdFrame {
     service: String,
     #[serde(default)]
     state: Option<SgdState>,
+    #[serde(default)]
+    actions: Vec<SgdAction>,
+}
+
+#[derive(Deserialize)]
+struct SgdAction {
+    act: String,
+    #[serde(default)]
+    slot: String,
+    #[serde(default)]
+    values: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -226,10 +259,22 @@ fn read_sgd(value: Value) -> Result<Vec<Dialogue>, String> {
     for d in dialogues {
         let mut state = SlotValues::new();
         let mut last_system = String::new();
+        let mut last_acts = Vec::new();
         let mut turns = Vec::new();
+        let mut acts = Vec::new();
         for t in d.turns {
             if t.speaker.eq_ignore_ascii_case("system") {
                 last_system = t.utterance;
+                last_acts = t
+                    .frames
+                    .iter()
+                    .flat_map(|f| {
+                        f.actions.iter().map(|a| {
+                            let act = format!("{}-{}", f.service, a.act);
+                            format_act(&act, &a.slot, &a.values.join("|"))
+                        })
+                    })
+                    .collect();
                 continue;
             }
             // A frame carries its service's whole state; services without a frame in
@@ -252,8 +297,9 @@ fn read_sgd(value: Value) -> Result<Vec<Dialogue>, String> {
                 }
             }
             turns.push((std::mem::take(&mut last_system), t.utterance, state.clone()));
+            acts.push(std::mem::take(&mut last_acts));
         }
-        out.push(Dialogue::from_states(&d.dialogue_id, turns));
+        out.push(Dialogue::from_states(&d.dialogue_id, turns).with_system_acts(acts));
     }
     Ok(out)
 }

@@ -14,6 +14,10 @@ pub struct Turn {
     pub turn_id: u32,
     /// The system utterance just before this user turn (empty for the first turn).
     pub system_utterance: String,
+    /// That system utterance's dialogue acts where the dataset annotates them, each as
+    /// [`format_act`] writes it; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_acts: Vec<String>,
     /// The user utterance.
     pub user_utterance: String,
     /// The full belief state after this turn.
@@ -51,6 +55,7 @@ impl Dialogue {
                     dialogue_id: dialogue_id.clone(),
                     turn_id: i as u32,
                     system_utterance,
+                    system_acts: Vec::new(),
                     user_utterance,
                     last_slot_values: std::mem::replace(&mut last, slot_values.clone()),
                     slot_values,
@@ -59,6 +64,14 @@ impl Dialogue {
             })
             .collect();
         Dialogue { dialogue_id, turns }
+    }
+
+    /// Sets each turn's [`Turn::system_acts`], in turn order.
+    pub fn with_system_acts(mut self, acts: impl IntoIterator<Item = Vec<String>>) -> Dialogue {
+        for (turn, acts) in self.turns.iter_mut().zip(acts) {
+            turn.system_acts = acts;
+        }
+        self
     }
 
     /// The domains mentioned in any state of the dialogue, sorted.
@@ -73,10 +86,52 @@ impl Dialogue {
     }
 }
 
+/// One dialogue act as text: `Domain-Act(slot=value)`, `Domain-Act(slot)` when the
+/// value is empty, `Domain-Act()` for an act without a slot (MultiWOZ's `none`).
+pub fn format_act(act: &str, slot: &str, value: &str) -> String {
+    let slot = if slot.eq_ignore_ascii_case("none") {
+        ""
+    } else {
+        slot
+    };
+    let value = if value.eq_ignore_ascii_case("none") {
+        ""
+    } else {
+        value
+    };
+    match (slot.is_empty(), value.is_empty()) {
+        (true, _) => format!("{act}()"),
+        (false, true) => format!("{act}({slot})"),
+        (false, false) => format!("{act}({slot}={value})"),
+    }
+}
+
 /// The slots of `now` that are new or changed relative to `before`.
 pub fn delta(before: &SlotValues, now: &SlotValues) -> SlotValues {
     now.iter()
         .filter(|(k, v)| before.get(*k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acts_read_as_calls() {
+        assert_eq!(
+            format_act("Hotel-Inform", "Area", "east"),
+            "Hotel-Inform(Area=east)"
+        );
+        assert_eq!(
+            format_act("Hotel-Request", "Price", "?"),
+            "Hotel-Request(Price=?)"
+        );
+        assert_eq!(format_act("general-bye", "none", "none"), "general-bye()");
+        assert_eq!(
+            format_act("Taxi-REQUEST", "location", ""),
+            "Taxi-REQUEST(location)"
+        );
+    }
 }

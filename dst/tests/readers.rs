@@ -84,6 +84,22 @@ fn multiwoz21_validation_set_reads_completely() {
             .flat_map(|d| &d.turns)
             .any(|t| !t.slot_values.is_empty())
     );
+    // The system acts before each user turn: none before the first.
+    let d = dialogues
+        .iter()
+        .find(|d| d.dialogue_id == "PMUL1635")
+        .unwrap();
+    assert!(d.turns[0].system_acts.is_empty());
+    assert_eq!(d.turns[1].system_acts, ["Hotel-Request(Price=?)"]);
+    assert_eq!(
+        d.turns[2].system_acts,
+        [
+            "Hotel-Recommend(Price=cheap)",
+            "Hotel-Recommend(Price=moderately priced)",
+            "Hotel-Recommend(Name=Allenbell)",
+            "Hotel-Recommend(Name=Warkworth House)"
+        ]
+    );
 }
 
 #[test]
@@ -107,6 +123,13 @@ fn icdst_and_sgd_files_read() {
             .get("restaurants_2-number_of_seats")
             .map(String::as_str),
         Some("2")
+    );
+    assert_eq!(
+        first.turns[1].system_acts,
+        [
+            "Restaurants_2-REQUEST(restaurant_name)",
+            "Restaurants_2-REQUEST(location)"
+        ]
     );
 }
 

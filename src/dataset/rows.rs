@@ -1,5 +1,6 @@
 //! Turn rows from `self_label` running logs, with the seed's columns: every utterance
-//! so far, the system's response, and the belief states.
+//! so far, the system's response, the belief states, and the system's dialogue acts
+//! where the data has them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +22,8 @@ pub struct TurnRow {
     pub system_utterances: Vec<String>,
     /// What the system said after this turn (`""` when the log ends here).
     pub system_response: String,
+    /// The dialogue acts of `system_response`, where the data has them.
+    pub system_response_acts: Vec<String>,
     /// The slots this turn set or changed, as labelled.
     pub turn_slot_values: SlotValues,
     /// The state after this turn.
@@ -29,6 +32,8 @@ pub struct TurnRow {
     pub last_slot_values: SlotValues,
     /// Domains of the state after this turn.
     pub domains: Vec<String>,
+    /// The dialogue acts of the system utterance before this turn, where known.
+    pub last_system_response_acts: Vec<String>,
     /// The manifest entry it came from (`group/run`).
     pub source: String,
 }
@@ -44,6 +49,8 @@ struct LoggedTurn {
     dialogue_id: String,
     turn_id: u32,
     system_utterance: String,
+    #[serde(default)]
+    system_acts: Vec<String>,
     user_utterance: String,
     last_slot_values: SlotValues,
     slot_values: SlotValues,
@@ -85,10 +92,15 @@ pub fn rows_of_log(bytes: &[u8], source: &str) -> Result<Vec<TurnRow>, String> {
                     .get(i + 1)
                     .map(|n| n.system_utterance.clone())
                     .unwrap_or_default(),
+                system_response_acts: turns
+                    .get(i + 1)
+                    .map(|n| n.system_acts.clone())
+                    .unwrap_or_default(),
                 turn_slot_values: t.turn_slot_values.clone(),
                 slot_values: t.slot_values.clone(),
                 last_slot_values: t.last_slot_values.clone(),
                 domains: domains.into_iter().collect(),
+                last_system_response_acts: t.system_acts.clone(),
                 source: source.to_string(),
             });
         }
@@ -103,7 +115,8 @@ mod tests {
     #[test]
     fn rows_carry_the_history_and_the_next_system_turn() {
         let log = serde_json::json!({"turns": [
-            {"dialogue_id": "d1", "turn_id": 1, "system_utterance": "which area?", "user_utterance": "north",
+            {"dialogue_id": "d1", "turn_id": 1, "system_utterance": "which area?",
+             "system_acts": ["Hotel-Request(Area=?)"], "user_utterance": "north",
              "last_slot_values": {"hotel-type": "hotel"}, "slot_values": {"hotel-type": "hotel", "hotel-area": "north"},
              "turn_slot_values": {"hotel-area": "north"}},
             {"dialogue_id": "d1", "turn_id": 0, "system_utterance": "", "user_utterance": "a hotel please",
@@ -113,6 +126,10 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].turn_id, 0);
         assert_eq!(rows[0].system_response, "which area?");
+        assert_eq!(rows[0].system_response_acts, ["Hotel-Request(Area=?)"]);
+        assert!(rows[0].last_system_response_acts.is_empty());
+        assert_eq!(rows[1].last_system_response_acts, ["Hotel-Request(Area=?)"]);
+        assert!(rows[1].system_response_acts.is_empty());
         assert_eq!(rows[1].user_utterances, ["a hotel please", "north"]);
         assert_eq!(rows[1].system_utterances, ["", "which area?"]);
         assert_eq!(rows[1].system_response, "");

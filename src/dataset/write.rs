@@ -111,11 +111,13 @@ fn schema(slots: &[String]) -> Schema {
         Field::new("user_utterances", strings(), false),
         Field::new("system_utterances", strings(), false),
         Field::new("system_response", DataType::Utf8, false),
+        Field::new("system_response_acts", strings(), false),
     ];
     for column in STATE_COLUMNS {
         fields.push(Field::new(column, state_type(slots), false));
     }
     fields.push(Field::new("domains", strings(), false));
+    fields.push(Field::new("last_system_response_acts", strings(), false));
     fields.push(Field::new("source", DataType::Utf8, false));
     Schema::new(fields)
 }
@@ -160,10 +162,12 @@ fn batch(rows: &[TurnRow], slots: &[String]) -> anyhow::Result<RecordBatch> {
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.system_response.as_str()),
         )),
+        list(rows.iter().map(|r| r.system_response_acts.clone())),
         state(rows, slots, |r| &r.turn_slot_values),
         state(rows, slots, |r| &r.slot_values),
         state(rows, slots, |r| &r.last_slot_values),
         list(rows.iter().map(|r| r.domains.clone())),
+        list(rows.iter().map(|r| r.last_system_response_acts.clone())),
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.source.as_str()),
         )),
@@ -193,13 +197,17 @@ fn feature_yaml(slots: &[String]) -> String {
         y.push_str(&format!("  - name: {name}\n    sequence: string\n"));
     }
     y.push_str("  - name: system_response\n    dtype: string\n");
+    y.push_str("  - name: system_response_acts\n    sequence: string\n");
     for column in STATE_COLUMNS {
         y.push_str(&format!("  - name: {column}\n    struct:\n"));
         for slot in slots {
             y.push_str(&format!("    - name: {slot}\n      dtype: string\n"));
         }
     }
-    y.push_str("  - name: domains\n    sequence: string\n  - name: source\n    dtype: string\n");
+    for name in ["domains", "last_system_response_acts"] {
+        y.push_str(&format!("  - name: {name}\n    sequence: string\n"));
+    }
+    y.push_str("  - name: source\n    dtype: string\n");
     y
 }
 

@@ -26,6 +26,10 @@ pub struct LabelledTurn {
     pub turn_id: u32,
     /// The system utterance before the user's.
     pub system_utterance: String,
+    /// That utterance's dialogue acts, where the data has them (see
+    /// [`labelfleet_dst::format_act`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_acts: Vec<String>,
     /// The user utterance.
     pub user_utterance: String,
     /// The predicted state before the turn.
@@ -213,6 +217,7 @@ impl Labelling {
                     dialogue_id: turn.dialogue_id.clone(),
                     turn_id: turn.turn_id,
                     system_utterance: turn.system_utterance.clone(),
+                    system_acts: turn.system_acts.clone(),
                     user_utterance: turn.user_utterance.clone(),
                     turn_slot_values: labelfleet_dst::delta(&last, &state),
                     last_slot_values: last,
