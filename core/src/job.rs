@@ -786,6 +786,35 @@ mod tests {
     }
 
     #[test]
+    fn half_precision_weights_are_for_inference_only() {
+        let retrain = json!({
+            "kind": "retrain",
+            "group_id": "demo",
+            "retrain": {
+                "model": {"path": "m", "weights": "bf16"},
+                "data": {"new": [{"group": "labels"}]}
+            }
+        });
+        let err = parse(retrain).unwrap_err();
+        assert_eq!(err.path, "retrain.model.weights", "{err}");
+        assert!(err.message.contains("f32"), "{err}");
+        let label = json!({
+            "kind": "self_label",
+            "group_id": "demo",
+            "self_label": {
+                "data": {"path": "d.json", "format": "multiwoz21"},
+                "model": {"path": "m", "device": "cuda:0", "weights": "bf16"},
+                "retriever": {"model": {"path": "r"}}
+            }
+        });
+        let job = parse(label).unwrap();
+        let JobBody::SelfLabel(spec) = &job.body else {
+            panic!("a self_label body")
+        };
+        assert_eq!(spec.model.weights, crate::self_label::WeightFormat::Bf16);
+    }
+
+    #[test]
     fn invalid_json_reports_line_and_column() {
         let err = parse_json("{\n  \"kind\": }", "f.json").unwrap_err();
         assert!(err.message.contains("line 2"), "{err}");

@@ -321,6 +321,15 @@ impl RetrainSpec {
         let at = |f: &str| format!("retrain.{f}");
         let fail = |f: &str, m: &str| Err((at(f), m.to_string()));
         self.model.check(&at("model"))?;
+        if matches!(
+            self.model.weights,
+            crate::self_label::WeightFormat::F16 | crate::self_label::WeightFormat::Bf16
+        ) {
+            return fail(
+                "model.weights",
+                "training runs in f32 (its optimizer state needs the precision); leave `weights` out here, and pick f16/bf16 in the self_label or eval jobs that load the result",
+            );
+        }
         if self.data.old.is_empty() && self.data.new.is_empty() {
             return fail(
                 "data",

@@ -92,7 +92,9 @@ pub struct ModelRef {
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// How a GGUF model's weights are held: `stored`, `q8_0` or `f32` (see the README).
+    /// How the causal LM's weights are held: `stored` or `q8_0` (a GGUF model's
+    /// quantized blocks), `f32`, `f16` or `bf16` (dense, in that precision); see the
+    /// README.
     #[serde(default)]
     pub weights: WeightFormat,
 }
@@ -101,7 +103,7 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-/// How a GGUF model's quantized weights are held in memory.
+/// How a causal LM's weights are held in memory, and so the precision it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
@@ -110,9 +112,14 @@ pub enum WeightFormat {
     /// Re-quantized to Q8_0 at load.
     #[serde(rename = "q8_0")]
     Q8_0,
-    /// Dequantized to f32: fastest for long prompts on a CPU, most memory.
+    /// Dequantized to f32: fastest for long prompts on a CPU.
     #[default]
     F32,
+    /// Dense f16 weights, activations and KV cache: half f32's memory, and what GPU
+    /// tensor cores run.
+    F16,
+    /// Dense bf16, as `f16` with f32's range: the usual choice on recent GPUs.
+    Bf16,
 }
 
 /// How in-context examples are retrieved.

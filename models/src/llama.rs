@@ -74,16 +74,34 @@ pub const LORA_TARGETS: [&str; 7] = [
     "down_proj",
 ];
 
-/// How to hold a GGUF model's quantized weights on the CPU.
+/// How to hold a model's weights, and so which dtype its activations take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// As stored in the file.
+    /// A GGUF model's quantized weights as stored in the file (safetensors: f32).
     #[default]
     Stored,
-    /// Re-quantized to Q8_0 at load, which has SIMD kernels for every CPU candle knows.
+    /// GGUF re-quantized to Q8_0 at load, which has SIMD kernels for every CPU candle
+    /// knows (safetensors: f32).
     Q8_0,
-    /// Dequantized to f32: fastest for long batched prompts, four times the memory.
+    /// Dense f32: fastest for long batched prompts on a CPU, four times the memory of
+    /// Q8_0.
     F32,
+    /// Dense f16, activations and KV cache too: half the memory of f32, and what GPUs'
+    /// tensor cores run. Softmax still runs in f32.
+    F16,
+    /// Dense bf16, as [`WeightFormat::F16`] with f32's range.
+    Bf16,
+}
+
+impl WeightFormat {
+    /// The dtype of a dense model held this way.
+    pub fn dense_dtype(self) -> DType {
+        match self {
+            WeightFormat::F16 => DType::F16,
+            WeightFormat::Bf16 => DType::BF16,
+            WeightFormat::Stored | WeightFormat::Q8_0 | WeightFormat::F32 => DType::F32,
+        }
+    }
 }
 
 enum Linear {
@@ -425,20 +443,20 @@ impl Llama {
                 ModelError::Format(format!("{}: tensor `{name}`: {e}", path.display()))
             })
         };
-        let to_dense = |q: QTensor| -> Result<Tensor, ModelError> { Ok(q.dequantize(device)?) };
+        let dtype = format.dense_dtype();
+        let to_dense = |q: QTensor| -> Result<Tensor, ModelError> {
+            Ok(q.dequantize(device)?.to_dtype(dtype)?)
+        };
         let linear = |q: QTensor, bias: Option<QTensor>| -> Result<Linear, ModelError> {
             let bias = bias.map(to_dense).transpose()?;
             let q = match (format, q.dtype()) {
+                (WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16, _) => {
+                    return Ok(Linear::Dense(candle_nn::Linear::new(to_dense(q)?, bias)));
+                }
                 (WeightFormat::Stored, _) | (_, GgmlDType::F32 | GgmlDType::F16) => q,
                 (WeightFormat::Q8_0, GgmlDType::Q8_0) => q,
                 (WeightFormat::Q8_0, _) => {
                     QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?
-                }
-                (WeightFormat::F32, _) => {
-                    return Ok(Linear::Dense(candle_nn::Linear::new(
-                        q.dequantize(device)?,
-                        bias,
-                    )));
                 }
             };
             // Our kernel and candle's matmul share one copy of the blocks.
@@ -450,7 +468,7 @@ impl Llama {
             })
         };
         let embeddings_q = tensor("token_embd.weight")?;
-        let embeddings = embeddings_q.dequantize(device)?;
+        let embeddings = embeddings_q.dequantize(device)?.to_dtype(dtype)?;
         let lm_head = match tensor("output.weight") {
             Ok(q) => linear(q, None)?,
             // Tied embeddings: the output projection is the embedding matrix.
@@ -482,15 +500,17 @@ impl Llama {
     }
 
     /// Loads safetensors in the Hugging Face layout (`model.layers.N.self_attn.q_proj`,
-    /// …) with the shape in `config`; q/k/v biases are picked up when present (qwen2).
+    /// …) with the shape in `config`, in `dtype`; q/k/v biases are picked up when
+    /// present (qwen2).
     pub fn from_safetensors(
         files: &[std::path::PathBuf],
         config: LlamaConfig,
         tie_embeddings: bool,
+        dtype: DType,
         device: &Device,
     ) -> Result<Llama, ModelError> {
         // SAFETY: the files are memory-mapped read-only and not modified while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device)? };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
         Llama::from_var_builder(vb, config, tie_embeddings, device)
     }
 
@@ -551,7 +571,10 @@ impl Llama {
         lm_head: Linear,
         device: &Device,
     ) -> Result<Llama, ModelError> {
+        // Everything the layers add or multiply follows the weights' dtype.
+        let dtype = embeddings.dtype();
         let (cos, sin) = rope_tables(&config, device)?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         Ok(Llama {
             config,
             embeddings,
@@ -675,7 +698,11 @@ impl Llama {
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
         let hidden = self.forward_hidden(tokens, padding, Some(cache), true)?;
-        Ok(self.lm_head.forward(&hidden)?.squeeze(1)?)
+        Ok(self
+            .lm_head
+            .forward(&hidden)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?)
     }
 
     /// As [`Llama::forward`], returning the logits of every position, `(rows, len, vocab)`:
@@ -687,7 +714,7 @@ impl Llama {
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
         let hidden = self.forward_hidden(tokens, padding, Some(cache), false)?;
-        Ok(self.lm_head.forward(&hidden)?)
+        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
     }
 
     /// The final hidden states of every position, `(rows, len, hidden)`, computed
@@ -763,6 +790,7 @@ impl Llama {
                 }
             }
         }
+        // Softmax runs in f32 whatever the weights' dtype, so the mask is f32 too.
         let mask = Tensor::from_vec(mask, (rows, 1, len, total), &self.device)?;
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, (rows, len), &self.device)?;
@@ -841,13 +869,16 @@ impl Llama {
         };
         let (k, v) = (expand(&k)?, expand(&v)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        // In half precision the scores are summed in f32: f16 overflows past 65,504.
+        let dtype = x.dtype();
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?;
         let weights = if training {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let attended = weights
+            .to_dtype(dtype)?
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
             .reshape((rows, len, c.hidden_size))?;

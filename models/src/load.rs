@@ -59,7 +59,13 @@ pub fn load_causal_lm(
     let (config, tie_embeddings) = hf_config(path)?;
     let weights = safetensors_files(path)?;
     let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
-    let model = Llama::from_safetensors(&weights, config, tie_embeddings, device)?;
+    let model = Llama::from_safetensors(
+        &weights,
+        config,
+        tie_embeddings,
+        format.dense_dtype(),
+        device,
+    )?;
     Ok(CausalLm { model, tokenizer })
 }
 

@@ -69,8 +69,14 @@ fn padded_batches_match_candle_transformers_llama() {
         max_positions: 128,
         rope_interleaved: false,
     };
-    let ours = Llama::from_safetensors(std::slice::from_ref(&weights), config, false, &Device::Cpu)
-        .unwrap();
+    let ours = Llama::from_safetensors(
+        std::slice::from_ref(&weights),
+        config,
+        false,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
 
     let hf: reference::LlamaConfig = serde_json::from_value(serde_json::json!({
         "hidden_size": HIDDEN, "intermediate_size": FFN, "vocab_size": VOCAB,
@@ -120,5 +126,82 @@ fn padded_batches_match_candle_transformers_llama() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "largest logit difference {worst} for {ids:?}");
+    }
+}
+
+/// The same model in f16 and bf16 (weights, activations, KV cache) gives the f32
+/// model's logits to within half precision, through a padded prefill and two cached
+/// decoding steps.
+#[test]
+fn half_precision_tracks_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = random_weights(dir.path());
+    let config = LlamaConfig {
+        vocab_size: VOCAB,
+        hidden_size: HIDDEN,
+        intermediate_size: FFN,
+        num_layers: LAYERS,
+        num_heads: HEADS,
+        num_kv_heads: KV_HEADS,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_positions: 128,
+        rope_interleaved: false,
+    };
+    let run = |dtype: DType| -> Vec<Vec<Vec<f32>>> {
+        let model = Llama::from_safetensors(
+            std::slice::from_ref(&weights),
+            config.clone(),
+            false,
+            dtype,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut cache = model.new_cache(2);
+        let mut steps = vec![
+            model
+                .forward(
+                    &[vec![0, 0, 3, 14, 15], vec![6, 5, 35, 8, 9]],
+                    &[2, 0],
+                    &mut cache,
+                )
+                .unwrap()
+                .to_vec2()
+                .unwrap(),
+        ];
+        for next in [[7u32, 9], [2, 4]] {
+            let tokens = [vec![next[0]], vec![next[1]]];
+            steps.push(
+                model
+                    .forward(&tokens, &[0, 0], &mut cache)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap(),
+            );
+        }
+        steps
+    };
+    let reference = run(DType::F32);
+    let scale = reference
+        .iter()
+        .flatten()
+        .flatten()
+        .fold(0f32, |m, v| m.max(v.abs()));
+    for (dtype, tolerance) in [(DType::F16, 1e-2), (DType::BF16, 5e-2)] {
+        let half = run(dtype);
+        let worst = half
+            .iter()
+            .flatten()
+            .flatten()
+            .zip(reference.iter().flatten().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{dtype:?}: largest logit difference {worst} (logits up to {scale})");
+        assert!(
+            worst / scale < tolerance,
+            "{dtype:?}: largest difference {worst} against logits up to {scale}"
+        );
+        // And it is really held in that precision: it differs from f32 at all.
+        assert!(worst > 0.0, "{dtype:?} gave f32's logits exactly");
     }
 }

@@ -38,6 +38,8 @@ fn weight_format(format: WeightFormat) -> labelfleet_models::WeightFormat {
         WeightFormat::Stored => labelfleet_models::WeightFormat::Stored,
         WeightFormat::Q8_0 => labelfleet_models::WeightFormat::Q8_0,
         WeightFormat::F32 => labelfleet_models::WeightFormat::F32,
+        WeightFormat::F16 => labelfleet_models::WeightFormat::F16,
+        WeightFormat::Bf16 => labelfleet_models::WeightFormat::Bf16,
     }
 }
 
