@@ -50,15 +50,16 @@ impl LlamaConfig {
         self.hidden_size / self.num_heads
     }
 
-    /// Bytes one prompt of `tokens` tokens needs while it is decoded in a batch, in f32:
-    /// its key/value cache in every layer, one layer's attention scores and
-    /// activations during prefill, and its logits.
-    pub fn bytes_per_row(&self, tokens: usize) -> u64 {
-        let f = 4u64;
+    /// Bytes one prompt of `tokens` tokens needs while it is decoded in a batch by a
+    /// model whose activations are `dtype`: its key/value cache in every layer and one
+    /// layer's activations in that dtype, and one layer's attention scores during
+    /// prefill and its logits in f32 (they are always computed in f32).
+    pub fn bytes_per_row(&self, tokens: usize, dtype: DType) -> u64 {
+        let (e, f) = (dtype.size_in_bytes() as u64, 4u64);
         let t = tokens as u64;
-        let kv = 2 * self.num_layers as u64 * (self.num_kv_heads * self.head_dim()) as u64 * t * f;
+        let kv = 2 * self.num_layers as u64 * (self.num_kv_heads * self.head_dim()) as u64 * t * e;
         let scores = self.num_heads as u64 * t * t * f;
-        let activations = t * (4 * self.hidden_size + 2 * self.intermediate_size) as u64 * f;
+        let activations = t * (4 * self.hidden_size + 2 * self.intermediate_size) as u64 * e;
         kv + scores + activations + self.vocab_size as u64 * f
     }
 }
@@ -585,6 +586,12 @@ impl Llama {
             sin,
             device: device.clone(),
         })
+    }
+
+    /// The dtype of the model's activations (its weights' when dense, f32 when
+    /// quantized).
+    pub fn dtype(&self) -> DType {
+        self.embeddings.dtype()
     }
 
     /// The model's shape.

@@ -205,3 +205,33 @@ fn half_precision_tracks_f32() {
         assert!(worst > 0.0, "{dtype:?} gave f32's logits exactly");
     }
 }
+
+/// The memory a decoding row needs follows the activations' precision: half the cache
+/// and activations in bf16, the f32 scores and logits unchanged (SmolLM2-135M's shape).
+#[test]
+fn a_row_in_half_precision_needs_less_memory() {
+    let smol = LlamaConfig {
+        vocab_size: 49_152,
+        hidden_size: 576,
+        intermediate_size: 1_536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_positions: 8_192,
+        rope_interleaved: true,
+    };
+    let kv = 2 * 30 * 3 * 64 * 1024;
+    let scores = 9 * 1024 * 1024 * 4;
+    let activations = 1024 * (4 * 576 + 2 * 1536);
+    let logits = 49_152 * 4;
+    assert_eq!(
+        smol.bytes_per_row(1024, DType::F32),
+        (kv * 4 + scores + activations * 4 + logits) as u64
+    );
+    assert_eq!(
+        smol.bytes_per_row(1024, DType::BF16),
+        (kv * 2 + scores + activations * 2 + logits) as u64
+    );
+}

@@ -101,14 +101,15 @@ pub(crate) fn read_data(path: &str, format: DatasetFormat) -> Result<Vec<Dialogu
 }
 
 /// Dialogues per batch, when the job leaves it open: 8 on a CPU; on a GPU as many as
-/// its free memory holds at about 1,024 tokens a dialogue (at most 64). Logged.
-fn auto_batch_size(device: &str, config: &labelfleet_models::LlamaConfig) -> usize {
+/// its free memory holds at about 1,024 tokens a dialogue in the model's precision (at
+/// most 64). Logged.
+fn auto_batch_size(device: &str, model: &labelfleet_models::Llama) -> usize {
     const CPU_BATCH: usize = 8;
     let Some(ordinal) = crate::gpu::cuda_ordinal(device) else {
         tracing::info!(batch_size = CPU_BATCH, "batch size: the CPU default");
         return CPU_BATCH;
     };
-    let per_row = config.bytes_per_row(1024);
+    let per_row = model.config().bytes_per_row(1024, model.dtype());
     match crate::gpu::free_memory(ordinal) {
         Ok(free) => {
             let batch = crate::gpu::batch_for_memory(free, per_row, 64);
@@ -266,7 +267,7 @@ impl JobRunner for SelfLabelRunner {
         .map_err(|e| JobFailure::new(format!("loading models failed: {e}")))??;
         let seeded = seeds.len();
         if spec.batch_size.is_none() {
-            spec.batch_size = Some(auto_batch_size(&spec.model.device, lm.model.config()));
+            spec.batch_size = Some(auto_batch_size(&spec.model.device, &lm.model));
         }
         let mut labelling = Labelling {
             spec,
