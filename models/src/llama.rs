@@ -867,26 +867,28 @@ impl Llama {
                 views
             }
         };
-        let groups = c.num_heads / c.num_kv_heads;
+        // The query heads that share a key/value head sit side by side in `q`, so one
+        // matmul per key/value head serves all of them: the cache is read in place,
+        // never copied out once per query head.
+        let (kv_heads, groups) = (c.num_kv_heads, c.num_heads / c.num_kv_heads);
         let total = k.dim(2)?;
-        let expand = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.unsqueeze(2)?
-                .expand((rows, c.num_kv_heads, groups, total, head_dim))?
-                .reshape((rows, c.num_heads, total, head_dim))
-        };
-        let (k, v) = (expand(&k)?, expand(&v)?);
+        let q = q.reshape((rows, kv_heads, groups * len, head_dim))?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         // In half precision the scores are summed in f32: f16 overflows past 65,504.
         let dtype = x.dtype();
-        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?;
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?
+            .reshape((rows, kv_heads, groups, len, total))?
+            .broadcast_add(&mask.unsqueeze(2)?)?;
         let weights = if training {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let attended = weights
+            .reshape((rows, kv_heads, groups * len, total))?
             .to_dtype(dtype)?
-            .matmul(&v.contiguous()?)?
+            .matmul(&v)?
+            .reshape((rows, c.num_heads, len, head_dim))?
             .transpose(1, 2)?
             .reshape((rows, len, c.hidden_size))?;
         let x = (x + layer.wo.forward(&attended)?)?;
