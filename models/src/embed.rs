@@ -68,11 +68,18 @@ impl SentenceEmbedder {
         self.dimension
     }
 
-    /// Embeds `texts` in batches of `batch_size`; each result has unit length.
+    /// Embeds `texts` in batches of `batch_size`; each result has unit length and is
+    /// returned in the order of `texts`. Texts are batched longest first, as
+    /// sentence-transformers does, so that each batch pads little.
     pub fn embed(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(batch_size.max(1)) {
-            out.extend(self.embed_batch(chunk)?);
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].chars().count()));
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+            for (&i, embedding) in chunk.iter().zip(self.embed_batch(&batch)?) {
+                out[i] = embedding;
+            }
         }
         Ok(out)
     }

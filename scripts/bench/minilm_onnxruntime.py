@@ -3,6 +3,7 @@
 No PyPI package ships all-MiniLM-L6-v2 as an fp32 ONNX graph, so this builds one from
 the same safetensors with the `onnx` package's helpers (BERT encoder, mean pooling, L2
 normalisation), then embeds the sentences read from stdin (a JSON list) in batches,
+longest first (as sentence-transformers and the candle path batch),
 tokenising with the `tokenizers` package as the candle path does.
 
 Usage: python minilm_onnxruntime.py MODEL_DIR BATCH < sentences.json
@@ -126,11 +127,19 @@ def main():
 
     run(sentences[:batch])  # warm-up
     started = time.perf_counter()
-    out = [run(sentences[i:i + batch]) for i in range(0, len(sentences), batch)]
+    # Longest first, as sentence-transformers (and the candle path) batch.
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+    out = np.zeros((len(sentences), 0), dtype=np.float32)
+    for i in range(0, len(order), batch):
+        chunk = order[i:i + batch]
+        embedded = run([sentences[j] for j in chunk])
+        if out.shape[1] == 0:
+            out = np.zeros((len(sentences), embedded.shape[1]), dtype=np.float32)
+        out[chunk] = embedded
     seconds = time.perf_counter() - started
     json.dump({
         "sentences_per_second": len(sentences) / seconds,
-        "embeddings": np.concatenate(out).tolist(),
+        "embeddings": out.tolist(),
     }, sys.stdout)
 
 
