@@ -5,7 +5,8 @@
 //! 1. MiniLM sentence embeddings, batch 32: our candle path vs onnxruntime over a graph
 //!    built from the same safetensors (`scripts/bench/minilm_onnxruntime.py`); both
 //!    tokenise. The two outputs are also compared (they must agree to 1e-4).
-//! 2. SmolLM2-135M GGUF decode, single stream, greedy: ours (each weight format) vs
+//! 2. SmolLM2-135M GGUF decode, single stream, greedy: ours (each weight format; on a
+//!    GPU `q8_0`, `f32` and `bf16`) vs
 //!    llama.cpp (`scripts/bench/smollm2_llama_cpp.py`), prefill excluded on both sides.
 //! 3. Our aggregate decode tokens/s with 16 prompts batched, vs llama.cpp single-stream.
 //! 4. self_label turns/s over 50 dialogues (first turns of each), end to end through
@@ -132,6 +133,49 @@ fn embeddings(device: &labelfleet_models::Device) {
     }
 }
 
+/// The peak GPU memory a piece of work takes: free memory is sampled with nvidia-smi
+/// every 100 ms while it runs, against what was free before it started.
+struct GpuMemoryWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+    free_before: u64,
+}
+
+impl GpuMemoryWatch {
+    /// Starts watching `device` when it is a GPU.
+    fn start(device_name: &str) -> Option<GpuMemoryWatch> {
+        let ordinal = labelfleet_worker::gpu::cuda_ordinal(device_name)?;
+        let free_before = labelfleet_worker::gpu::free_memory(ordinal).ok()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut least = free_before;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(free) = labelfleet_worker::gpu::free_memory(ordinal) {
+                    least = least.min(free);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            least
+        });
+        Some(GpuMemoryWatch {
+            stop,
+            sampler,
+            free_before,
+        })
+    }
+
+    /// The peak, in MiB, as text for a result line.
+    fn finish(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let least = self.sampler.join().unwrap_or(self.free_before);
+        format!(
+            "  (GPU memory peak {} MiB)",
+            (self.free_before - least) >> 20
+        )
+    }
+}
+
 fn chat(question: &str) -> String {
     format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
 }
@@ -146,9 +190,16 @@ fn decode(device: &labelfleet_models::Device, device_name: &str, single: bool, b
     println!(
         "\n2. SmolLM2-135M Q4_1 GGUF, greedy, {NEW_TOKENS} new tokens, single stream (prefill excluded)"
     );
+    // On a GPU the dense half-precision formats are the ones worth timing.
+    let formats: &[WeightFormat] = if device_name == "cpu" {
+        &[WeightFormat::Stored, WeightFormat::Q8_0, WeightFormat::F32]
+    } else {
+        &[WeightFormat::Q8_0, WeightFormat::F32, WeightFormat::Bf16]
+    };
     let mut best_single = 0f64;
     let mut best_format = WeightFormat::Stored;
-    for format in [WeightFormat::Stored, WeightFormat::Q8_0, WeightFormat::F32] {
+    for &format in formats {
+        let watch = GpuMemoryWatch::start(device_name);
         let lm = load_causal_lm(&gguf, format, device).unwrap();
         lm.generate(
             std::slice::from_ref(&prompt),
@@ -160,7 +211,8 @@ fn decode(device: &labelfleet_models::Device, device_name: &str, single: bool, b
         .unwrap();
         let (_, timing) = lm.generate(std::slice::from_ref(&prompt), &params).unwrap();
         let rate = timing.new_tokens as f64 / timing.decode_seconds;
-        println!("  labelfleet, weights {format:<8?}  {rate:>8.1} tokens/s");
+        let memory = watch.map(GpuMemoryWatch::finish).unwrap_or_default();
+        println!("  labelfleet, weights {format:<8?}  {rate:>8.1} tokens/s{memory}");
         if rate > best_single {
             best_single = rate;
             best_format = format;
@@ -197,11 +249,18 @@ fn decode(device: &labelfleet_models::Device, device_name: &str, single: bool, b
     let prompts: Vec<String> = (0..16)
         .map(|i| chat(&format!("{} (version {i})", questions[i % questions.len()])))
         .collect();
-    for format in [WeightFormat::Q8_0, WeightFormat::F32] {
+    let formats: &[WeightFormat] = if device_name == "cpu" {
+        &[WeightFormat::Q8_0, WeightFormat::F32]
+    } else {
+        &[WeightFormat::F32, WeightFormat::Bf16]
+    };
+    for &format in formats {
+        let watch = GpuMemoryWatch::start(device_name);
         let lm = load_causal_lm(&gguf, format, device).unwrap();
         let (_, timing) = lm.generate(&prompts, &params).unwrap();
         let rate = timing.new_tokens as f64 / timing.decode_seconds;
-        print!("  labelfleet, weights {format:<8?}  {rate:>8.1} tokens/s aggregate");
+        let memory = watch.map(GpuMemoryWatch::finish).unwrap_or_default();
+        print!("  labelfleet, weights {format:<8?}  {rate:>8.1} tokens/s aggregate{memory}");
         match llama_cpp {
             Some(theirs) => println!(
                 "  = {:.2}x llama.cpp single-stream (goal >= 2x)",
