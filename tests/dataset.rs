@@ -137,6 +137,8 @@ fn a_fleet_labelled_group_exports_and_loads_with_datasets() {
         serde_json::json!(dialogue.turns[1].system_acts)
     );
     assert_eq!(first["last_system_response_acts"], serde_json::json!([]));
+    // MultiWOZ has a system reply after every user turn, the last labelled one included.
+    assert_eq!(split("train")["empty_responses"], 0);
     // Each row's state is the one the fleet labelled.
     let mut labelled: BTreeMap<(String, u64), Value> = BTreeMap::new();
     for e in &entries {

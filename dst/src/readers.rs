@@ -121,20 +121,15 @@ fn read_multiwoz21(value: Value) -> Result<Vec<Dialogue>, String> {
         let dialogue: MwozDialogue =
             serde_json::from_value(dialogue).map_err(|e| format!("dialogue {id}: {e}"))?;
         let mut turns = Vec::new();
-        let mut acts = Vec::new();
+        // The system turns: none before the user opens, then each reply.
+        let mut system = vec![(String::new(), Vec::new())];
         for (k, pair) in dialogue.log.chunks(2).enumerate() {
-            let [user, system] = pair else { break };
-            let (before, before_acts) = match k {
-                0 => (String::new(), Vec::new()),
-                _ => {
-                    let before = &dialogue.log[2 * k - 1];
-                    (before.text.clone(), multiwoz_acts(before))
-                }
-            };
-            turns.push((before, user.text.clone(), multiwoz_state(&system.metadata)));
-            acts.push(before_acts);
+            let [user, reply] = pair else { break };
+            let before = system[k].0.clone();
+            turns.push((before, user.text.clone(), multiwoz_state(&reply.metadata)));
+            system.push((reply.text.clone(), multiwoz_acts(reply)));
         }
-        out.push(Dialogue::from_states(&id, turns).with_system_acts(acts));
+        out.push(Dialogue::from_states(&id, turns).with_system_turns(system));
     }
     Ok(out)
 }
@@ -198,6 +193,12 @@ fn read_icdst(value: Value) -> Result<Vec<Dialogue>, String> {
                 return Err(format!("dialogue {id}: turn {expected} is missing"));
             }
         }
+        // A turn's system utterance is the reply to the turn before; the last reply is
+        // not in the file.
+        let system: Vec<(String, Vec<String>)> = turns
+            .iter()
+            .map(|t| (t.dialog.sys.last().cloned().unwrap_or_default(), Vec::new()))
+            .collect();
         let states = turns.into_iter().map(|t| {
             let mut state = SlotValues::new();
             for (name, value) in &t.slot_values {
@@ -209,7 +210,7 @@ fn read_icdst(value: Value) -> Result<Vec<Dialogue>, String> {
             let user = t.dialog.usr.last().cloned().unwrap_or_default();
             (system, user, state)
         });
-        out.push(Dialogue::from_states(&id, states.collect::<Vec<_>>()));
+        out.push(Dialogue::from_states(&id, states.collect::<Vec<_>>()).with_system_turns(system));
     }
     Ok(out)
 }
@@ -261,9 +262,11 @@ fn read_sgd(value: Value) -> Result<Vec<Dialogue>, String> {
         let mut last_system = String::new();
         let mut last_acts = Vec::new();
         let mut turns = Vec::new();
-        let mut acts = Vec::new();
+        let mut system = Vec::new();
+        let mut system_spoke_last = false;
         for t in d.turns {
-            if t.speaker.eq_ignore_ascii_case("system") {
+            system_spoke_last = t.speaker.eq_ignore_ascii_case("system");
+            if system_spoke_last {
                 last_system = t.utterance;
                 last_acts = t
                     .frames
@@ -296,10 +299,13 @@ fn read_sgd(value: Value) -> Result<Vec<Dialogue>, String> {
                     }
                 }
             }
+            system.push((last_system.clone(), std::mem::take(&mut last_acts)));
             turns.push((std::mem::take(&mut last_system), t.utterance, state.clone()));
-            acts.push(std::mem::take(&mut last_acts));
         }
-        out.push(Dialogue::from_states(&d.dialogue_id, turns).with_system_acts(acts));
+        if system_spoke_last {
+            system.push((last_system, last_acts));
+        }
+        out.push(Dialogue::from_states(&d.dialogue_id, turns).with_system_turns(system));
     }
     Ok(out)
 }

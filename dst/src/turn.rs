@@ -20,6 +20,12 @@ pub struct Turn {
     pub system_acts: Vec<String>,
     /// The user utterance.
     pub user_utterance: String,
+    /// What the system said next, where the data has it (empty otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub system_response: String,
+    /// That response's dialogue acts, where annotated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_response_acts: Vec<String>,
     /// The full belief state after this turn.
     pub slot_values: SlotValues,
     /// The state after the previous turn.
@@ -57,6 +63,8 @@ impl Dialogue {
                     system_utterance,
                     system_acts: Vec::new(),
                     user_utterance,
+                    system_response: String::new(),
+                    system_response_acts: Vec::new(),
                     last_slot_values: std::mem::replace(&mut last, slot_values.clone()),
                     slot_values,
                     turn_slot_values,
@@ -66,10 +74,19 @@ impl Dialogue {
         Dialogue { dialogue_id, turns }
     }
 
-    /// Sets each turn's [`Turn::system_acts`], in turn order.
-    pub fn with_system_acts(mut self, acts: impl IntoIterator<Item = Vec<String>>) -> Dialogue {
-        for (turn, acts) in self.turns.iter_mut().zip(acts) {
-            turn.system_acts = acts;
+    /// Sets what the system said around each user turn from the dialogue's system
+    /// turns, each as (utterance, acts): entry i is the one before user turn i (the
+    /// first is empty when the user opens), and entry i + 1 is turn i's response. The
+    /// final response may be missing.
+    pub fn with_system_turns(mut self, system: Vec<(String, Vec<String>)>) -> Dialogue {
+        for (i, turn) in self.turns.iter_mut().enumerate() {
+            if let Some((_, acts)) = system.get(i) {
+                turn.system_acts = acts.clone();
+            }
+            if let Some((text, acts)) = system.get(i + 1) {
+                turn.system_response = text.clone();
+                turn.system_response_acts = acts.clone();
+            }
         }
         self
     }

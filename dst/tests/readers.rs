@@ -33,8 +33,17 @@ fn the_three_formats_of_one_dialogue_agree() {
     let icdst = read_dataset(&fixture("same_dialogue.icdst.json"), Format::Icdst).unwrap();
     let sgd = read_dataset(&fixture("same_dialogue.sgd.json"), Format::Sgd).unwrap();
     assert_eq!(mwoz.len(), 1);
-    assert_eq!(mwoz, icdst, "MultiWOZ 2.1 and IC-DST readers disagree");
     assert_eq!(mwoz, sgd, "MultiWOZ 2.1 and SGD readers disagree");
+    // IC-DST's file has no system turn after the last user turn; apart from that reply,
+    // it agrees too.
+    let mut without_last_reply = mwoz.clone();
+    let last = without_last_reply[0].turns.last_mut().unwrap();
+    assert!(!last.system_response.is_empty());
+    last.system_response.clear();
+    assert_eq!(
+        without_last_reply, icdst,
+        "MultiWOZ 2.1 and IC-DST readers disagree"
+    );
     let d = &mwoz[0];
     assert_eq!(d.dialogue_id, "PMUL1635");
     assert_eq!(d.turns.len(), 9);
@@ -52,6 +61,8 @@ fn the_three_formats_of_one_dialogue_agree() {
         d.turns[1].system_utterance,
         "I can help you with that . What is your price range ?"
     );
+    // Each turn's response is the next turn's system utterance.
+    assert_eq!(d.turns[0].system_response, d.turns[1].system_utterance);
     let last = &d.turns.last().unwrap().slot_values;
     assert!(
         last.keys().any(|k| k.starts_with("hotel-book ")),
@@ -91,6 +102,10 @@ fn multiwoz21_validation_set_reads_completely() {
         .unwrap();
     assert!(d.turns[0].system_acts.is_empty());
     assert_eq!(d.turns[1].system_acts, ["Hotel-Request(Price=?)"]);
+    assert_eq!(d.turns[0].system_response_acts, d.turns[1].system_acts);
+    // The reply to the last user turn is kept too.
+    let log_end = d.turns.last().unwrap();
+    assert!(!log_end.system_response.is_empty() && !log_end.system_response_acts.is_empty());
     assert_eq!(
         d.turns[2].system_acts,
         [
@@ -130,6 +145,14 @@ fn icdst_and_sgd_files_read() {
             "Restaurants_2-REQUEST(restaurant_name)",
             "Restaurants_2-REQUEST(location)"
         ]
+    );
+    assert_eq!(
+        first.turns[0].system_response_acts,
+        first.turns[1].system_acts
+    );
+    assert_eq!(
+        first.turns[0].system_response,
+        first.turns[1].system_utterance
     );
 }
 

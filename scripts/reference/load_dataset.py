@@ -18,6 +18,7 @@ for split, rows in dataset.items():
         "rows": len(rows),
         "columns": rows.column_names,
         "dialogues": len(set(rows["dialogue_id"])),
+        "empty_responses": sum(1 for r in rows["system_response"] if not r),
         "first": first,
         "slot_values": [
             {k: v for k, v in r.items() if v is not None} for r in rows["slot_values"]

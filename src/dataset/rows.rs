@@ -52,6 +52,11 @@ struct LoggedTurn {
     #[serde(default)]
     system_acts: Vec<String>,
     user_utterance: String,
+    /// Absent in logs written before responses were logged.
+    #[serde(default)]
+    system_response: Option<String>,
+    #[serde(default)]
+    system_response_acts: Vec<String>,
     last_slot_values: SlotValues,
     slot_values: SlotValues,
     turn_slot_values: SlotValues,
@@ -88,14 +93,20 @@ pub fn rows_of_log(bytes: &[u8], source: &str) -> Result<Vec<TurnRow>, String> {
                     .iter()
                     .map(|u| u.system_utterance.clone())
                     .collect(),
-                system_response: turns
-                    .get(i + 1)
-                    .map(|n| n.system_utterance.clone())
-                    .unwrap_or_default(),
-                system_response_acts: turns
-                    .get(i + 1)
-                    .map(|n| n.system_acts.clone())
-                    .unwrap_or_default(),
+                // Logs without responses: the next logged turn's system utterance.
+                system_response: t.system_response.clone().unwrap_or_else(|| {
+                    turns
+                        .get(i + 1)
+                        .map(|n| n.system_utterance.clone())
+                        .unwrap_or_default()
+                }),
+                system_response_acts: match t.system_response {
+                    Some(_) => t.system_response_acts.clone(),
+                    None => turns
+                        .get(i + 1)
+                        .map(|n| n.system_acts.clone())
+                        .unwrap_or_default(),
+                },
                 turn_slot_values: t.turn_slot_values.clone(),
                 slot_values: t.slot_values.clone(),
                 last_slot_values: t.last_slot_values.clone(),
@@ -135,5 +146,17 @@ mod tests {
         assert_eq!(rows[1].system_response, "");
         assert_eq!(rows[1].domains, ["hotel"]);
         assert!(rows_of_log(b"{}", "g/x").unwrap_err().contains("g/x"));
+    }
+
+    #[test]
+    fn a_logged_response_is_used_even_after_the_last_logged_turn() {
+        let log = serde_json::json!({"turns": [
+            {"dialogue_id": "d1", "turn_id": 0, "system_utterance": "", "user_utterance": "a taxi",
+             "system_response": "where to?", "system_response_acts": ["Taxi-Request(Dest)"],
+             "last_slot_values": {}, "slot_values": {}, "turn_slot_values": {}}
+        ]});
+        let rows = rows_of_log(log.to_string().as_bytes(), "g/job_0").unwrap();
+        assert_eq!(rows[0].system_response, "where to?");
+        assert_eq!(rows[0].system_response_acts, ["Taxi-Request(Dest)"]);
     }
 }

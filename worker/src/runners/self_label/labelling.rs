@@ -32,6 +32,12 @@ pub struct LabelledTurn {
     pub system_acts: Vec<String>,
     /// The user utterance.
     pub user_utterance: String,
+    /// What the system said next, where the data has it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub system_response: String,
+    /// That response's dialogue acts, where annotated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_response_acts: Vec<String>,
     /// The predicted state before the turn.
     pub last_slot_values: SlotValues,
     /// The predicted state after the turn.
@@ -219,6 +225,8 @@ impl Labelling {
                     system_utterance: turn.system_utterance.clone(),
                     system_acts: turn.system_acts.clone(),
                     user_utterance: turn.user_utterance.clone(),
+                    system_response: turn.system_response.clone(),
+                    system_response_acts: turn.system_response_acts.clone(),
                     turn_slot_values: labelfleet_dst::delta(&last, &state),
                     last_slot_values: last,
                     slot_values: state,
