@@ -108,21 +108,13 @@ impl PackedWeights {
             .par_chunks_mut(outputs_per_task * rows)
             .enumerate()
             .for_each(|(task, chunk)| {
-                let mut pair = vec![0f32; 2 * self.inputs];
+                let mut weights = vec![0f32; self.inputs];
                 let first = task * outputs_per_task;
-                // Two weight rows at a time: each chunk of input then meets two rows.
-                for (i, out) in chunk.chunks_mut(2 * rows).enumerate() {
-                    let o = first + 2 * i;
-                    let count = out.len() / rows;
-                    let blocks = &bytes[o * per_row..(o + count) * per_row];
-                    let weights = &mut pair[..count * self.inputs];
-                    for (blocks, weights) in blocks
-                        .chunks_exact(per_row)
-                        .zip(weights.chunks_exact_mut(self.inputs))
-                    {
-                        kernels::dequantize(self.format, blocks, weights);
-                    }
-                    kernels::dot_rows(weights, self.inputs, xs, out);
+                for (i, out) in chunk.chunks_mut(rows).enumerate() {
+                    let o = first + i;
+                    let blocks = &bytes[o * per_row..(o + 1) * per_row];
+                    kernels::dequantize(self.format, blocks, &mut weights);
+                    kernels::dot_rows(&weights, xs, out);
                 }
             });
         if rows == 1 {
@@ -152,16 +144,14 @@ mod kernels {
         dequantize_portable(format, blocks, out)
     }
 
-    /// `out[w · rows + r] = weights[w] · xs[r]` for the one or two weight rows in
-    /// `weights` (each `k` long) and every row of `xs`.
-    pub fn dot_rows(weights: &[f32], k: usize, xs: &[f32], out: &mut [f32]) {
+    pub fn dot_rows(weights: &[f32], xs: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: as above.
-            return unsafe { dot_rows_avx2(weights, k, xs, out) };
+            return unsafe { dot_rows_avx2(weights, xs, out) };
         }
-        dot_rows_portable(weights, k, xs, out)
+        dot_rows_portable(weights, xs, out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -172,8 +162,8 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_rows_avx2(weights: &[f32], k: usize, xs: &[f32], out: &mut [f32]) {
-        dot_rows_portable(weights, k, xs, out)
+    unsafe fn dot_rows_avx2(weights: &[f32], xs: &[f32], out: &mut [f32]) {
+        dot_rows_portable(weights, xs, out)
     }
 
     #[inline(always)]
@@ -199,68 +189,21 @@ mod kernels {
         }
     }
 
+    /// `out[r] = weights · xs[r]` for every row r of `xs`; 16 lanes keep the
+    /// accumulation vectorisable (float sums are not reordered otherwise).
     #[inline(always)]
-    fn dot_rows_portable(weights: &[f32], k: usize, xs: &[f32], out: &mut [f32]) {
-        let rows = xs.len() / k;
-        let x = |r: usize| &xs[r * k..(r + 1) * k];
-        let (w0, w1) = (&weights[..k], weights.get(k..2 * k));
-        let mut r = 0;
-        // Tiles of up to 2 weight rows × 4 input rows: every loaded chunk of weights
-        // serves 4 multiply-adds and every chunk of input 2, where one dot product at a
-        // time loads two values per multiply-add.
-        while r < rows {
-            let four = rows - r >= 4;
-            match (w1, four) {
-                (Some(w1), true) => {
-                    let tile = dot_tile([w0, w1], [x(r), x(r + 1), x(r + 2), x(r + 3)]);
-                    put(out, rows, r, tile)
-                }
-                (Some(w1), false) => put(out, rows, r, dot_tile([w0, w1], [x(r)])),
-                (None, true) => {
-                    let tile = dot_tile([w0], [x(r), x(r + 1), x(r + 2), x(r + 3)]);
-                    put(out, rows, r, tile)
-                }
-                (None, false) => put(out, rows, r, dot_tile([w0], [x(r)])),
-            }
-            r += if four { 4 } else { 1 };
-        }
-    }
-
-    /// Writes a tile's dot products: weight row w, input row `first + i`.
-    #[inline(always)]
-    fn put<const W: usize, const R: usize>(
-        out: &mut [f32],
-        rows: usize,
-        first: usize,
-        tile: [[f32; R]; W],
-    ) {
-        for (w, dots) in tile.iter().enumerate() {
-            out[w * rows + first..w * rows + first + R].copy_from_slice(dots);
-        }
-    }
-
-    /// The W × R dot products of W weight rows with R input rows, 8 lanes per
-    /// accumulator (float sums are not reordered into vectors otherwise).
-    #[inline(always)]
-    fn dot_tile<const W: usize, const R: usize>(
-        weights: [&[f32]; W],
-        xs: [&[f32]; R],
-    ) -> [[f32; R]; W] {
-        let mut acc = [[[0f32; 8]; R]; W];
-        let chunks = weights[0].len() / 8;
-        for c in 0..chunks {
-            let at = c * 8;
-            for (w, acc) in weights.iter().zip(acc.iter_mut()) {
-                let wc: &[f32; 8] = w[at..at + 8].try_into().expect("8 lanes");
-                for (x, acc) in xs.iter().zip(acc.iter_mut()) {
-                    let xc: &[f32; 8] = x[at..at + 8].try_into().expect("8 lanes");
-                    for lane in 0..8 {
-                        acc[lane] = wc[lane].mul_add(xc[lane], acc[lane]);
-                    }
+    fn dot_rows_portable(weights: &[f32], xs: &[f32], out: &mut [f32]) {
+        let k = weights.len();
+        for (r, o) in out.iter_mut().enumerate() {
+            let x = &xs[r * k..(r + 1) * k];
+            let mut acc = [0f32; 16];
+            for (w, x) in weights.chunks_exact(16).zip(x.chunks_exact(16)) {
+                for lane in 0..16 {
+                    acc[lane] = w[lane].mul_add(x[lane], acc[lane]);
                 }
             }
+            *o = acc.iter().sum();
         }
-        acc.map(|per_w| per_w.map(|lanes| lanes.iter().sum()))
     }
 }
 
@@ -271,13 +214,12 @@ mod tests {
     #[test]
     fn matches_a_dense_matmul_on_the_dequantized_weights() {
         let device = Device::Cpu;
-        // An odd number of outputs leaves one weight row without a partner.
-        let w = Tensor::randn(0f32, 1.0, (47, 96), &device).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (48, 96), &device).unwrap();
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let dense = q.dequantize(&device).unwrap();
             let packed = PackedWeights::from_qtensor(Arc::new(q)).unwrap();
-            for rows in [1, 3, 4, 17] {
+            for rows in [1, 3, 17] {
                 let x = Tensor::randn(0f32, 1.0, (1, rows, 96), &device).unwrap();
                 let expected = x.broadcast_matmul(&dense.t().unwrap()).unwrap();
                 let ours = packed.forward(&x).unwrap();
