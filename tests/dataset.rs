@@ -75,11 +75,7 @@ fn a_fleet_labelled_group_exports_and_loads_with_datasets() {
         String::from_utf8_lossy(&first.stderr)
     );
     let stdout = String::from_utf8_lossy(&first.stdout).to_string();
-    let name = stdout
-        .lines()
-        .find_map(|l| l.split(" → ").next().filter(|_| l.contains(" → ")))
-        .unwrap()
-        .to_string();
+    let name = common::exported_name(&stdout);
     assert!(
         name.starts_with("tester/manifest_self_labelled_labels-demo_6_"),
         "{name}"
@@ -207,11 +203,7 @@ fn a_group_on_aws_exports_to_s3() {
         &to,
     ];
     let out = fleet.ok(&args);
-    let name = out
-        .lines()
-        .find_map(|l| l.split(" → ").next().filter(|_| l.contains(" → ")))
-        .unwrap()
-        .to_string();
+    let name = common::exported_name(&out);
     assert!(out.contains(&format!("→ {to}/{name}")), "{out}");
 
     let store = common::block_on(async {

@@ -10,34 +10,15 @@ mod common;
 mod hub;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Output;
 
-use common::Fleet;
+use common::{Fleet, files_under};
 use hub::{GITATTRIBUTES, MiniHub, Request};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "hf_writer_token_for_tests";
 const FINGERPRINT: &str = ".labelfleet-dataset.sha256";
-
-/// Every file under `dir`, by `/`-separated relative path.
-fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(folder) = stack.pop() {
-        for entry in std::fs::read_dir(folder).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let relative = path.strip_prefix(dir).unwrap().to_str().unwrap();
-                files.insert(relative.replace('\\', "/"), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    files
-}
 
 fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -98,11 +79,7 @@ fn a_fleet_labelled_group_is_published_to_the_hub() {
         ];
         args.extend_from_slice(extra);
         let out = fleet.ok(&args);
-        let name = out
-            .lines()
-            .find_map(|l| l.split(" → ").next().filter(|_| l.contains(" → ")))
-            .unwrap()
-            .to_string();
+        let name = common::exported_name(&out);
         (name.clone(), files_under(&dir.join(name)))
     };
     let (name, expected) = local(&[]);

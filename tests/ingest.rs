@@ -151,21 +151,8 @@ fn logs_under_an_s3_prefix_ingest_the_same() {
     let store = common::block_on(async {
         labelfleet_aws::S3ArtifactStore::new(&server.sdk_config().await, &bucket, "raw/logs")
     });
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let key = path.strip_prefix(&root).unwrap().to_str().unwrap();
-            common::block_on(store.put(
-                &ArtifactKey::new(key).unwrap(),
-                std::fs::read(&path).unwrap(),
-            ))
-            .unwrap();
-        }
+    for (key, bytes) in common::files_under(&root) {
+        common::block_on(store.put(&ArtifactKey::new(&key).unwrap(), bytes)).unwrap();
     }
     // An object beside the sessions that is not an archive is not read.
     common::block_on(store.put(

@@ -53,11 +53,9 @@ fn random_weights(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn padded_batches_match_candle_transformers_llama() {
-    let dir = tempfile::tempdir().unwrap();
-    let weights = random_weights(dir.path());
-    let config = LlamaConfig {
+/// The shape of the weights `random_weights` writes.
+fn test_config() -> LlamaConfig {
+    LlamaConfig {
         vocab_size: VOCAB,
         hidden_size: HIDDEN,
         intermediate_size: FFN,
@@ -68,7 +66,14 @@ fn padded_batches_match_candle_transformers_llama() {
         rope_theta: 10_000.0,
         max_positions: 128,
         rope_interleaved: false,
-    };
+    }
+}
+
+#[test]
+fn padded_batches_match_candle_transformers_llama() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = random_weights(dir.path());
+    let config = test_config();
     let ours = Llama::from_safetensors(
         std::slice::from_ref(&weights),
         config,
@@ -136,18 +141,7 @@ fn padded_batches_match_candle_transformers_llama() {
 fn half_precision_tracks_f32() {
     let dir = tempfile::tempdir().unwrap();
     let weights = random_weights(dir.path());
-    let config = LlamaConfig {
-        vocab_size: VOCAB,
-        hidden_size: HIDDEN,
-        intermediate_size: FFN,
-        num_layers: LAYERS,
-        num_heads: HEADS,
-        num_kv_heads: KV_HEADS,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_positions: 128,
-        rope_interleaved: false,
-    };
+    let config = test_config();
     let run = |dtype: DType| -> Vec<Vec<Vec<f32>>> {
         let model = Llama::from_safetensors(
             std::slice::from_ref(&weights),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -255,6 +256,32 @@ pub fn label_with_tiny_llama(fleet: &Fleet, group: &str, dialogues: usize) {
     let mut worker = fleet.spawn_worker("labeller", &["--wait", "1", "--idle-exit", "3"]);
     assert!(worker.wait(Duration::from_secs(300)).success());
     assert_eq!(fleet.entries(group).len(), 1);
+}
+
+/// Every file under `dir`, by `/`-separated relative path.
+pub fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap().to_str().unwrap();
+                files.insert(relative.replace('\\', "/"), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// The dataset name `upload-dataset` printed (its `NAME → WHERE` line).
+pub fn exported_name(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.split_once(" → ").map(|(name, _)| name.trim().to_string()))
+        .unwrap_or_else(|| panic!("no `NAME → WHERE` line in:\n{stdout}"))
 }
 
 /// A noop job.
