@@ -6,7 +6,6 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
 use labelfleet_core::error::{BackendError, BackendResult};
-use sha2::{Digest, Sha256};
 
 use crate::errors::{classify, code};
 
@@ -22,13 +21,6 @@ pub struct S3ArtifactStore {
     bucket: String,
     prefix: String,
     part_size: usize,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl S3ArtifactStore {
@@ -137,7 +129,7 @@ impl ArtifactStore for S3ArtifactStore {
 
     async fn put(&self, key: &ArtifactKey, bytes: Vec<u8>) -> BackendResult<()> {
         let object = self.object_key(key.as_str());
-        let checksum = sha256_hex(&bytes);
+        let checksum = labelfleet_core::hash::sha256_hex(&bytes);
         // S3 makes an object visible only once it is complete, so both paths are atomic.
         if bytes.len() >= self.part_size {
             return self.put_multipart(&object, &bytes, &checksum).await;
@@ -181,7 +173,7 @@ impl ArtifactStore for S3ArtifactStore {
             .into_bytes()
             .to_vec();
         if let Some(expected) = expected
-            && sha256_hex(&bytes) != expected
+            && labelfleet_core::hash::sha256_hex(&bytes) != expected
         {
             return Err(BackendError::Other(format!(
                 "{op}: the object's SHA-256 does not match the one recorded at upload; it is corrupt (re-run the job that wrote it)"

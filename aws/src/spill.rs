@@ -6,7 +6,6 @@ use std::sync::Arc;
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
 use labelfleet_core::error::{BackendError, BackendResult};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::S3ArtifactStore;
 
@@ -27,10 +26,7 @@ impl Spill {
 
     /// Stores `text` and returns the pointer to put in its place.
     pub async fn put(&self, kind: &str, text: &str) -> BackendResult<String> {
-        let digest: String = Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = labelfleet_core::hash::sha256_hex(text.as_bytes());
         let key = ArtifactKey::new(&format!("_spill/{kind}/{digest}"))?;
         self.store.put(&key, text.as_bytes().to_vec()).await?;
         Ok(serde_json::json!({ POINTER_KEY: key.as_str() }).to_string())

@@ -24,7 +24,6 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::provenance::Provenance;
 pub use crate::retrain::{
@@ -513,8 +512,7 @@ impl Job {
 
     /// A stable hash of the whole job (provenance included), for deduplication ids.
     pub fn content_hash(&self) -> String {
-        let digest = Sha256::digest(canonical_json(&self.to_value()).as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hash::sha256_hex(canonical_json(&self.to_value()).as_bytes())
     }
 }
 

@@ -25,6 +25,8 @@
 //! the ready ones as [`queue::Envelope`]s; a worker receives an envelope, runs the
 //! job, writes artifacts and a manifest entry, releases held dependents, and acks.
 //!
+//! [`hash`] spells every SHA-256 the workspace uses as text the same way.
+//!
 //! With the `conformance` feature, [`conformance`] holds the test suites that every
 //! backend of these contracts must pass unchanged.
 
@@ -33,6 +35,7 @@
 pub mod artifacts;
 pub mod board;
 pub mod error;
+pub mod hash;
 pub mod job;
 pub mod overrides;
 pub mod provenance;

@@ -6,7 +6,6 @@ use labelfleet_core::job::{Job, JobKey};
 use labelfleet_core::queue::{Envelope, OutgoingMessage, Queue};
 use labelfleet_manifest::completion::incomplete;
 use labelfleet_manifest::{Manifest, ManifestKey};
-use sha2::{Digest, Sha256};
 
 use crate::plan::PlannedJob;
 
@@ -30,8 +29,7 @@ pub fn message_for(job: &Job) -> OutgoingMessage {
     let group = if key.len() <= 128 {
         key
     } else {
-        let digest = Sha256::digest(key.as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        labelfleet_core::hash::sha256_hex(key.as_bytes())
     };
     OutgoingMessage {
         body: Envelope::wrap(job),

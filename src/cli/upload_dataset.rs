@@ -136,11 +136,7 @@ fn fingerprint(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
         hasher.update(file.display().to_string().as_bytes());
         hasher.update(std::fs::read(dir.join(file))?);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(labelfleet_core::hash::hex(&hasher.finalize()))
 }
 
 /// Runs `upload-dataset`.

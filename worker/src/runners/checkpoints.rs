@@ -96,11 +96,7 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
 
 /// 12 hex digits of the SHA-256 of `text`: a short, stable folder name.
 fn short_hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    labelfleet_core::hash::hex(&Sha256::digest(text.as_bytes())[..6])
 }
 
 async fn fetch(key: &ArtifactKey, ctx: &JobContext) -> Result<Vec<u8>, JobFailure> {

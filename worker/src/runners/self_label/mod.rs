@@ -131,7 +131,7 @@ fn auto_batch_size(device: &str, model: &labelfleet_models::Llama) -> usize {
 
 pub(crate) fn config_hash(job: &Job) -> String {
     let digest = Sha256::digest(canonical_json(&job.config_value()).as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    labelfleet_core::hash::hex(&digest[..16])
 }
 
 /// Labelled turns of earlier `self_label` jobs in `group`, as index entries (without
