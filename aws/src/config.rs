@@ -31,15 +31,11 @@ impl AwsTarget {
                     "--manifest `{manifest}`: expected dynamodb://TABLE"
                 ))
             })?;
-        let location = artifacts
-            .strip_prefix("s3://")
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| {
-                BackendError::Invalid(format!(
-                    "--artifacts `{artifacts}`: expected s3://bucket/prefix"
-                ))
-            })?;
-        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let (bucket, prefix) = parse_s3_location(artifacts).ok_or_else(|| {
+            BackendError::Invalid(format!(
+                "--artifacts `{artifacts}`: expected s3://bucket/prefix"
+            ))
+        })?;
         if queue.is_empty() {
             return Err(BackendError::Invalid(
                 "--queue: expected a queue URL or name".into(),
@@ -62,6 +58,14 @@ impl AwsTarget {
             format!("{name}.fifo")
         }
     }
+}
+
+/// The bucket and key prefix of `s3://bucket/prefix` (the prefix may be empty); `None`
+/// when `url` is not an S3 location with a bucket.
+pub fn parse_s3_location(url: &str) -> Option<(&str, &str)> {
+    let location = url.strip_prefix("s3://")?;
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    (!bucket.is_empty()).then_some((bucket, prefix))
 }
 
 /// Loads the SDK configuration from the standard chain (environment, profile, instance

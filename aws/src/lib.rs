@@ -38,7 +38,7 @@ mod table;
 pub mod testing;
 
 pub use board::DynamoBoard;
-pub use config::{AwsTarget, check_sdk_config, load_sdk_config};
+pub use config::{AwsTarget, check_sdk_config, load_sdk_config, parse_s3_location};
 pub use manifest::DynamoManifest;
 pub use s3::S3ArtifactStore;
 pub use setup::{SetupReport, setup};

@@ -38,6 +38,17 @@ impl S3ArtifactStore {
         }
     }
 
+    /// The store at `url` (`s3://bucket/prefix`), with the SDK configuration from the
+    /// standard chain, checked for a region and credentials before any call.
+    pub async fn open(url: &str) -> BackendResult<S3ArtifactStore> {
+        let (bucket, prefix) = crate::config::parse_s3_location(url).ok_or_else(|| {
+            BackendError::Invalid(format!("`{url}`: expected s3://bucket/prefix"))
+        })?;
+        let sdk = crate::config::load_sdk_config().await;
+        crate::config::check_sdk_config(&sdk).await?;
+        Ok(S3ArtifactStore::new(&sdk, bucket, prefix))
+    }
+
     /// Uses parts of `bytes` bytes for multipart uploads (S3's minimum is 5 MiB).
     pub fn with_part_size(mut self, bytes: usize) -> S3ArtifactStore {
         self.part_size = bytes.max(5 * 1024 * 1024);

@@ -29,9 +29,9 @@ pub struct IngestArgs {
 
 /// Runs `ingest`.
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
-    let (rows, stats) = match args.source.strip_prefix("s3://") {
-        Some(location) => ingest_s3(location, &args.csv, &args.text_column).await?,
-        None => {
+    let (rows, stats) = match args.source.starts_with("s3://") {
+        true => ingest_s3(&args.source, &args.csv, &args.text_column).await?,
+        false => {
             let root = PathBuf::from(&args.source);
             if !root.is_dir() {
                 anyhow::bail!("{} is not a folder", root.display());
@@ -65,29 +65,22 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads every `logs.tar.gz` under `s3://{location}`, one object at a time; a session is
-/// an archive's folder relative to the prefix.
+/// Reads every `logs.tar.gz` under the S3 location `url`, one object at a time; a
+/// session is an archive's folder relative to the prefix.
 async fn ingest_s3(
-    location: &str,
+    url: &str,
     csv: &str,
     text_column: &str,
 ) -> anyhow::Result<(Vec<LogRow>, Stats)> {
-    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-    if bucket.is_empty() {
-        anyhow::bail!("s3://{location}: expected s3://bucket/prefix");
-    }
-    let prefix = prefix.trim_end_matches('/');
-    let sdk = labelfleet_aws::load_sdk_config().await;
-    labelfleet_aws::check_sdk_config(&sdk).await?;
-    let store = labelfleet_aws::S3ArtifactStore::new(&sdk, bucket, prefix);
+    let store = labelfleet_aws::S3ArtifactStore::open(url).await?;
     let archives: Vec<_> = store
         .list("")
         .await
-        .with_context(|| format!("listing s3://{location}"))?
+        .with_context(|| format!("listing {url}"))?
         .into_iter()
         .filter(|key| key.as_str() == ARCHIVE || key.as_str().ends_with(&format!("/{ARCHIVE}")))
         .collect();
-    tracing::info!(archives = archives.len(), "found under s3://{location}");
+    tracing::info!(archives = archives.len(), "found under {url}");
     let mut ingester = Ingester::new(csv, text_column);
     for (i, key) in archives.iter().enumerate() {
         let session = key

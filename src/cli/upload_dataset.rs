@@ -91,7 +91,7 @@ impl Progress {
 enum Destination {
     /// A local folder.
     Folder(PathBuf),
-    /// `bucket/prefix` of an `s3://` location.
+    /// An `s3://bucket/prefix` location.
     S3(String),
     /// A Hub owner, and the repository's name when given.
     Hub { owner: String, name: Option<String> },
@@ -99,8 +99,8 @@ enum Destination {
 
 impl Destination {
     fn parse(to: &str) -> anyhow::Result<Destination> {
-        if let Some(location) = to.strip_prefix("s3://") {
-            return Ok(Destination::S3(location.to_string()));
+        if to.starts_with("s3://") {
+            return Ok(Destination::S3(to.to_string()));
         }
         let Some(hub) = to.strip_prefix("hf://") else {
             return Ok(Destination::Folder(PathBuf::from(to)));
@@ -241,9 +241,7 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
     let files = write_dataset(&scratch, &splits, &card)?;
     let print = fingerprint(&scratch, &files)?;
     let written = match &destination {
-        Destination::S3(location) => {
-            to_s3(location, &name, &scratch, &files, &print, args.force).await
-        }
+        Destination::S3(url) => to_s3(url, &name, &scratch, &files, &print, args.force).await,
         Destination::Folder(folder) => to_folder(&folder.join(&name), &scratch, &print, args.force),
         Destination::Hub { .. } => {
             let summary = format!(
@@ -320,10 +318,10 @@ fn to_folder(
     Ok(Some(target.display().to_string()))
 }
 
-/// Uploads the files under `s3://bucket/prefix/{name}/`, the fingerprint last; `None`
-/// when the same dataset is already there.
+/// Uploads the files under `{url}/{name}/` (`url` being `s3://bucket/prefix`), the
+/// fingerprint last; `None` when the same dataset is already there.
 async fn to_s3(
-    location: &str,
+    url: &str,
     name: &str,
     scratch: &Path,
     files: &[PathBuf],
@@ -331,21 +329,13 @@ async fn to_s3(
     force: bool,
 ) -> anyhow::Result<Option<String>> {
     use labelfleet_core::artifacts::ArtifactStore;
-    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-    if bucket.is_empty() {
-        anyhow::bail!("--to s3://{location}: expected s3://bucket/prefix");
-    }
-    let sdk = labelfleet_aws::load_sdk_config().await;
-    labelfleet_aws::check_sdk_config(&sdk).await?;
-    let store = labelfleet_aws::S3ArtifactStore::new(&sdk, bucket, prefix);
+    let store = labelfleet_aws::S3ArtifactStore::open(url)
+        .await
+        .context("--to")?;
+    let place = format!("{}/{name}", url.trim_end_matches('/'));
     let key = |file: &str| ArtifactKey::new(&format!("{name}/{file}"));
     if let Some(existing) = store.get(&key(FINGERPRINT)?).await?
-        && !should_write(
-            &String::from_utf8_lossy(&existing),
-            print,
-            force,
-            &format!("s3://{location}/{name}"),
-        )?
+        && !should_write(&String::from_utf8_lossy(&existing), print, force, &place)?
     {
         return Ok(None);
     }
@@ -356,10 +346,7 @@ async fn to_s3(
     store
         .put(&key(FINGERPRINT)?, format!("{print}\n").into_bytes())
         .await?;
-    Ok(Some(format!(
-        "s3://{}/{name}",
-        location.trim_end_matches('/')
-    )))
+    Ok(Some(place))
 }
 
 /// Commits the files to the Hub dataset `repo_id` (created private unless `public`), the
