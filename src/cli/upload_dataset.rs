@@ -386,15 +386,15 @@ async fn to_hub(
     }
     let mut adds = Vec::with_capacity(files.len() + 1);
     for file in files {
-        adds.push(FileToAdd {
-            path: hub_path(file),
-            bytes: std::fs::read(scratch.join(file))?,
-        });
+        adds.push(FileToAdd::new(
+            hub_path(file),
+            std::fs::read(scratch.join(file))?,
+        ));
     }
-    adds.push(FileToAdd {
-        path: FINGERPRINT.into(),
-        bytes: format!("{print}\n").into_bytes(),
-    });
+    adds.push(FileToAdd::new(
+        FINGERPRINT.into(),
+        format!("{print}\n").into_bytes(),
+    ));
     hub.commit(repo_id, summary, &adds, &stale).await?;
     Ok(Some(hub.page(repo_id)))
 }

@@ -27,7 +27,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -96,20 +95,23 @@ pub struct Hub {
     http: reqwest::Client,
 }
 
-/// One file of a commit: its path in the repository and its bytes.
+/// One file of a commit: its path in the repository, its bytes, and their SHA-256
+/// (the LFS object id), computed once.
 pub struct FileToAdd {
-    /// Path in the repository, `/`-separated.
-    pub path: String,
-    /// The file's content.
-    pub bytes: Vec<u8>,
+    path: String,
+    bytes: Vec<u8>,
+    sha256: String,
 }
 
 impl FileToAdd {
-    fn sha256(&self) -> String {
-        Sha256::digest(&self.bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+    /// The file `bytes` at `path` (`/`-separated) in the repository.
+    pub fn new(path: String, bytes: Vec<u8>) -> FileToAdd {
+        let sha256 = labelfleet_core::hash::sha256_hex(&bytes);
+        FileToAdd {
+            path,
+            bytes,
+            sha256,
+        }
     }
 }
 
@@ -275,7 +277,7 @@ impl Hub {
         for file in files {
             lines.push(if lfs.contains(&file.path) {
                 json!({"key": "lfsFile", "value": {
-                    "path": file.path, "algo": "sha256", "oid": file.sha256(), "size": file.bytes.len()
+                    "path": file.path, "algo": "sha256", "oid": file.sha256, "size": file.bytes.len()
                 }})
             } else {
                 json!({"key": "file", "value": {
@@ -309,7 +311,7 @@ impl Hub {
             "path": f.path,
             "sample": BASE64.encode(&f.bytes[..f.bytes.len().min(512)]),
             "size": f.bytes.len(),
-            "sha": f.sha256(),
+            "sha": f.sha256,
         })).collect::<Vec<_>>()});
         let url = format!("{}/api/datasets/{repo_id}/preupload/main", self.endpoint);
         let answer: PreuploadAnswer = self
@@ -336,7 +338,7 @@ impl Hub {
         let body = json!({
             "operation": "upload",
             "transfers": ["basic"],
-            "objects": files.iter().map(|f| json!({"oid": f.sha256(), "size": f.bytes.len()})).collect::<Vec<_>>(),
+            "objects": files.iter().map(|f| json!({"oid": f.sha256, "size": f.bytes.len()})).collect::<Vec<_>>(),
             "hash_algo": "sha256",
             "ref": {"name": "main"},
         });
@@ -361,7 +363,7 @@ impl Hub {
         for object in answer.objects {
             let file = files
                 .iter()
-                .find(|f| f.sha256() == object.oid)
+                .find(|f| f.sha256 == object.oid)
                 .with_context(|| {
                     format!(
                         "the Hub answered for an LFS object {} that was not asked for",
