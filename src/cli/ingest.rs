@@ -89,15 +89,15 @@ async fn ingest_s3(
             .unwrap_or_default()
             .trim_end_matches('/');
         let place = store.locate(key);
-        // A missing object (deleted since the listing) is skipped like a corrupt one;
-        // a failing S3 is not: that would silently shrink the dataset.
+        // A missing object is skipped like a corrupt archive; a failing S3 is an
+        // error: skipping it would silently shrink the dataset.
         match store
             .get(key)
             .await
             .with_context(|| format!("reading {place}"))?
         {
             Some(bytes) => ingester.add_archive(session, &place, &bytes),
-            None => ingester.add_archive(session, &place, &[]),
+            None => ingester.skip_archive(&place, "deleted since it was listed"),
         }
         if (i + 1) % 50 == 0 {
             tracing::info!(read = i + 1, of = archives.len(), "reading archives");

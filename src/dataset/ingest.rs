@@ -52,6 +52,14 @@ pub struct Stats {
     pub rows_per_session: BTreeMap<String, usize>,
 }
 
+impl Stats {
+    /// Records an archive that cannot be read, and why (it was counted already).
+    fn reject_archive(&mut self, place: &str, why: &str) {
+        tracing::warn!(archive = place, why, "skipping a bad archive");
+        self.bad_archives.push(format!("{place}: {why}"));
+    }
+}
+
 /// Every `logs.tar.gz` below `root`, sorted.
 pub fn find_archives(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
@@ -128,11 +136,7 @@ impl Ingester {
         stats.archives += 1;
         let bytes = match csv_in_archive(gzipped, csv_name) {
             Ok(bytes) => bytes,
-            Err(why) => {
-                tracing::warn!(archive = place, %why, "skipping a bad archive");
-                stats.bad_archives.push(format!("{place}: {why}"));
-                return;
-            }
+            Err(why) => return stats.reject_archive(place, &why),
         };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(b'|')
@@ -140,18 +144,14 @@ impl Ingester {
             .from_reader(bytes.as_slice());
         let header: Vec<String> = match reader.headers() {
             Ok(h) => h.iter().map(|c| c.trim().to_string()).collect(),
-            Err(e) => {
-                stats
-                    .bad_archives
-                    .push(format!("{place}: unreadable header: {e}"));
-                return;
-            }
+            Err(e) => return stats.reject_archive(place, &format!("unreadable header: {e}")),
         };
         let Some(text_at) = header.iter().position(|c| c == text_column) else {
-            stats.bad_archives.push(format!(
-                "{place}: {csv_name} has no `{text_column}` column (columns: {})",
+            let why = format!(
+                "{csv_name} has no `{text_column}` column (columns: {})",
                 header.join(", ")
-            ));
+            );
+            stats.reject_archive(place, &why);
             return;
         };
         for (line, record) in reader.records().enumerate() {
@@ -187,6 +187,12 @@ impl Ingester {
                 fields,
             });
         }
+    }
+
+    /// Counts an archive that could not even be fetched, and why.
+    pub fn skip_archive(&mut self, place: &str, why: &str) {
+        self.stats.archives += 1;
+        self.stats.reject_archive(place, why);
     }
 
     /// The kept rows and the summary of everything read.
@@ -233,11 +239,7 @@ pub fn ingest_folder(
         let place = archive.display().to_string();
         match std::fs::read(&archive) {
             Ok(bytes) => ingester.add_archive(&session, &place, &bytes),
-            Err(e) => {
-                // Counted like any other archive that cannot be read.
-                ingester.stats.archives += 1;
-                ingester.stats.bad_archives.push(format!("{place}: {e}"));
-            }
+            Err(e) => ingester.skip_archive(&place, &e.to_string()),
         }
     }
     Ok(ingester.finish())
