@@ -82,6 +82,14 @@ pub fn rows_of_log(bytes: &[u8], source: &str) -> Result<Vec<TurnRow>, String> {
                 .keys()
                 .filter_map(|k| k.split_once('-').map(|(d, _)| d.to_string()))
                 .collect();
+            let (system_response, system_response_acts) = match &t.system_response {
+                Some(text) => (text.clone(), t.system_response_acts.clone()),
+                // Logs written before responses were logged: the next logged turn's.
+                None => turns
+                    .get(i + 1)
+                    .map(|n| (n.system_utterance.clone(), n.system_acts.clone()))
+                    .unwrap_or_default(),
+            };
             rows.push(TurnRow {
                 dialogue_id: dialogue_id.clone(),
                 turn_id: t.turn_id as i64,
@@ -93,20 +101,8 @@ pub fn rows_of_log(bytes: &[u8], source: &str) -> Result<Vec<TurnRow>, String> {
                     .iter()
                     .map(|u| u.system_utterance.clone())
                     .collect(),
-                // Logs without responses: the next logged turn's system utterance.
-                system_response: t.system_response.clone().unwrap_or_else(|| {
-                    turns
-                        .get(i + 1)
-                        .map(|n| n.system_utterance.clone())
-                        .unwrap_or_default()
-                }),
-                system_response_acts: match t.system_response {
-                    Some(_) => t.system_response_acts.clone(),
-                    None => turns
-                        .get(i + 1)
-                        .map(|n| n.system_acts.clone())
-                        .unwrap_or_default(),
-                },
+                system_response,
+                system_response_acts,
                 turn_slot_values: t.turn_slot_values.clone(),
                 slot_values: t.slot_values.clone(),
                 last_slot_values: t.last_slot_values.clone(),
