@@ -342,6 +342,8 @@ fn self_label(device_name: &str) {
 }
 
 fn main() {
+    // SAFETY: nothing has started a thread yet.
+    unsafe { labelfleet_models::pin_cpu_threads() };
     if std::env::args().any(|a| a == "--list") {
         return;
     }

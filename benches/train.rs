@@ -99,6 +99,8 @@ fn report(name: &str, lm: &TrainableLm, batches: &[Vec<TokenizedExample>]) {
 }
 
 fn main() {
+    // SAFETY: nothing has started a thread yet.
+    unsafe { labelfleet_models::pin_cpu_threads() };
     let device =
         parse_device(&std::env::var("LABELFLEET_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()))
             .unwrap();

@@ -33,7 +33,7 @@ mod tokenizer;
 pub mod train;
 
 pub use candle_core::Device;
-pub use device::parse_device;
+pub use device::{parse_device, pin_cpu_threads};
 pub use embed::{MAX_TOKENS, SentenceEmbedder};
 pub use error::ModelError;
 pub use generate::{BatchTiming, CausalLm, Completion, Finish, GenerationParams};

@@ -152,6 +152,8 @@ fn arguments() -> Vec<OsString> {
 
 /// Parses arguments, runs the command, and turns errors into a message and exit code.
 pub fn main() -> ExitCode {
+    // SAFETY: nothing has started a thread yet.
+    unsafe { labelfleet_models::pin_cpu_threads() };
     let cli = Cli::parse_from(arguments());
     logging::init(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
