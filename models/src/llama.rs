@@ -132,10 +132,7 @@ impl Linear {
             }
             Linear::Packed(packed, w, bias) => {
                 let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-                // One row against Q8_0: candle's AVX2 dot product is faster than
-                // dequantizing first. Q4_1 has no SIMD kernel in candle.
-                let packed_is_faster = rows > 1 || packed.is_q4_1();
-                let y = if rows <= crate::qmatmul::MAX_ROWS && packed_is_faster {
+                let y = if packed.is_faster_for(rows) {
                     packed.forward(x)?
                 } else {
                     x.apply(w)?

@@ -23,6 +23,34 @@ fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// Two sets of logits from models that round activations to 8 bits differently (or
+/// not at all): a value that lands near a rounding boundary in one goes the other way
+/// in the other, so they differ by that noise, not by float error. They must still
+/// pick the same token, and differ little on average. (On these prompts: worst 0.4 to
+/// 0.9 and mean 0.1 to 0.3, on logits up to 29.)
+fn assert_close_within_rounding_noise(a: &[f32], b: &[f32], what: &str) {
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .fold(
+                (0, f32::MIN),
+                |best, (i, x)| if *x > best.1 { (i, *x) } else { best },
+            )
+            .0
+    };
+    assert_eq!(
+        argmax(a),
+        argmax(b),
+        "{what}: a different most likely token"
+    );
+    let mean = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    let worst = largest_difference(a, b);
+    assert!(
+        mean < 0.5 && worst < 2.0,
+        "{what}: mean difference {mean}, largest {worst}"
+    );
+}
+
 fn logits(lm: &labelfleet_models::CausalLm, steps: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let mut cache = lm.model.new_cache(1);
     steps
@@ -36,12 +64,12 @@ fn logits(lm: &labelfleet_models::CausalLm, steps: &[Vec<u32>]) -> Vec<Vec<f32>>
         .collect()
 }
 
-/// Our llama against candle-transformers' quantized llama on the same GGUF. A prompt of
-/// more than 32 tokens runs the layers through candle's quantized matmul, and the
-/// output projection (one row against this file's Q8_0 embeddings) too, as the
-/// reference does: the logits must agree closely. (Our packed kernel, which keeps
-/// activations in f32 where candle rounds them to 8 bits, is checked below against the
-/// dequantized model instead.)
+/// Our llama against candle-transformers' quantized llama on the same GGUF. Both round
+/// activations to 8 bits per block of 32 before each quantized matmul, with the same
+/// arithmetic (the kernel's unit tests check that to 1e-4), but the sums run in another
+/// order, so roundings differ here and there and the logits agree only within that
+/// noise. Architecture equality to float precision is checked against
+/// candle-transformers' llama in the model's unit tests.
 #[test]
 fn logits_match_candle_transformers_quantized_llama() {
     let path = common::model(common::SMOLLM2);
@@ -65,14 +93,12 @@ fn logits_match_candle_transformers_quantized_llama() {
         .unwrap();
     let expected = row(reference.forward(&input, 0));
     let ours = logits(&lm, &[ids]).remove(0);
-    let worst = largest_difference(&expected, &ours);
-    assert!(worst < 1e-3, "largest logit difference {worst}");
+    assert_close_within_rounding_noise(&expected, &ours, "the prompt's last position");
 }
 
-/// Up to 32 rows go through our packed kernel, which multiplies f32 activations by the
-/// exactly dequantized weights: it must agree with the same model dequantized to f32
-/// (candle's dense matmul). Two rows everywhere, since a single row against Q8_0 weights
-/// (this GGUF's output projection) goes through candle's quantized dot product instead.
+/// The quantized model, through our packed kernel, against the same model dequantized to
+/// f32 (candle's dense matmul, unrounded activations), over a prompt and a cached step
+/// of two rows.
 #[test]
 fn the_packed_kernel_matches_the_dequantized_model() {
     let path = common::model(common::SMOLLM2);
@@ -97,8 +123,7 @@ fn the_packed_kernel_matches_the_dequantized_model() {
     };
     for (i, (a, b)) in run(&packed).iter().zip(run(&dense)).enumerate() {
         for (x, y) in a.iter().zip(&b) {
-            let worst = largest_difference(x, y);
-            assert!(worst < 2e-3, "step {i}: largest logit difference {worst}");
+            assert_close_within_rounding_noise(x, y, &format!("step {i}"));
         }
     }
 }
@@ -123,11 +148,15 @@ fn greedy_generation_is_deterministic_and_answers() {
     assert!(first[0].text.contains("Paris"), "{:?}", first[0].text);
 }
 
+/// With f32 weights (self_label's default), a prompt decodes the same in any batch. (With
+/// quantized weights activations are rounded to 8 bits, and a padded row's float noise,
+/// which is harmless in f32, can tip a rounding, so a long greedy completion may part
+/// from the one decoded alone, as llama.cpp's do.)
 #[test]
 fn a_batch_of_uneven_prompts_decodes_as_each_would_alone() {
     let lm = load_causal_lm(
         &common::model(common::SMOLLM2),
-        WeightFormat::Stored,
+        WeightFormat::F32,
         &Device::Cpu,
     )
     .unwrap();

@@ -75,7 +75,7 @@ impl Progress {
                 " ".repeat(width - filled),
                 self.total
             );
-        } else if done % 50 == 0 {
+        } else if done.is_multiple_of(50) {
             tracing::info!(read = done, of = self.total, "reading labels");
         }
     }

@@ -209,10 +209,10 @@ impl TrainingRun {
                 grad_norm,
             });
             let last = self.state.step == spec.steps;
-            if self.state.step % spec.eval_every == 0 || last {
+            if self.state.step.is_multiple_of(spec.eval_every) || last {
                 self.validate(on_event)?;
             }
-            let steps_due = every_steps.is_some_and(|n| self.state.step % n == 0);
+            let steps_due = every_steps.is_some_and(|n| self.state.step.is_multiple_of(n));
             let time_due = every_seconds.is_some_and(|s| last_checkpoint.elapsed().as_secs() >= s);
             if !last && (steps_due || time_due) {
                 on_event(Event::Checkpoint(&self.state, &self.lm, &self.optimizer))?;
