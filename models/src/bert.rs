@@ -5,10 +5,12 @@
 //! with an erf approximation accurate to 5e-7 in f32, fuses the query/key/value projections
 //! into one matmul, and uses candle's fused layer norm and softmax.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use rayon::prelude::*;
 use serde::Deserialize;
+
+use crate::positions::over_positions;
 
 /// The fields of a BERT `config.json` the encoder needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -167,7 +169,7 @@ impl BertEncoder {
         let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((rows, 1, 1, len))?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
+            let qkv = over_positions(&layer.qkv, &x)?;
             let split = |i: usize| -> candle_core::Result<Tensor> {
                 qkv.narrow(2, i * h, h)?
                     .reshape((rows, len, heads, head_dim))?
@@ -180,8 +182,8 @@ impl BertEncoder {
             let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((rows, len, h))?;
             x = layer
                 .attention_norm
-                .forward(&(layer.output.forward(&context)? + &x)?, eps)?;
-            let inner = layer.intermediate.forward(&x)?;
+                .forward(&(over_positions(&layer.output, &context)? + &x)?, eps)?;
+            let inner = over_positions(&layer.intermediate, &x)?;
             let inner = if inner.device().is_cpu() {
                 inner.apply_op1_no_bwd(&Gelu)?
             } else {
@@ -189,7 +191,7 @@ impl BertEncoder {
             };
             x = layer
                 .output_norm
-                .forward(&(layer.down.forward(&inner)? + &x)?, eps)?;
+                .forward(&(over_positions(&layer.down, &inner)? + &x)?, eps)?;
         }
         Ok(x)
     }

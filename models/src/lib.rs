@@ -26,6 +26,7 @@ mod generate;
 pub mod llama;
 mod load;
 mod lora;
+mod positions;
 mod qmatmul;
 mod source;
 pub mod tiny;

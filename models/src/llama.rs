@@ -142,7 +142,7 @@ impl Linear {
                     None => Ok(y),
                 }
             }
-            Linear::Dense(l) => l.forward(x),
+            Linear::Dense(l) => crate::positions::over_positions(l, x),
             Linear::Lora { base, a, b, scale } => {
                 base.forward(x)? + (b.forward(&a.forward(x)?)? * *scale)?
             }
