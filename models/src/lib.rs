@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 mod bert;
 mod device;
 mod embed;

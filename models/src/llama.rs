@@ -17,6 +17,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ModelError;
+use crate::attention;
 use crate::qmatmul::PackedWeights;
 
 /// The shape of a llama-family model.
@@ -160,6 +161,17 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+}
+
+/// What every layer of one forward pass shares about the positions it computes.
+struct Positions<'a> {
+    /// `(rows, 1, len, total)`: 0 where a query sees a key, -inf elsewhere.
+    mask: &'a Tensor,
+    /// For a decoding step, per row and cached position, whether the new query sees it.
+    visible: Option<&'a [Vec<bool>]>,
+    /// Rotary tables for the new positions.
+    cos: &'a Tensor,
+    sin: &'a Tensor,
 }
 
 /// One layer's keys and values: buffers with room to grow, `(rows, kv_heads, capacity,
@@ -764,6 +776,7 @@ impl Llama {
         }
         let new_keys =
             |pad: usize| (0..len).map(move |i| if i < pad { f32::NEG_INFINITY } else { 0.0 });
+        let training = cache.is_none();
         let uncached: Vec<Vec<f32>>;
         let key_mask: &[Vec<f32>] = match cache.as_deref_mut() {
             Some(cache) => {
@@ -804,10 +817,24 @@ impl Llama {
             .reshape((rows, len, self.config.hidden_size))?;
         let cos = self.cos.narrow(0, start, len)?;
         let sin = self.sin.narrow(0, start, len)?;
-        let training = cache.is_none();
+        // A decoding step (one new position per row, none of them padding) takes the
+        // fused attention, which walks each row's real keys.
+        let decoding = len == 1 && !training && padding.iter().all(|&p| p == 0);
+        let visible: Option<Vec<Vec<bool>>> = decoding.then(|| {
+            key_mask
+                .iter()
+                .map(|keys| keys.iter().map(|&k| k == 0.0).collect())
+                .collect()
+        });
+        let positions = Positions {
+            mask: &mask,
+            visible: visible.as_deref(),
+            cos: &cos,
+            sin: &sin,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = self.layer_forward(layer, &x, &mask, slot, &cos, &sin)?;
+            x = self.layer_forward(layer, &x, &positions, slot)?;
         }
         if last_only {
             x = x.narrow(1, len - 1, 1)?.contiguous()?;
@@ -824,11 +851,15 @@ impl Llama {
         &self,
         layer: &Layer,
         x: &Tensor,
-        mask: &Tensor,
+        positions: &Positions,
         cache: Option<&mut Option<LayerKv>>,
-        cos: &Tensor,
-        sin: &Tensor,
     ) -> candle_core::Result<Tensor> {
+        let Positions {
+            mask,
+            visible,
+            cos,
+            sin,
+        } = *positions;
         let c = &self.config;
         let training = cache.is_none();
         let (rows, len, _) = x.dims3()?;
@@ -864,15 +895,42 @@ impl Llama {
                 views
             }
         };
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let attended = match visible {
+            Some(visible) if attention::fits(&q) => {
+                attention::decode_step(&q, &k, &v, visible, scale as f32)?
+            }
+            _ => self.attention(&q, &k, &v, mask, training)?,
+        };
+        let x = (x + layer.wo.forward(&attended)?)?;
+        let normed = rms_norm(&x, &layer.ffn_norm, eps, training)?;
+        let gated =
+            (candle_nn::ops::silu(&layer.gate.forward(&normed)?)? * layer.up.forward(&normed)?)?;
+        x + layer.down.forward(&gated)?
+    }
+
+    /// Attention as tensor operations, for prompts (and training): `q` `(rows, heads,
+    /// len, head_dim)` over `k`, `v` `(rows, kv_heads, total, head_dim)` under `mask`
+    /// `(rows, 1, len, total)`; returns `(rows, len, hidden)`.
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        training: bool,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (rows, _, len, head_dim) = q.dims4()?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
         // The query heads that share a key/value head sit side by side in `q`, so one
         // matmul per key/value head serves all of them: the cache is read in place,
         // never copied out once per query head.
         let (kv_heads, groups) = (c.num_kv_heads, c.num_heads / c.num_kv_heads);
         let total = k.dim(2)?;
         let q = q.reshape((rows, kv_heads, groups * len, head_dim))?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
         // In half precision the scores are summed in f32: f16 overflows past 65,504.
-        let dtype = x.dtype();
+        let dtype = q.dtype();
         let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?
             .reshape((rows, kv_heads, groups, len, total))?
             .broadcast_add(&mask.unsqueeze(2)?)?;
@@ -884,15 +942,11 @@ impl Llama {
         let attended = weights
             .reshape((rows, kv_heads, groups * len, total))?
             .to_dtype(dtype)?
-            .matmul(&v)?
+            .matmul(v)?
             .reshape((rows, c.num_heads, len, head_dim))?
             .transpose(1, 2)?
             .reshape((rows, len, c.hidden_size))?;
-        let x = (x + layer.wo.forward(&attended)?)?;
-        let normed = rms_norm(&x, &layer.ffn_norm, eps, training)?;
-        let gated =
-            (candle_nn::ops::silu(&layer.gate.forward(&normed)?)? * layer.up.forward(&normed)?)?;
-        x + layer.down.forward(&gated)?
+        Ok(attended)
     }
 }
 

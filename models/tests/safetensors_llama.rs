@@ -132,6 +132,29 @@ fn padded_batches_match_candle_transformers_llama() {
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "largest logit difference {worst} for {ids:?}");
     }
+    // Two decoding steps from the cache: the fused attention, with row 0 still hiding
+    // its padding, against the reference run over each whole sequence.
+    let mut sequences = [short, long];
+    for next in [[11u32, 12], [13, 4]] {
+        let step: Vec<Vec<f32>> = ours
+            .forward(&[vec![next[0]], vec![next[1]]], &[0, 0], &mut cache)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for ((row, ids), token) in step.iter().zip(sequences.iter_mut()).zip(next) {
+            ids.push(token);
+            let expected = alone(ids);
+            let worst = row
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "decoding: largest logit difference {worst} for {ids:?}"
+            );
+        }
+    }
 }
 
 /// The same model in f16 and bf16 (weights, activations, KV cache) gives the f32
