@@ -1,16 +1,21 @@
-//! A BERT encoder for sentence embeddings, written for throughput on a CPU.
+//! BERT encoders for sentence embeddings, in two forms over the same weights:
 //!
-//! candle-transformers' BERT evaluates GELU with a scalar `erff` on one thread, which
-//! took most of the time of a MiniLM batch here; this encoder runs GELU in parallel
-//! with an erf approximation accurate to 5e-7 in f32, fuses the query/key/value projections
-//! into one matmul, and uses candle's fused layer norm and softmax.
+//! - [`CpuEncoder`] (in [`cpu`]): the CPU in f32, written for throughput over plain
+//!   buffers with unpadded sentences;
+//! - [`BertEncoder`]: candle tensor operations, for GPUs and other dtypes (and on the
+//!   CPU the reference the other is tested against). It fuses the query/key/value
+//!   projections into one matmul and uses candle's fused layer norm and softmax.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::positions::over_positions;
+
+mod cpu;
+mod kernels;
+
+pub(crate) use cpu::{CpuEncoder, Sentence};
 
 /// The fields of a BERT `config.json` the encoder needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +51,35 @@ fn default_eps() -> f64 {
 }
 fn default_act() -> String {
     "gelu".into()
+}
+
+impl BertConfig {
+    /// The weights' root in `vb` (with or without a `bert.` prefix), once the config
+    /// is one these encoders implement.
+    pub(crate) fn root<'a>(&self, vb: VarBuilder<'a>) -> candle_core::Result<VarBuilder<'a>> {
+        if self.hidden_act != "gelu" {
+            candle_core::bail!(
+                "hidden_act `{}`: this encoder implements BERT's exact `gelu`",
+                self.hidden_act
+            );
+        }
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            candle_core::bail!(
+                "hidden_size {} does not split into {} attention heads",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        Ok(
+            if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+                vb.pp("bert")
+            } else {
+                vb
+            },
+        )
+    }
 }
 
 struct Norm {
@@ -95,17 +129,7 @@ fn linear(vb: VarBuilder, input: usize, output: usize) -> candle_core::Result<Li
 impl BertEncoder {
     /// Loads the weights (with or without a `bert.` prefix).
     pub fn load(vb: VarBuilder, config: &BertConfig) -> candle_core::Result<BertEncoder> {
-        if config.hidden_act != "gelu" {
-            candle_core::bail!(
-                "hidden_act `{}`: this encoder implements BERT's exact `gelu`",
-                config.hidden_act
-            );
-        }
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
+        let vb = config.root(vb)?;
         let h = config.hidden_size;
         let e = vb.pp("embeddings");
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -183,12 +207,7 @@ impl BertEncoder {
             x = layer
                 .attention_norm
                 .forward(&(over_positions(&layer.output, &context)? + &x)?, eps)?;
-            let inner = over_positions(&layer.intermediate, &x)?;
-            let inner = if inner.device().is_cpu() {
-                inner.apply_op1_no_bwd(&Gelu)?
-            } else {
-                inner.gelu_erf()?
-            };
+            let inner = over_positions(&layer.intermediate, &x)?.gelu_erf()?;
             x = layer
                 .output_norm
                 .forward(&(over_positions(&layer.down, &inner)? + &x)?, eps)?;
@@ -197,84 +216,155 @@ impl BertEncoder {
     }
 }
 
-/// erf(x) by Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7, plus f32 rounding.
-fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-x * x).exp();
-    y.copysign(x)
-}
-
-/// The exact GELU, `x/2 · (1 + erf(x/√2))`, in parallel over the CPU's threads.
-struct Gelu;
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "gelu-erf-parallel"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("gelu-erf-parallel: expects a contiguous f32 tensor");
-        };
-        let mut out = data[start..end].to_vec();
-        out.par_chunks_mut(4096).for_each(|chunk| {
-            for v in chunk {
-                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
-            }
-        });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::Device;
+
     use super::*;
 
+    /// One sentence's token ids and token type ids.
+    type Tokens = (Vec<u32>, Vec<u32>);
+
+    /// A small BERT with random weights: 3 heads of 8, two layers.
+    fn tiny() -> (BertConfig, VarBuilder<'static>) {
+        let config = BertConfig {
+            vocab_size: 50,
+            hidden_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 3,
+            intermediate_size: 40,
+            max_position_embeddings: 40,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_act: "gelu".into(),
+        };
+        let (h, inner) = (config.hidden_size, config.intermediate_size);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![50, h]),
+            ("embeddings.position_embeddings.weight".into(), vec![40, h]),
+            ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+        ];
+        let norm = |shapes: &mut Vec<(String, Vec<usize>)>, name: &str| {
+            shapes.push((format!("{name}.weight"), vec![h]));
+            shapes.push((format!("{name}.bias"), vec![h]));
+        };
+        norm(&mut shapes, "embeddings.LayerNorm");
+        for i in 0..config.num_hidden_layers {
+            let l = format!("encoder.layer.{i}");
+            for (name, outputs, inputs) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", inner, h),
+                ("output.dense", h, inner),
+            ] {
+                shapes.push((format!("{l}.{name}.weight"), vec![outputs, inputs]));
+                shapes.push((format!("{l}.{name}.bias"), vec![outputs]));
+            }
+            norm(&mut shapes, &format!("{l}.attention.output.LayerNorm"));
+            norm(&mut shapes, &format!("{l}.output.LayerNorm"));
+        }
+        let tensors: HashMap<String, Tensor> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap();
+                (name, t)
+            })
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        (config, vb)
+    }
+
+    /// Sentences of 5, 17 and 35 tokens (past one 32-key panel), some of type 1.
+    fn sentences() -> Vec<Tokens> {
+        [5usize, 17, 35]
+            .iter()
+            .map(|&len| {
+                let ids = (0..len).map(|i| ((i * 7 + len) % 50) as u32).collect();
+                let types = (0..len).map(|i| u32::from(i > len / 2)).collect();
+                (ids, types)
+            })
+            .collect()
+    }
+
+    fn embed_on_cpu(
+        encoder: &CpuEncoder,
+        sentences: &[Tokens],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let sentences: Vec<Sentence> = sentences
+            .iter()
+            .map(|(ids, types)| Sentence { ids, types })
+            .collect();
+        encoder.embed(&sentences)
+    }
+
+    /// The CPU encoder against the tensor encoder over a right-padded batch, mean-pooled
+    /// over real tokens and normalised as `SentenceEmbedder` does.
     #[test]
-    fn the_erf_approximation_is_within_5e_7() {
-        for i in -600..=600 {
-            let x = i as f32 / 100.0;
-            let exact = libm_erf(x as f64);
-            assert!(
-                (erf(x) as f64 - exact).abs() < 5e-7,
-                "erf({x}) = {} vs {exact}",
-                erf(x)
-            );
+    fn the_cpu_encoder_matches_the_tensor_encoder() {
+        let (config, vb) = tiny();
+        let cpu = CpuEncoder::load(vb.clone(), &config).unwrap();
+        let tensors = BertEncoder::load(vb, &config).unwrap();
+        let sentences = sentences();
+        let longest = sentences.iter().map(|(ids, _)| ids.len()).max().unwrap();
+        let padded = |pick: &dyn Fn(&Tokens) -> Vec<u32>| -> Tensor {
+            let rows: Vec<u32> = sentences
+                .iter()
+                .flat_map(|s| {
+                    let mut row = pick(s);
+                    row.resize(longest, 0);
+                    row
+                })
+                .collect();
+            Tensor::from_vec(rows, (sentences.len(), longest), &Device::Cpu).unwrap()
+        };
+        let ids = padded(&|(ids, _)| ids.clone());
+        let types = padded(&|(_, types)| types.clone());
+        let mask = padded(&|(ids, _)| vec![1; ids.len()]);
+        let hidden = tensors.forward(&ids, &types, &mask).unwrap();
+        let mask = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+        let mean = hidden
+            .broadcast_mul(&mask)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .broadcast_div(&mask.sum(1).unwrap())
+            .unwrap();
+        let norms = mean.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+        let expected: Vec<Vec<f32>> = mean.broadcast_div(&norms).unwrap().to_vec2().unwrap();
+        let ours = embed_on_cpu(&cpu, &sentences).unwrap();
+        for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "sentence {i}: largest difference {worst}");
         }
     }
 
-    /// erf by its Taylor series (|x| < 3) or 1 (beyond), in f64: a reference for the test.
-    fn libm_erf(x: f64) -> f64 {
-        if x.abs() >= 3.0 {
-            return erf_far(x);
+    /// With no padding, a sentence's embedding is the same, bit for bit, alone or in a
+    /// batch with longer and shorter ones.
+    #[test]
+    fn the_cpu_encoder_is_batch_invariant() {
+        let (config, vb) = tiny();
+        let cpu = CpuEncoder::load(vb, &config).unwrap();
+        let sentences = sentences();
+        let together = embed_on_cpu(&cpu, &sentences).unwrap();
+        for (i, sentence) in sentences.iter().enumerate() {
+            let alone = embed_on_cpu(&cpu, std::slice::from_ref(sentence)).unwrap();
+            assert_eq!(alone[0], together[i], "sentence {i}");
         }
-        let mut sum = 0.0;
-        let mut term = x;
-        let mut n = 0.0;
-        while term.abs() > 1e-17 {
-            sum += term / (2.0 * n + 1.0);
-            n += 1.0;
-            term *= -x * x / n;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
-    fn erf_far(x: f64) -> f64 {
-        // For |x| >= 3, from the continued fraction of erfc.
-        let a = x.abs();
-        let mut f = 0.0;
-        for k in (1..60).rev() {
-            f = (k as f64 / 2.0) / (a + f);
-        }
-        let erfc = (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f);
-        (1.0 - erfc).copysign(x)
+    #[test]
+    fn the_cpu_encoder_names_a_bad_token() {
+        let (config, vb) = tiny();
+        let cpu = CpuEncoder::load(vb, &config).unwrap();
+        let error = embed_on_cpu(&cpu, &[(vec![1, 99], vec![0, 0])]).unwrap_err();
+        assert!(error.to_string().contains("token id 99"), "{error}");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::bert::{BertConfig as Config, BertEncoder};
+use crate::bert::{BertConfig as Config, BertEncoder, CpuEncoder, Sentence};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
@@ -13,10 +13,17 @@ use crate::ModelError;
 /// A sentence embedding model loaded from a folder with `config.json`,
 /// `tokenizer.json` and `model.safetensors`.
 pub struct SentenceEmbedder {
-    model: BertEncoder,
+    model: Encoder,
     tokenizer: Tokenizer,
     device: Device,
     dimension: usize,
+}
+
+/// The encoder for the device: on the CPU, the one written for it over plain buffers;
+/// elsewhere, candle tensor operations.
+enum Encoder {
+    Cpu(CpuEncoder),
+    Tensors(BertEncoder),
 }
 
 /// Longest input in tokens (all-MiniLM-L6-v2's `max_seq_length`); longer is truncated.
@@ -54,7 +61,11 @@ impl SentenceEmbedder {
         }
         // SAFETY: the file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        let model = BertEncoder::load(vb, &config)?;
+        let model = if device.is_cpu() {
+            Encoder::Cpu(CpuEncoder::load(vb, &config)?)
+        } else {
+            Encoder::Tensors(BertEncoder::load(vb, &config)?)
+        };
         Ok(SentenceEmbedder {
             model,
             tokenizer,
@@ -89,6 +100,24 @@ impl SentenceEmbedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(ModelError::tokenizer)?;
+        let model = match &self.model {
+            Encoder::Cpu(model) => {
+                // Padding (on the right) is dropped: the CPU encoder takes each
+                // sentence at its own length.
+                let sentences: Vec<Sentence> = encodings
+                    .iter()
+                    .map(|e| {
+                        let len = e.get_attention_mask().iter().filter(|&&m| m == 1).count();
+                        Sentence {
+                            ids: &e.get_ids()[..len],
+                            types: &e.get_type_ids()[..len],
+                        }
+                    })
+                    .collect();
+                return Ok(model.embed(&sentences)?);
+            }
+            Encoder::Tensors(model) => model,
+        };
         let rows = encodings.len();
         let len = encodings.first().map_or(0, |e| e.len());
         let gather = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Vec<u32> {
@@ -104,7 +133,7 @@ impl SentenceEmbedder {
             (rows, len),
             &self.device,
         )?;
-        let hidden = self.model.forward(&ids, &types, &mask)?;
+        let hidden = model.forward(&ids, &types, &mask)?;
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;

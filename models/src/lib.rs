@@ -29,6 +29,7 @@ mod load;
 mod lora;
 mod positions;
 mod qmatmul;
+mod sgemm;
 mod source;
 pub mod tiny;
 mod tokenizer;

@@ -1,0 +1,382 @@
+//! `x · Wᵀ + b` in f32 against a weight matrix packed once, when the model loads.
+//!
+//! Through candle, a linear layer is a matmul into a fresh tensor (the `gemm` crate
+//! repacking the weights as it goes, every call), then its bias and its residual are
+//! further passes over the output, each into another fresh tensor. Here the weights are packed at load time into panels of
+//! [`PANEL`] output columns, stored input by input, so that the inner loop reads one
+//! panel row (two AVX-512 vectors) and meets it with up to [`TILE_ROWS`] input rows
+//! held in registers; the bias and the residual are added as the tile is written.
+//!
+//! Work is shared out by rows of `x`: each task runs every panel over its rows, so the
+//! panel it is reading stays in cache across its tiles.
+
+use rayon::prelude::*;
+
+/// Output columns per packed panel: two 16-lane vectors.
+const PANEL: usize = 32;
+/// Input rows per register tile: 12 rows × 2 vectors = 24 accumulators of the 32
+/// AVX-512 registers, leaving room for the two panel vectors and the broadcast.
+const TILE_ROWS: usize = 12;
+/// The most rows one parallel task takes: its slice of `x` stays in the L2 cache.
+const MAX_TASK_ROWS: usize = 96;
+
+/// A linear layer's weights `(outputs, inputs)` and bias, packed for [`Self::forward`].
+pub(crate) struct PackedLinear {
+    inputs: usize,
+    outputs: usize,
+    /// Panel `p`, input `i`, lane `j` at `(p · inputs + i) · PANEL + j`: weight
+    /// `(p · PANEL + j, i)`, zero past the last output.
+    panels: Vec<f32>,
+    /// The bias, zero-padded to whole panels.
+    bias: Vec<f32>,
+}
+
+impl PackedLinear {
+    /// Packs `weight` (`outputs × inputs`, row-major, as PyTorch stores a linear layer)
+    /// and `bias` (`outputs`; none is zeros).
+    pub(crate) fn new(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        outputs: usize,
+        inputs: usize,
+    ) -> PackedLinear {
+        assert_eq!(weight.len(), outputs * inputs, "weight shape");
+        let mut packed = PackedLinear::zeros(bias, outputs, inputs);
+        for (output, row) in weight.chunks_exact(inputs).enumerate() {
+            let (panel, lane) = (output / PANEL, output % PANEL);
+            for (input, &w) in row.iter().enumerate() {
+                packed.panels[(panel * inputs + input) * PANEL + lane] = w;
+            }
+        }
+        packed
+    }
+
+    /// Packs the weights from their transpose, `inputs × outputs` row-major (such as
+    /// attention's values, which multiply the attention weights from the right), with no
+    /// bias.
+    pub(crate) fn from_transposed(transposed: &[f32], outputs: usize, inputs: usize) -> Self {
+        assert_eq!(transposed.len(), outputs * inputs, "weight shape");
+        let mut packed = PackedLinear::zeros(None, outputs, inputs);
+        for (input, row) in transposed.chunks_exact(outputs).enumerate() {
+            for (panel, lanes) in row.chunks(PANEL).enumerate() {
+                let at = (panel * inputs + input) * PANEL;
+                packed.panels[at..at + lanes.len()].copy_from_slice(lanes);
+            }
+        }
+        packed
+    }
+
+    fn zeros(bias: Option<&[f32]>, outputs: usize, inputs: usize) -> PackedLinear {
+        let count = outputs.div_ceil(PANEL);
+        let mut padded = vec![0f32; count * PANEL];
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), outputs, "bias shape");
+            padded[..outputs].copy_from_slice(bias);
+        }
+        PackedLinear {
+            inputs,
+            outputs,
+            panels: vec![0f32; count * inputs * PANEL],
+            bias: padded,
+        }
+    }
+
+    /// `out = x · Wᵀ + b (+ residual)`, with `x` `(rows, inputs)` and `out` and
+    /// `residual` `(rows, outputs)`, all row-major.
+    pub(crate) fn forward(&self, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
+        let (inputs, outputs) = (self.inputs, self.outputs);
+        let rows = x.len() / inputs;
+        assert_eq!(x.len(), rows * inputs, "input shape");
+        assert_eq!(out.len(), rows * outputs, "output shape");
+        if let Some(residual) = residual {
+            assert_eq!(residual.len(), out.len(), "residual shape");
+        }
+        // Enough tasks for every thread to get a few, in whole tiles.
+        let per_task = rows.div_ceil(4 * rayon::current_num_threads().max(1));
+        let task_rows = per_task.next_multiple_of(TILE_ROWS).min(MAX_TASK_ROWS);
+        let kernel = Kernel::detect();
+        out.par_chunks_mut(task_rows * outputs)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * task_rows;
+                let count = out.len() / outputs;
+                let x = &x[first * inputs..(first + count) * inputs];
+                let residual = residual.map(|r| &r[first * outputs..(first + count) * outputs]);
+                self.rows(kernel, x, out, residual);
+            });
+    }
+
+    /// [`Self::forward`] on the calling thread alone, for products too small to share.
+    pub(crate) fn forward_here(&self, x: &[f32], out: &mut [f32]) {
+        assert_eq!(x.len() / self.inputs * self.outputs, out.len(), "shapes");
+        self.rows(Kernel::detect(), x, out, None);
+    }
+
+    /// Every panel over a task's rows, one register tile at a time.
+    fn rows(&self, kernel: Kernel, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
+        let (inputs, outputs) = (self.inputs, self.outputs);
+        let rows = x.len() / inputs;
+        for (panel, weights) in self.panels.chunks_exact(inputs * PANEL).enumerate() {
+            let column = panel * PANEL;
+            let tile = Tile {
+                weights,
+                bias: &self.bias[column..column + PANEL],
+                columns: (outputs - column).min(PANEL),
+                inputs,
+                outputs,
+            };
+            for first in (0..rows).step_by(TILE_ROWS) {
+                let count = (rows - first).min(TILE_ROWS);
+                let x = &x[first * inputs..(first + count) * inputs];
+                let at = first * outputs + column;
+                let end = (first + count - 1) * outputs + column + tile.columns;
+                let residual = residual.map(|r| &r[at..end]);
+                kernel.run(&tile, count, x, &mut out[at..end], residual);
+            }
+        }
+    }
+}
+
+/// One panel's share of a product: what a register tile reads besides its rows of `x`.
+struct Tile<'a> {
+    /// The panel, `inputs × PANEL`.
+    weights: &'a [f32],
+    /// Its `PANEL` biases.
+    bias: &'a [f32],
+    /// Of its `PANEL` columns, how many are real outputs.
+    columns: usize,
+    inputs: usize,
+    /// The stride of `out` and `residual`.
+    outputs: usize,
+}
+
+/// The register-tile kernel for this CPU.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Kernel::Avx512;
+        }
+        Kernel::Portable
+    }
+
+    /// `out` and `residual` start at the tile's first element and end at its last
+    /// (row stride `tile.outputs`); `x` holds its `rows` input rows.
+    fn run(self, tile: &Tile, rows: usize, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
+        macro_rules! by_rows {
+            ($kernel:ident) => {
+                match rows {
+                    1 => $kernel::<1>(tile, x, out, residual),
+                    2 => $kernel::<2>(tile, x, out, residual),
+                    3 => $kernel::<3>(tile, x, out, residual),
+                    4 => $kernel::<4>(tile, x, out, residual),
+                    5 => $kernel::<5>(tile, x, out, residual),
+                    6 => $kernel::<6>(tile, x, out, residual),
+                    7 => $kernel::<7>(tile, x, out, residual),
+                    8 => $kernel::<8>(tile, x, out, residual),
+                    9 => $kernel::<9>(tile, x, out, residual),
+                    10 => $kernel::<10>(tile, x, out, residual),
+                    11 => $kernel::<11>(tile, x, out, residual),
+                    12 => $kernel::<12>(tile, x, out, residual),
+                    _ => unreachable!("a tile has 1 to {TILE_ROWS} rows"),
+                }
+            };
+        }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect` chose this kernel because the CPU has AVX-512F.
+            Kernel::Avx512 => unsafe { by_rows!(tile_avx512) },
+            Kernel::Portable => by_rows!(tile_portable),
+        }
+    }
+}
+
+/// The tile in plain Rust: the reference the AVX-512 kernel is tested against, and the
+/// kernel on CPUs without AVX-512.
+fn tile_portable<const R: usize>(
+    tile: &Tile,
+    x: &[f32],
+    out: &mut [f32],
+    residual: Option<&[f32]>,
+) {
+    let inputs = tile.inputs;
+    let mut sums = [[0f32; PANEL]; R];
+    for (i, weights) in tile.weights.chunks_exact(PANEL).enumerate() {
+        for (r, sums) in sums.iter_mut().enumerate() {
+            let v = x[r * inputs + i];
+            // Not `mul_add`: without FMA hardware that is a call into libm.
+            for (s, w) in sums.iter_mut().zip(weights) {
+                *s += v * w;
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        let at = r * tile.outputs;
+        for j in 0..tile.columns {
+            let extra = residual.map_or(0.0, |res| res[at + j]);
+            out[at + j] = sums[j] + tile.bias[j] + extra;
+        }
+    }
+}
+
+/// The tile with AVX-512: 2·R accumulators in registers, one broadcast of `x` and two
+/// fused multiply-adds per row and input.
+///
+/// # Safety
+/// The CPU must have AVX-512F; slices are as [`Kernel::run`] describes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize>(
+    tile: &Tile,
+    x: &[f32],
+    out: &mut [f32],
+    residual: Option<&[f32]>,
+) {
+    use std::arch::x86_64::*;
+    let inputs = tile.inputs;
+    assert!(x.len() >= R * inputs && tile.weights.len() == inputs * PANEL);
+    assert!(out.len() == (R - 1) * tile.outputs + tile.columns);
+    let (x, weights) = (x.as_ptr(), tile.weights.as_ptr());
+    let mut low = [_mm512_setzero_ps(); R];
+    let mut high = [_mm512_setzero_ps(); R];
+    for i in 0..inputs {
+        // SAFETY: i < inputs and r < R, within the lengths asserted above.
+        unsafe {
+            let w_low = _mm512_loadu_ps(weights.add(i * PANEL));
+            let w_high = _mm512_loadu_ps(weights.add(i * PANEL + 16));
+            for r in 0..R {
+                let v = _mm512_set1_ps(*x.add(r * inputs + i));
+                low[r] = _mm512_fmadd_ps(v, w_low, low[r]);
+                high[r] = _mm512_fmadd_ps(v, w_high, high[r]);
+            }
+        }
+    }
+    let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
+    let (mask_low, mask_high) = (lanes(tile.columns), lanes(tile.columns.saturating_sub(16)));
+    // SAFETY: the bias has PANEL entries; the masks keep every access to `out` and
+    // `residual` within the tile's real columns, which the asserted length covers.
+    unsafe {
+        let bias_low = _mm512_loadu_ps(tile.bias.as_ptr());
+        let bias_high = _mm512_loadu_ps(tile.bias.as_ptr().add(16));
+        let out = out.as_mut_ptr();
+        for r in 0..R {
+            let at = r * tile.outputs;
+            let mut value_low = _mm512_add_ps(low[r], bias_low);
+            let mut value_high = _mm512_add_ps(high[r], bias_high);
+            if let Some(residual) = residual {
+                let residual = residual.as_ptr().add(at);
+                value_low = _mm512_add_ps(value_low, _mm512_maskz_loadu_ps(mask_low, residual));
+                value_high = _mm512_add_ps(
+                    value_high,
+                    _mm512_maskz_loadu_ps(mask_high, residual.add(16)),
+                );
+            }
+            _mm512_mask_storeu_ps(out.add(at), mask_low, value_low);
+            _mm512_mask_storeu_ps(out.add(at + 16), mask_high, value_high);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(count: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Sizes that leave partial tiles, tasks and panels (37 outputs: one full panel and
+    /// one of 5 columns), against the product written out in f64.
+    #[test]
+    fn matches_the_product_written_out() {
+        let (rows, inputs, outputs) = (113, 19, 37);
+        let x = numbers(rows * inputs, 1);
+        let weight = numbers(outputs * inputs, 2);
+        let bias = numbers(outputs, 3);
+        let residual = numbers(rows * outputs, 4);
+        let packed = PackedLinear::new(&weight, Some(&bias), outputs, inputs);
+        let expected = |r: usize, o: usize, with_residual: bool| -> f32 {
+            let dot: f64 = (0..inputs)
+                .map(|i| x[r * inputs + i] as f64 * weight[o * inputs + i] as f64)
+                .sum();
+            let extra = if with_residual {
+                residual[r * outputs + o]
+            } else {
+                0.0
+            };
+            (dot + bias[o] as f64 + extra as f64) as f32
+        };
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            for with_residual in [false, true] {
+                let mut out = vec![f32::NAN; rows * outputs];
+                for (task, out) in out.chunks_mut(48 * outputs).enumerate() {
+                    let count = out.len() / outputs;
+                    let x = &x[task * 48 * inputs..(task * 48 + count) * inputs];
+                    let residual = with_residual
+                        .then(|| &residual[task * 48 * outputs..(task * 48 + count) * outputs]);
+                    packed.rows(kernel, x, out, residual);
+                }
+                for r in 0..rows {
+                    for o in 0..outputs {
+                        let (ours, theirs) = (out[r * outputs + o], expected(r, o, with_residual));
+                        assert!(
+                            (ours - theirs).abs() < 1e-5,
+                            "{kernel:?}, residual {with_residual}: ({r}, {o}) {ours} vs {theirs}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Packing from the transpose gives the same matrix.
+    #[test]
+    fn packs_the_same_from_the_transpose() {
+        let (inputs, outputs) = (7, 45);
+        let weight = numbers(outputs * inputs, 8);
+        let transposed: Vec<f32> = (0..inputs)
+            .flat_map(|i| (0..outputs).map(move |o| (i, o)))
+            .map(|(i, o)| weight[o * inputs + i])
+            .collect();
+        let packed = PackedLinear::new(&weight, None, outputs, inputs);
+        let from_transposed = PackedLinear::from_transposed(&transposed, outputs, inputs);
+        assert_eq!(packed.panels, from_transposed.panels);
+        assert_eq!(packed.bias, from_transposed.bias);
+    }
+
+    /// The parallel entry point agrees with one task doing everything, bit for bit:
+    /// a row's sums never depend on which task or tile it landed in.
+    #[test]
+    fn sharing_rows_out_changes_nothing() {
+        let (rows, inputs, outputs) = (250, 64, 96);
+        let x = numbers(rows * inputs, 5);
+        let packed = PackedLinear::new(
+            &numbers(outputs * inputs, 6),
+            Some(&numbers(outputs, 7)),
+            outputs,
+            inputs,
+        );
+        let mut parallel = vec![0f32; rows * outputs];
+        packed.forward(&x, &mut parallel, None);
+        let mut alone = vec![0f32; outputs];
+        for r in [0, 11, 12, 13, 97, 249] {
+            packed.forward(&x[r * inputs..(r + 1) * inputs], &mut alone, None);
+            assert_eq!(alone, parallel[r * outputs..(r + 1) * outputs], "row {r}");
+        }
+    }
+}
