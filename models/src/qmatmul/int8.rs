@@ -190,13 +190,17 @@ mod x86 {
         }
     }
 
-    /// The f16 at `at`, unaligned, as f32.
+    /// The f16 at `at`, unaligned, as f32 in every lane.
+    ///
+    /// Broadcast before converting: the compiler turns a scalar load into `vpinsrw`,
+    /// which merges into whatever register it picks, and so chained every block of a
+    /// row to the previous block's scale arithmetic (about 13 cycles a block).
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    fn half_at(at: *const u8) -> f32 {
+    fn half_splat(at: *const u8) -> __m256 {
         // SAFETY: the callers point at a block's scale or offset.
-        let bits = unsafe { at.cast::<u16>().read_unaligned() };
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        let bits = unsafe { at.cast::<i16>().read_unaligned() };
+        _mm256_cvtph_ps(_mm_set1_epi16(bits))
     }
 
     /// One weight row (its blocks at `weights`) against input rows `first..first + R`;
@@ -219,8 +223,7 @@ mod x86 {
         for b in 0..blocks {
             // SAFETY (all pointer reads below): the caller checked the buffer sizes.
             let block = unsafe { weights.add(b * block_bytes) };
-            let d = half_at(block);
-            let d = _mm256_set1_ps(d);
+            let d = half_splat(block);
             // The unsigned operand, and for Q8_0 the signs to move onto the inputs.
             let (unsigned, signs) = if Q4_1 {
                 let packed = unsafe { _mm_loadu_si128(block.add(4).cast()) };
@@ -232,7 +235,7 @@ mod x86 {
                 (_mm256_sign_epi8(w, w), w)
             };
             let m = if Q4_1 {
-                half_at(unsafe { block.add(2) })
+                _mm256_cvtss_f32(half_splat(unsafe { block.add(2) }))
             } else {
                 0.0
             };
