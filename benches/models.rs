@@ -2,7 +2,8 @@
 //! `cargo bench --bench models` (after `scripts/fetch-models.sh` and
 //! `scripts/bench/setup-peers.sh`, which builds llama.cpp's Python binding).
 //!
-//! 1. MiniLM sentence embeddings, batch 32: our candle path vs onnxruntime over a graph
+//! 1. MiniLM sentence embeddings, batch 32: our encoder (on a CPU `models/src/bert/cpu.rs`,
+//!    candle tensor operations on a GPU) vs onnxruntime over a graph
 //!    built from the same safetensors (`scripts/bench/minilm_onnxruntime.py`); both
 //!    tokenise. The two outputs are also compared (they must agree to 1e-4).
 //! 2. SmolLM2-135M GGUF decode, single stream, greedy: ours (each weight format; on a
@@ -104,7 +105,7 @@ fn embeddings(device: &labelfleet_models::Device) {
     let started = Instant::now();
     let ours = embedder.embed(&texts, 32).unwrap();
     let rate = texts.len() as f64 / started.elapsed().as_secs_f64();
-    println!("  labelfleet (candle)      {rate:>8.1} sentences/s");
+    println!("  labelfleet               {rate:>8.1} sentences/s");
     let input = serde_json::to_string(&texts).unwrap();
     if let Some(peer) = peer(
         "minilm_onnxruntime.py",
@@ -130,6 +131,7 @@ fn embeddings(device: &labelfleet_models::Device) {
             "  ratio {:.2}x (goal >= 1.0x); largest difference between the two: {worst:.1e}",
             rate / theirs
         );
+        assert!(worst < 1e-4, "the embeddings disagree with onnxruntime's");
     }
 }
 
@@ -250,7 +252,7 @@ fn decode(device: &labelfleet_models::Device, device_name: &str, single: bool, b
         .map(|i| chat(&format!("{} (version {i})", questions[i % questions.len()])))
         .collect();
     let formats: &[WeightFormat] = if device_name == "cpu" {
-        &[WeightFormat::Q8_0, WeightFormat::F32]
+        &[WeightFormat::Stored, WeightFormat::Q8_0, WeightFormat::F32]
     } else {
         &[WeightFormat::F32, WeightFormat::Bf16]
     };

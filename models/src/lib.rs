@@ -1,7 +1,9 @@
 //! Models for labelfleet jobs, on candle.
 //!
 //! - [`SentenceEmbedder`] turns texts into unit-length sentence embeddings with a
-//!   BERT-family model (all-MiniLM-L6-v2 and kin): the retriever of `self_label`.
+//!   BERT-family model (all-MiniLM-L6-v2 and kin): the retriever of `self_label`. On
+//!   the CPU it runs our own encoder over plain buffers (`bert::cpu`, with the packed
+//!   f32 matmul of `sgemm`); elsewhere candle tensor operations.
 //! - [`CausalLm`] pairs a [`Llama`] (llama, SmolLM, qwen2; from GGUF or safetensors)
 //!   with its [`TextTokenizer`] and [`generates`](CausalLm::generate) completions for a
 //!   batch of prompts at once: prompts are left-padded, a per-row mask hides the
@@ -12,6 +14,10 @@
 //! - [`TrainableLm`] fine-tunes such a model (fully, or LoRA adapters with
 //!   [`LoraConfig`]) on [`TokenizedExample`]s with the [`train`] module's AdamW,
 //!   schedule and clipping, and saves it where [`load_causal_lm`] reads it back.
+//!
+//! Behind both, the CPU kernels that candle lacks or runs slowly for these shapes:
+//! `sgemm` (f32 against weights packed at load), `qmatmul` (8-bit integer products
+//! straight on GGUF blocks) and `attention` (one decoding step, fused).
 //!
 //! Data flows one way: a job names a [`ModelSource`] → the worker resolves and loads
 //! it once (and keeps it across jobs) → prompts go in, [`Completion`]s come out.
