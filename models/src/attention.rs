@@ -1,15 +1,131 @@
-//! Attention for one decoding step on the CPU, fused into one pass.
+//! Attention on the CPU in f32, fused, for inference.
 //!
-//! A decoding step attends from one new position per row over that row's cache. As
-//! tensor operations that is a dozen small ones per layer (two matmuls, scaling, the
-//! mask, softmax, dtype casts, transposes), each allocating its result; for a 135M
-//! model they cost as much as the layer's matmuls. Here each (row, head) pair reads its
-//! query, walks the row's real keys in the cache in place, and writes its output
-//! directly. Padding keys are skipped, not masked, so a row's result does not depend on
-//! how much padding its batch gave it.
+//! As tensor operations, attention is a dozen ops per layer (two matmuls, scaling, the
+//! mask, softmax, dtype casts, transposes), each allocating its result: for a decoding
+//! step of a 135M model they cost as much as the layer's matmuls, and for a batch of
+//! long prompts the scores alone are `rows × heads × len²` floats, written and read
+//! several times over, with libm's scalar `expf` in the softmax.
+//!
+//! - [`decode_step`]: one new position per row. Each (row, head) pair reads its query,
+//!   walks the row's real keys in the cache in place, and writes its output directly.
+//!   Padding keys are skipped, not masked, so a row's result does not depend on how
+//!   much padding its batch gave it.
+//! - [`prompt`]: many new positions per row. Each (row, key/value head) packs its keys
+//!   and values once for the register-tile matmul of [`crate::sgemm`], and each query
+//!   head sharing them computes its scores, masked softmax (vectorised) and output.
 
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use rayon::prelude::*;
+
+use crate::fastmath::{softmax, vectorized};
+use crate::sgemm::PackedLinear;
+
+/// `softmax(q · kᵀ · scale + mask) · v` for the new positions of a prompt.
+///
+/// - `q`: `(rows, heads, len, head_dim)`, f32;
+/// - `keys`, `values`: `(rows, kv_heads, total, head_dim)`, f32, read in place through
+///   their strides (views of the cache buffers); query head `h` reads key/value head
+///   `h / (heads / kv_heads)`;
+/// - `mask`: `(rows, 1, len, total)`, 0 where a query sees a key and −∞ elsewhere.
+///
+/// Returns `(rows, len, heads · head_dim)`, the heads side by side.
+pub(crate) fn prompt(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    scale: f32,
+) -> candle_core::Result<Tensor> {
+    let (rows, heads, len, head_dim) = q.dims4()?;
+    let (cache_rows, kv_heads, total, cache_dim) = keys.dims4()?;
+    if cache_rows != rows || cache_dim != head_dim || heads % kv_heads != 0 {
+        candle_core::bail!(
+            "prompt attention: shapes {:?} and {:?}",
+            q.dims(),
+            keys.dims()
+        );
+    }
+    if values.dims() != keys.dims() || mask.dims() != [rows, 1, len, total] {
+        candle_core::bail!(
+            "prompt attention: values {:?}, mask {:?}",
+            values.dims(),
+            mask.dims()
+        );
+    }
+    let (q, mask) = (q.contiguous()?, mask.contiguous()?);
+    let (query_storage, query_layout) = q.storage_and_layout();
+    let queries = contiguous_f32(&query_storage, query_layout, q.elem_count())?;
+    let (mask_storage, mask_layout) = mask.storage_and_layout();
+    let mask = contiguous_f32(&mask_storage, mask_layout, mask.elem_count())?;
+    let (key_storage, key_layout) = keys.storage_and_layout();
+    let (value_storage, value_layout) = values.storage_and_layout();
+    let keys = CacheView::new(&key_storage, key_layout, total, head_dim)?;
+    let values = CacheView::new(&value_storage, value_layout, total, head_dim)?;
+    let groups = heads / kv_heads;
+    let block = len * head_dim;
+    // One task per (row, key/value head), its query heads' outputs one after another.
+    let outputs: Vec<Vec<f32>> = (0..rows * kv_heads)
+        .into_par_iter()
+        .map(|pair| {
+            let (row, kv_head) = (pair / kv_heads, pair % kv_heads);
+            let packed_keys = PackedLinear::new(keys.head(row, kv_head), None, total, head_dim);
+            let packed_values =
+                PackedLinear::from_transposed(values.head(row, kv_head), head_dim, total);
+            let mask = &mask[row * len * total..(row + 1) * len * total];
+            let mut scaled = vec![0f32; block];
+            let mut scores = vec![0f32; len * total];
+            let mut out = vec![0f32; groups * block];
+            for (group, out) in out.chunks_exact_mut(block).enumerate() {
+                let head = kv_head * groups + group;
+                let query = &queries[(row * heads + head) * block..][..block];
+                scaled
+                    .iter_mut()
+                    .zip(query)
+                    .for_each(|(s, q)| *s = q * scale);
+                packed_keys.forward_here(&scaled, &mut scores);
+                for (scores, mask) in scores.chunks_exact_mut(total).zip(mask.chunks_exact(total)) {
+                    masked_softmax(scores, mask);
+                }
+                packed_values.forward_here(&scores, out);
+            }
+            out
+        })
+        .collect();
+    let width = heads * head_dim;
+    let mut attended = vec![0f32; rows * len * width];
+    for (pair, out) in outputs.iter().enumerate() {
+        let (row, kv_head) = (pair / kv_heads, pair % kv_heads);
+        for (group, out) in out.chunks_exact(block).enumerate() {
+            let column = (kv_head * groups + group) * head_dim;
+            for (i, values) in out.chunks_exact(head_dim).enumerate() {
+                let at = (row * len + i) * width + column;
+                attended[at..at + head_dim].copy_from_slice(values);
+            }
+        }
+    }
+    Tensor::from_vec(attended, (rows, len, width), &Device::Cpu)
+}
+
+vectorized! {
+    /// `softmax(scores + mask)` in place.
+    fn masked_softmax(scores: &mut [f32], mask: &[f32]) {
+        scores.iter_mut().zip(mask).for_each(|(s, m)| *s += m);
+        softmax(scores);
+    }
+}
+
+/// A contiguous tensor's f32 elements, borrowed from its CPU storage.
+fn contiguous_f32<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    count: usize,
+) -> candle_core::Result<&'a [f32]> {
+    let Storage::Cpu(CpuStorage::F32(data)) = storage else {
+        candle_core::bail!("attention: expects f32 tensors on the CPU");
+    };
+    let start = layout.start_offset();
+    Ok(&data[start..start + count])
+}
 
 /// `softmax(q · Kᵀ · scale) · V` for one query position per row.
 ///
@@ -109,7 +225,12 @@ impl<'a> CacheView<'a> {
 
 /// Whether [`decode_step`] can run this step: one new position, f32, on the CPU.
 pub(crate) fn fits(q: &Tensor) -> bool {
-    q.device().is_cpu() && q.dtype() == DType::F32 && q.dim(2).is_ok_and(|len| len == 1)
+    fits_prompt(q) && q.dim(2).is_ok_and(|len| len == 1)
+}
+
+/// Whether [`prompt`] can run: f32 on the CPU.
+pub(crate) fn fits_prompt(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32
 }
 
 /// The inner loop, compiled for AVX2+FMA (picked at run time) and portably.
@@ -253,6 +374,73 @@ mod tests {
             .matmul(&expand(&values))
             .unwrap()
             .reshape((rows, 1, heads * dim))
+            .unwrap();
+        let worst: f32 = (ours - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(worst < 1e-5, "largest difference {worst}");
+    }
+
+    /// Against the same attention as tensor operations, with grouped heads, a cache
+    /// holding earlier positions, spare capacity, and a left-padded row.
+    #[test]
+    fn prompt_matches_masked_softmax_attention() {
+        let device = Device::Cpu;
+        let (rows, heads, kv_heads, dim) = (2, 6, 2, 20);
+        let (earlier, len, capacity) = (5, 9, 32);
+        let total = earlier + len;
+        let q = Tensor::randn(0f32, 1.0, (rows, heads, len, dim), &device).unwrap();
+        let keys = Tensor::randn(0f32, 1.0, (rows, kv_heads, capacity, dim), &device).unwrap();
+        let values = Tensor::randn(0f32, 1.0, (rows, kv_heads, capacity, dim), &device).unwrap();
+        // Row 0's first three positions are padding; queries see earlier positions and
+        // themselves; a padding query sees only itself.
+        let mut mask = Vec::new();
+        for row in 0..rows {
+            let pad = if row == 0 { 3 } else { 0 };
+            for i in 0..len {
+                for j in 0..total {
+                    let visible = if i + earlier < pad {
+                        j == earlier + i
+                    } else {
+                        j <= earlier + i && j >= pad
+                    };
+                    mask.push(if visible { 0.0 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (rows, 1, len, total), &device).unwrap();
+        let scale = 0.3;
+        let (k, v) = (
+            keys.narrow(2, 0, total).unwrap(),
+            values.narrow(2, 0, total).unwrap(),
+        );
+        let ours = prompt(&q, &k, &v, &mask, scale).unwrap();
+
+        let groups = heads / kv_heads;
+        let expand = |t: &Tensor| {
+            t.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((rows, kv_heads, groups, total, dim))
+                .unwrap()
+                .reshape((rows, heads, total, dim))
+                .unwrap()
+        };
+        let scores = (q.matmul(&expand(&k).t().unwrap()).unwrap() * scale as f64)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let weights = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let expected = weights
+            .matmul(&expand(&v))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((rows, len, heads * dim))
             .unwrap();
         let worst: f32 = (ours - expected)
             .unwrap()

@@ -29,6 +29,7 @@ mod bert;
 mod device;
 mod embed;
 mod error;
+mod fastmath;
 mod generate;
 pub mod llama;
 mod load;

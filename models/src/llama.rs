@@ -900,6 +900,9 @@ impl Llama {
             Some(visible) if attention::fits(&q) => {
                 attention::decode_step(&q, &k, &v, visible, scale as f32)?
             }
+            _ if !training && attention::fits_prompt(&q) => {
+                attention::prompt(&q, &k, &v, mask, scale as f32)?
+            }
             _ => self.attention(&q, &k, &v, mask, training)?,
         };
         let x = (x + layer.wo.forward(&attended)?)?;

@@ -1,36 +1,13 @@
 //! The elementwise and per-sentence steps of the CPU encoder, over plain slices.
 //!
-//! Each is written as loops the compiler vectorises, and compiled twice: once for
-//! AVX-512 (picked at run time) and once for the baseline instruction set. `exp` is a
-//! polynomial rather than libm's `expf`, which is a call per element and does not
-//! vectorise.
+//! Each is written as loops the compiler vectorises, and compiled twice (see
+//! [`crate::fastmath`]): once for AVX-512, picked at run time, and once for the
+//! baseline instruction set.
 
 use rayon::prelude::*;
 
+use crate::fastmath::{exp, lane_sum, softmax, vectorized};
 use crate::sgemm::PackedLinear;
-
-/// Defines `fn $name` from a body that is compiled both for AVX-512F (used when the
-/// CPU has it) and for the baseline instruction set.
-macro_rules! vectorized {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512($($arg: $ty),*) {
-                body($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has the feature `avx512` is compiled for.
-                return unsafe { avx512($($arg),*) };
-            }
-            body($($arg),*)
-        }
-    };
-}
 
 /// Rows (or elements) per parallel task for the elementwise steps.
 const TASK_ELEMENTS: usize = 16 * 1024;
@@ -133,66 +110,6 @@ fn attend_sentence(qkv: &[f32], out: &mut [f32], heads: usize, hidden: usize) {
     }
 }
 
-vectorized! {
-    /// `softmax(row)` in place.
-    fn softmax(row: &mut [f32]) {
-        let largest = lanes(row, f32::NEG_INFINITY, |s| s, f32::max);
-        for s in row.iter_mut() {
-            *s = exp(*s - largest);
-        }
-        let inverse = 1.0 / lane_sum(row, |s| s);
-        row.iter_mut().for_each(|s| *s *= inverse);
-    }
-}
-
-/// `f` over `values`, folded with `combine` in 16 independent lanes, which the compiler
-/// keeps in one vector register (it may not reorder a single running float sum).
-#[inline(always)]
-fn lanes(
-    values: &[f32],
-    start: f32,
-    f: impl Fn(f32) -> f32,
-    combine: impl Fn(f32, f32) -> f32,
-) -> f32 {
-    let mut lanes = [start; 16];
-    let chunks = values.chunks_exact(16);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(start, |a, &v| combine(a, f(v)));
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane = combine(*lane, f(v));
-        }
-    }
-    lanes.iter().fold(tail, |a, &l| combine(a, l))
-}
-
-#[inline(always)]
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    lanes(values, 0.0, f, |a, b| a + b)
-}
-
-/// eˣ to within 2 ulp for x in [−87, 88] (below, about 1.6e-38; above, about 1.7e38):
-/// Cephes' `expf`, `2ⁿ · eʳ` with `r = x − n·ln 2`, `|r| ≤ ln 2 / 2`, and a polynomial
-/// for `eʳ`, branch-free so that it vectorises.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    // Round to nearest by adding and subtracting 1.5 · 2²³.
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    // ln 2 in two parts, so that n · ln 2 is subtracted without losing r's digits.
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let mut p = 1.987_569_2e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 /// erf(x) by Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7, plus f32 rounding.
 #[inline(always)]
 fn erf(x: f32) -> f32 {
@@ -207,19 +124,6 @@ fn erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_2_ulp_of_libm() {
-        for i in -8700..8800 {
-            let x = i as f32 / 100.0 + 0.003;
-            let (ours, libm) = (exp(x), x.exp());
-            assert!(
-                (ours - libm).abs() <= 2.0 * f32::EPSILON * libm,
-                "exp({x}) = {ours} vs {libm}"
-            );
-        }
-        assert!(exp(-200.0) < 1e-37);
-    }
 
     #[test]
     fn the_erf_approximation_is_within_5e_7() {
