@@ -19,6 +19,7 @@ use candle_nn::VarBuilder;
 use crate::ModelError;
 use crate::attention;
 use crate::qmatmul::PackedWeights;
+use crate::sgemm::PackedLinear;
 
 /// The shape of a llama-family model.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +113,9 @@ enum Linear {
     /// quantized matmul for long prompts.
     Packed(PackedWeights, QMatMul, Option<Tensor>),
     Dense(candle_nn::Linear),
+    /// Dense f32 weights on the CPU, packed for our register-tile matmul; inference
+    /// only (no gradients flow through it).
+    PackedDense(PackedLinear),
     /// A frozen projection plus a low-rank update: `base(x) + scale · B(A(x))`.
     Lora {
         base: Box<Linear>,
@@ -144,6 +148,22 @@ impl Linear {
                 }
             }
             Linear::Dense(l) => crate::positions::over_positions(l, x),
+            Linear::PackedDense(packed) => {
+                let mut dims = x.dims().to_vec();
+                dims.pop();
+                let x = x.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage
+                else {
+                    candle_core::bail!("a packed dense layer takes f32 inputs on the CPU");
+                };
+                let start = layout.start_offset();
+                let xs = &data[start..start + x.elem_count()];
+                let mut out = vec![0f32; xs.len() / packed.inputs() * packed.outputs()];
+                packed.forward(xs, &mut out, None);
+                dims.push(packed.outputs());
+                Tensor::from_vec(out, dims, &Device::Cpu)
+            }
             Linear::Lora { base, a, b, scale } => {
                 base.forward(x)? + (b.forward(&a.forward(x)?)? * *scale)?
             }
@@ -653,6 +673,47 @@ impl Llama {
         };
         let merged = (dense.weight() + (b.matmul(a)? * scale)?)?;
         *slot = Linear::Dense(candle_nn::Linear::new(merged, dense.bias().cloned()));
+        Ok(())
+    }
+
+    /// Repacks every layer's dense f32 projections, on the CPU, for the register-tile
+    /// matmul of [`crate::sgemm`], which beats candle's on these shapes and adds the
+    /// bias as it writes. Inference only: packed layers carry no gradients,
+    /// and adapters can no longer be merged into them, so [`crate::load_causal_lm`]
+    /// calls this last. The output projection stays as it is (it often shares the
+    /// embedding matrix, which packing would copy).
+    pub(crate) fn pack_for_cpu(&mut self) -> Result<(), ModelError> {
+        if !self.device.is_cpu() {
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            let slots = [
+                &mut layer.wq,
+                &mut layer.wk,
+                &mut layer.wv,
+                &mut layer.wo,
+                &mut layer.gate,
+                &mut layer.up,
+                &mut layer.down,
+            ];
+            for slot in slots {
+                let Linear::Dense(dense) = slot else {
+                    continue;
+                };
+                if dense.weight().dtype() != DType::F32 {
+                    continue;
+                }
+                let (outputs, inputs) = dense.weight().dims2()?;
+                let weight: Vec<f32> = dense.weight().flatten_all()?.to_vec1()?;
+                let bias: Option<Vec<f32>> = dense.bias().map(|b| b.to_vec1()).transpose()?;
+                *slot = Linear::PackedDense(PackedLinear::new(
+                    &weight,
+                    bias.as_deref(),
+                    outputs,
+                    inputs,
+                ));
+            }
+        }
         Ok(())
     }
 

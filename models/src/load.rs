@@ -43,7 +43,23 @@ fn default_positions() -> usize {
 /// Loads the causal LM at `path`: a `.gguf` file, a folder holding one, or a folder with
 /// `config.json`, `tokenizer.json` and `*.safetensors` (llama, mistral or qwen2), or a
 /// LoRA adapter folder (`adapter_config.json`), merged into its base model at load.
+///
+/// On the CPU, dense f32 layers are then packed for inference (see
+/// [`Llama::pack_for_cpu`](crate::Llama)); a model to train comes from
+/// [`crate::TrainableLm`] instead.
 pub fn load_causal_lm(
+    path: &Path,
+    format: WeightFormat,
+    device: &Device,
+) -> Result<CausalLm, ModelError> {
+    let mut lm = load_unpacked(path, format, device)?;
+    lm.model.pack_for_cpu()?;
+    Ok(lm)
+}
+
+/// [`load_causal_lm`] with its layers as loaded, such as an adapter's base model, which
+/// has the adapter merged into it before it is packed.
+pub(crate) fn load_unpacked(
     path: &Path,
     format: WeightFormat,
     device: &Device,

@@ -135,7 +135,7 @@ pub(crate) fn load_with_adapter(dir: &Path, device: &Device) -> Result<CausalLm,
             base.display()
         )));
     }
-    let mut lm = crate::load_causal_lm(&base, WeightFormat::F32, device)?;
+    let mut lm = crate::load::load_unpacked(&base, WeightFormat::F32, device)?;
     let weights_path = dir.join(ADAPTER_WEIGHTS);
     let tensors = candle_core::safetensors::load(&weights_path, device)?;
     let lora = LoraConfig {

@@ -81,6 +81,16 @@ impl PackedLinear {
         }
     }
 
+    /// Width of an input row.
+    pub(crate) fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Width of an output row.
+    pub(crate) fn outputs(&self) -> usize {
+        self.outputs
+    }
+
     /// `out = x · Wᵀ + b (+ residual)`, with `x` `(rows, inputs)` and `out` and
     /// `residual` `(rows, outputs)`, all row-major.
     pub(crate) fn forward(&self, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
@@ -91,10 +101,14 @@ impl PackedLinear {
         if let Some(residual) = residual {
             assert_eq!(residual.len(), out.len(), "residual shape");
         }
-        // Enough tasks for every thread to get a few, in whole tiles.
-        let per_task = rows.div_ceil(4 * rayon::current_num_threads().max(1));
-        let task_rows = per_task.next_multiple_of(TILE_ROWS).min(MAX_TASK_ROWS);
         let kernel = Kernel::detect();
+        let threads = rayon::current_num_threads().max(1);
+        if rows < 2 * threads * TILE_ROWS {
+            return self.forward_by_panels(kernel, x, out, residual);
+        }
+        // Enough tasks for every thread to get a few, in whole tiles.
+        let per_task = rows.div_ceil(4 * threads);
+        let task_rows = per_task.next_multiple_of(TILE_ROWS).min(MAX_TASK_ROWS);
         out.par_chunks_mut(task_rows * outputs)
             .enumerate()
             .for_each(|(task, out)| {
@@ -106,6 +120,48 @@ impl PackedLinear {
             });
     }
 
+    /// [`Self::forward`] for a few rows (a decoding step), shared out by panels instead
+    /// of rows: each panel's outputs for every row go to a panel-major buffer, then
+    /// into place. Tasks run on candle's CPU threads, which spin between calls, because
+    /// a decoded token makes a couple of hundred short ones.
+    fn forward_by_panels(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+    ) {
+        let (inputs, outputs) = (self.inputs, self.outputs);
+        let rows = x.len() / inputs;
+        let panels = self.panels.len() / (inputs * PANEL);
+        let mut by_panel = vec![0f32; panels * rows * PANEL];
+        let shared = SharedOut(by_panel.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(panels, |range| {
+            for panel in range {
+                // SAFETY: `by_panel` holds `panels` blocks of `rows × PANEL`, each range
+                // of panels belongs to one task, and `execute_chunked` returns after them all.
+                let block = unsafe {
+                    std::slice::from_raw_parts_mut(shared.at(panel * rows * PANEL), rows * PANEL)
+                };
+                self.panel(kernel, panel, x, block, PANEL, None);
+            }
+        });
+        for (panel, block) in by_panel.chunks_exact(rows * PANEL).enumerate() {
+            let column = panel * PANEL;
+            let columns = (outputs - column).min(PANEL);
+            for (row, values) in block.chunks_exact(PANEL).enumerate() {
+                let at = row * outputs + column;
+                let out = &mut out[at..at + columns];
+                out.copy_from_slice(&values[..columns]);
+                if let Some(residual) = residual {
+                    out.iter_mut()
+                        .zip(&residual[at..at + columns])
+                        .for_each(|(o, r)| *o += r);
+                }
+            }
+        }
+    }
+
     /// [`Self::forward`] on the calling thread alone, for products too small to share.
     pub(crate) fn forward_here(&self, x: &[f32], out: &mut [f32]) {
         assert_eq!(x.len() / self.inputs * self.outputs, out.len(), "shapes");
@@ -114,26 +170,56 @@ impl PackedLinear {
 
     /// Every panel over a task's rows, one register tile at a time.
     fn rows(&self, kernel: Kernel, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
-        let (inputs, outputs) = (self.inputs, self.outputs);
-        let rows = x.len() / inputs;
-        for (panel, weights) in self.panels.chunks_exact(inputs * PANEL).enumerate() {
+        let panels = self.panels.len() / (self.inputs * PANEL);
+        for panel in 0..panels {
             let column = panel * PANEL;
-            let tile = Tile {
-                weights,
-                bias: &self.bias[column..column + PANEL],
-                columns: (outputs - column).min(PANEL),
-                inputs,
-                outputs,
-            };
-            for first in (0..rows).step_by(TILE_ROWS) {
-                let count = (rows - first).min(TILE_ROWS);
-                let x = &x[first * inputs..(first + count) * inputs];
-                let at = first * outputs + column;
-                let end = (first + count - 1) * outputs + column + tile.columns;
-                let residual = residual.map(|r| &r[at..end]);
-                kernel.run(&tile, count, x, &mut out[at..end], residual);
-            }
+            let residual = residual.map(|r| &r[column..]);
+            self.panel(kernel, panel, x, &mut out[column..], self.outputs, residual);
         }
+    }
+
+    /// One panel against every row of `x`: row r's outputs go to `out[r · stride..]`
+    /// (and `residual` is read likewise).
+    fn panel(
+        &self,
+        kernel: Kernel,
+        panel: usize,
+        x: &[f32],
+        out: &mut [f32],
+        stride: usize,
+        residual: Option<&[f32]>,
+    ) {
+        let inputs = self.inputs;
+        let rows = x.len() / inputs;
+        let column = panel * PANEL;
+        let tile = Tile {
+            weights: &self.panels[panel * inputs * PANEL..(panel + 1) * inputs * PANEL],
+            bias: &self.bias[column..column + PANEL],
+            columns: (self.outputs - column).min(PANEL),
+            inputs,
+            stride,
+        };
+        for first in (0..rows).step_by(TILE_ROWS) {
+            let count = (rows - first).min(TILE_ROWS);
+            let x = &x[first * inputs..(first + count) * inputs];
+            let at = first * stride;
+            let end = (first + count - 1) * stride + tile.columns;
+            let residual = residual.map(|r| &r[at..end]);
+            kernel.run(&tile, count, x, &mut out[at..end], residual);
+        }
+    }
+}
+
+/// A buffer written by several threads at disjoint indices.
+struct SharedOut(*mut f32);
+// SAFETY: the threads write disjoint elements, and the caller waits for them all.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element at `offset` (a method, so that closures capture the whole `Sync`
+    /// wrapper rather than its raw pointer).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
     }
 }
 
@@ -146,8 +232,8 @@ struct Tile<'a> {
     /// Of its `PANEL` columns, how many are real outputs.
     columns: usize,
     inputs: usize,
-    /// The stride of `out` and `residual`.
-    outputs: usize,
+    /// The row stride of `out` and `residual`.
+    stride: usize,
 }
 
 /// The register-tile kernel for this CPU.
@@ -168,7 +254,7 @@ impl Kernel {
     }
 
     /// `out` and `residual` start at the tile's first element and end at its last
-    /// (row stride `tile.outputs`); `x` holds its `rows` input rows.
+    /// (row stride `tile.stride`); `x` holds its `rows` input rows.
     fn run(self, tile: &Tile, rows: usize, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
         macro_rules! by_rows {
             ($kernel:ident) => {
@@ -218,7 +304,7 @@ fn tile_portable<const R: usize>(
         }
     }
     for (r, sums) in sums.iter().enumerate() {
-        let at = r * tile.outputs;
+        let at = r * tile.stride;
         for j in 0..tile.columns {
             let extra = residual.map_or(0.0, |res| res[at + j]);
             out[at + j] = sums[j] + tile.bias[j] + extra;
@@ -242,7 +328,7 @@ unsafe fn tile_avx512<const R: usize>(
     use std::arch::x86_64::*;
     let inputs = tile.inputs;
     assert!(x.len() >= R * inputs && tile.weights.len() == inputs * PANEL);
-    assert!(out.len() == (R - 1) * tile.outputs + tile.columns);
+    assert!(out.len() == (R - 1) * tile.stride + tile.columns);
     let (x, weights) = (x.as_ptr(), tile.weights.as_ptr());
     let mut low = [_mm512_setzero_ps(); R];
     let mut high = [_mm512_setzero_ps(); R];
@@ -267,7 +353,7 @@ unsafe fn tile_avx512<const R: usize>(
         let bias_high = _mm512_loadu_ps(tile.bias.as_ptr().add(16));
         let out = out.as_mut_ptr();
         for r in 0..R {
-            let at = r * tile.outputs;
+            let at = r * tile.stride;
             let mut value_low = _mm512_add_ps(low[r], bias_low);
             let mut value_high = _mm512_add_ps(high[r], bias_high);
             if let Some(residual) = residual {
@@ -359,24 +445,35 @@ mod tests {
         assert_eq!(packed.bias, from_transposed.bias);
     }
 
-    /// The parallel entry point agrees with one task doing everything, bit for bit:
-    /// a row's sums never depend on which task or tile it landed in.
+    /// The parallel entry point agrees with itself over any subset of rows, bit for
+    /// bit, whether it shares the work out by rows (many) or by panels (few): a row's
+    /// sums never depend on which task or tile it landed in.
     #[test]
-    fn sharing_rows_out_changes_nothing() {
+    fn sharing_work_out_changes_nothing() {
         let (rows, inputs, outputs) = (250, 64, 96);
         let x = numbers(rows * inputs, 5);
+        let residual = numbers(rows * outputs, 9);
         let packed = PackedLinear::new(
             &numbers(outputs * inputs, 6),
             Some(&numbers(outputs, 7)),
             outputs,
             inputs,
         );
-        let mut parallel = vec![0f32; rows * outputs];
-        packed.forward(&x, &mut parallel, None);
-        let mut alone = vec![0f32; outputs];
-        for r in [0, 11, 12, 13, 97, 249] {
-            packed.forward(&x[r * inputs..(r + 1) * inputs], &mut alone, None);
-            assert_eq!(alone, parallel[r * outputs..(r + 1) * outputs], "row {r}");
+        let mut all = vec![0f32; rows * outputs];
+        packed.forward(&x, &mut all, Some(&residual));
+        for (first, count) in [(0, 1), (11, 1), (12, 3), (97, 16), (200, 50)] {
+            let mut some = vec![0f32; count * outputs];
+            packed.forward(
+                &x[first * inputs..(first + count) * inputs],
+                &mut some,
+                Some(&residual[first * outputs..(first + count) * outputs]),
+            );
+            assert_eq!(
+                some,
+                all[first * outputs..(first + count) * outputs],
+                "rows {first}..{}",
+                first + count
+            );
         }
     }
 }

@@ -128,6 +128,38 @@ fn the_packed_kernel_matches_the_dequantized_model() {
     }
 }
 
+/// `load_causal_lm` packs f32 layers on the CPU for our own matmul (and prompts take
+/// the fused attention either way); the same GGUF read without packing runs candle's
+/// matmul. Both are unrounded f32, so they agree to float noise, over a prompt and a
+/// cached step of two rows.
+#[test]
+fn dense_layers_packed_for_the_cpu_match_candles_matmul() {
+    let gguf = common::model(common::SMOLLM2);
+    let packed = load_causal_lm(&gguf, WeightFormat::F32, &Device::Cpu).unwrap();
+    let unpacked =
+        labelfleet_models::Llama::from_gguf(&gguf, WeightFormat::F32, &Device::Cpu).unwrap();
+    let ids = packed.tokenizer.encode(&chat("Name a city.")).unwrap();
+    let run = |model: &labelfleet_models::Llama| -> Vec<Vec<f32>> {
+        let mut cache = model.new_cache(2);
+        let short = ids[..ids.len() - 3].to_vec();
+        let mut padded = vec![0; 3];
+        padded.extend(&short);
+        let prompt = model
+            .forward(&[ids.clone(), padded], &[0, 3], &mut cache)
+            .unwrap();
+        let step = model
+            .forward(&[vec![42], vec![7]], &[0, 0], &mut cache)
+            .unwrap();
+        let mut rows: Vec<Vec<f32>> = prompt.to_vec2().unwrap();
+        rows.extend(step.to_vec2::<f32>().unwrap());
+        rows
+    };
+    for (i, (a, b)) in run(&packed.model).iter().zip(run(&unpacked)).enumerate() {
+        let worst = largest_difference(a, &b);
+        assert!(worst < 1e-3, "row {i}: largest logit difference {worst}");
+    }
+}
+
 #[test]
 fn greedy_generation_is_deterministic_and_answers() {
     let lm = load_causal_lm(
