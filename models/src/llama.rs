@@ -8,7 +8,10 @@
 //! distance between query and key, so a padded row computes what it would alone.
 //!
 //! Weights come from a GGUF file (quantized matmuls, optionally re-quantized at load) or
-//! from safetensors in the Hugging Face layout (dense matmuls).
+//! from safetensors in the Hugging Face layout (dense matmuls). For inference on the
+//! CPU, quantized layers use the integer kernel of `qmatmul`, dense f32 layers are packed
+//! for `sgemm` (see `Llama::pack_for_cpu`), and attention is fused (`attention`); for
+//! training and on GPUs everything stays candle tensor operations.
 
 use std::path::Path;
 
