@@ -233,73 +233,46 @@ pub(crate) fn fits_prompt(q: &Tensor) -> bool {
     q.device().is_cpu() && q.dtype() == DType::F32
 }
 
-/// The inner loop, compiled for AVX2+FMA (picked at run time) and portably.
+/// The inner loop of [`decode_step`].
 mod kernels {
-    pub fn attend(
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: &[bool],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { attend_avx2(query, keys, values, visible, scale, out) };
-        }
-        attend_portable(query, keys, values, visible, scale, out)
-    }
+    use crate::fastmath::{exp, vectorized};
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: &[bool],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        attend_portable(query, keys, values, visible, scale, out)
-    }
-
-    /// Scores of the visible keys, their softmax, and the weighted sum of values, in
-    /// one pass over the keys and one over the values.
-    #[inline(always)]
-    fn attend_portable(
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: &[bool],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        let dim = query.len();
-        let mut scores: Vec<(usize, f32)> = Vec::with_capacity(visible.len());
-        let mut largest = f32::NEG_INFINITY;
-        for (j, key) in keys.chunks_exact(dim).enumerate() {
-            if !visible[j] {
-                continue;
+    vectorized! {
+        /// Scores of the visible keys, their softmax, and the weighted sum of values, in
+        /// one pass over the keys and one over the values.
+        pub fn attend(
+            query: &[f32],
+            keys: &[f32],
+            values: &[f32],
+            visible: &[bool],
+            scale: f32,
+            out: &mut [f32],
+        ) {
+            let dim = query.len();
+            let mut scores: Vec<(usize, f32)> = Vec::with_capacity(visible.len());
+            let mut largest = f32::NEG_INFINITY;
+            for (j, key) in keys.chunks_exact(dim).enumerate() {
+                if !visible[j] {
+                    continue;
+                }
+                let score = dot(query, key) * scale;
+                largest = largest.max(score);
+                scores.push((j, score));
             }
-            let score = dot(query, key) * scale;
-            largest = largest.max(score);
-            scores.push((j, score));
-        }
-        out.fill(0.0);
-        let mut total = 0f32;
-        for (j, score) in scores {
-            let weight = (score - largest).exp();
-            total += weight;
-            let value = &values[j * dim..(j + 1) * dim];
-            for (o, v) in out.iter_mut().zip(value) {
-                *o = weight.mul_add(*v, *o);
+            out.fill(0.0);
+            let mut total = 0f32;
+            for (j, score) in scores {
+                let weight = exp(score - largest);
+                total += weight;
+                let value = &values[j * dim..(j + 1) * dim];
+                for (o, v) in out.iter_mut().zip(value) {
+                    *o = weight.mul_add(*v, *o);
+                }
             }
-        }
-        if total > 0.0 {
-            let inverse = 1.0 / total;
-            out.iter_mut().for_each(|o| *o *= inverse);
+            if total > 0.0 {
+                let inverse = 1.0 / total;
+                out.iter_mut().for_each(|o| *o *= inverse);
+            }
         }
     }
 
@@ -327,8 +300,8 @@ mod kernels {
 mod tests {
     use super::*;
 
-    /// Against the same attention as tensor operations (what the model runs for
-    /// prompts), with grouped heads, a padded row and spare cache capacity.
+    /// Against the same attention as tensor operations (what the model runs in
+    /// training), with grouped heads, a padded row and spare cache capacity.
     #[test]
     fn matches_masked_softmax_attention() {
         let device = Device::Cpu;
@@ -341,49 +314,22 @@ mod tests {
             .map(|r| (0..len).map(|j| r == 1 || j >= 3).collect())
             .collect();
         let scale = 0.3;
-        let ours = decode_step(
-            &q,
-            &keys.narrow(2, 0, len).unwrap(),
-            &values.narrow(2, 0, len).unwrap(),
-            &visible,
-            scale,
-        )
-        .unwrap();
+        let (k, v) = (
+            keys.narrow(2, 0, len).unwrap(),
+            values.narrow(2, 0, len).unwrap(),
+        );
+        let ours = decode_step(&q, &k, &v, &visible, scale).unwrap();
 
-        let groups = heads / kv_heads;
-        let expand = |t: &Tensor| {
-            let t = t.narrow(2, 0, len).unwrap();
-            let t = t.unsqueeze(2).unwrap();
-            t.broadcast_as((rows, kv_heads, groups, len, dim))
-                .unwrap()
-                .reshape((rows, heads, len, dim))
-                .unwrap()
-        };
         let mask: Vec<f32> = visible
             .iter()
             .flatten()
             .map(|v| if *v { 0.0 } else { f32::NEG_INFINITY })
             .collect();
         let mask = Tensor::from_vec(mask, (rows, 1, 1, len), &device).unwrap();
-        let scores = (q.matmul(&expand(&keys).t().unwrap()).unwrap() * scale as f64)
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap();
-        let weights = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        let expected = weights
-            .matmul(&expand(&values))
-            .unwrap()
+        let expected = reference(&q, &k, &v, &mask, scale)
             .reshape((rows, 1, heads * dim))
             .unwrap();
-        let worst: f32 = (ours - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(worst < 1e-5, "largest difference {worst}");
+        assert_close(ours, expected);
     }
 
     /// Against the same attention as tensor operations, with grouped heads, a cache
@@ -421,27 +367,39 @@ mod tests {
         );
         let ours = prompt(&q, &k, &v, &mask, scale).unwrap();
 
-        let groups = heads / kv_heads;
-        let expand = |t: &Tensor| {
-            t.unsqueeze(2)
-                .unwrap()
-                .broadcast_as((rows, kv_heads, groups, total, dim))
-                .unwrap()
-                .reshape((rows, heads, total, dim))
-                .unwrap()
-        };
-        let scores = (q.matmul(&expand(&k).t().unwrap()).unwrap() * scale as f64)
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap();
-        let weights = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        let expected = weights
-            .matmul(&expand(&v))
-            .unwrap()
+        let expected = reference(&q, &k, &v, &mask, scale)
             .transpose(1, 2)
             .unwrap()
             .reshape((rows, len, heads * dim))
             .unwrap();
+        assert_close(ours, expected);
+    }
+
+    /// Masked softmax attention as tensor operations over grouped heads: `q` `(rows,
+    /// heads, len, dim)` over `keys`, `values` `(rows, kv_heads, total, dim)` under
+    /// `mask` (broadcast to the scores); returns `(rows, heads, len, dim)`.
+    fn reference(q: &Tensor, keys: &Tensor, values: &Tensor, mask: &Tensor, scale: f32) -> Tensor {
+        let (rows, heads, _, dim) = q.dims4().unwrap();
+        let (_, kv_heads, total, _) = keys.dims4().unwrap();
+        let expand = |t: &Tensor| {
+            t.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((rows, kv_heads, heads / kv_heads, total, dim))
+                .unwrap()
+                .reshape((rows, heads, total, dim))
+                .unwrap()
+        };
+        let scores = (q.matmul(&expand(keys).t().unwrap()).unwrap() * scale as f64)
+            .unwrap()
+            .broadcast_add(mask)
+            .unwrap();
+        candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&expand(values))
+            .unwrap()
+    }
+
+    fn assert_close(ours: Tensor, expected: Tensor) {
         let worst: f32 = (ours - expected)
             .unwrap()
             .abs()

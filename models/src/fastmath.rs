@@ -1,15 +1,16 @@
 //! Elementwise math for the CPU kernels, written so that the compiler vectorises it.
 //!
-//! - [`vectorized!`] defines a function whose body is compiled both for AVX-512F (used
-//!   when the CPU has it) and for the baseline instruction set;
+//! - [`vectorized!`] defines a function whose body is compiled for AVX-512F, for AVX2
+//!   with FMA and for the baseline instruction set, and picks the best at run time;
 //! - [`exp`] is a branch-free polynomial rather than libm's `expf`, which is a call per
 //!   element and does not vectorise;
 //! - [`lanes`] and [`lane_sum`] fold in 16 independent lanes, which the compiler may
 //!   keep in one vector register (it may not reorder a single running float sum);
 //! - [`softmax`] puts them together over one row.
 
-/// Defines `fn $name` from a body that is compiled both for AVX-512F (used when the
-/// CPU has it) and for the baseline instruction set.
+/// Defines `fn $name` from a body that is compiled three times: for AVX-512F, for
+/// AVX2 with FMA, and for the baseline instruction set; the best the CPU has is picked
+/// at run time (the check is a cached load).
 macro_rules! vectorized {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
@@ -22,9 +23,21 @@ macro_rules! vectorized {
                 body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has the feature `avx512` is compiled for.
-                return unsafe { avx512($($arg),*) };
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") {
+                    // SAFETY: the CPU has the feature `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if has!("avx2") && has!("fma") {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
             }
             body($($arg),*)
         }
