@@ -17,6 +17,7 @@
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::buffers::contiguous_f32;
 use crate::fastmath::{softmax, vectorized};
 use crate::sgemm::PackedLinear;
 
@@ -112,19 +113,6 @@ vectorized! {
         scores.iter_mut().zip(mask).for_each(|(s, m)| *s += m);
         softmax(scores);
     }
-}
-
-/// A contiguous tensor's f32 elements, borrowed from its CPU storage.
-fn contiguous_f32<'a>(
-    storage: &'a Storage,
-    layout: &Layout,
-    count: usize,
-) -> candle_core::Result<&'a [f32]> {
-    let Storage::Cpu(CpuStorage::F32(data)) = storage else {
-        candle_core::bail!("attention: expects f32 tensors on the CPU");
-    };
-    let start = layout.start_offset();
-    Ok(&data[start..start + count])
 }
 
 /// `softmax(q · Kᵀ · scale) · V` for one query position per row.

@@ -26,6 +26,7 @@
 
 mod attention;
 mod bert;
+mod buffers;
 mod device;
 mod embed;
 mod error;

@@ -151,22 +151,7 @@ impl Linear {
                 }
             }
             Linear::Dense(l) => crate::positions::over_positions(l, x),
-            Linear::PackedDense(packed) => {
-                let mut dims = x.dims().to_vec();
-                dims.pop();
-                let x = x.contiguous()?;
-                let (storage, layout) = x.storage_and_layout();
-                let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage
-                else {
-                    candle_core::bail!("a packed dense layer takes f32 inputs on the CPU");
-                };
-                let start = layout.start_offset();
-                let xs = &data[start..start + x.elem_count()];
-                let mut out = vec![0f32; xs.len() / packed.inputs() * packed.outputs()];
-                packed.forward(xs, &mut out, None);
-                dims.push(packed.outputs());
-                Tensor::from_vec(out, dims, &Device::Cpu)
-            }
+            Linear::PackedDense(packed) => packed.forward_tensor(x),
             Linear::Lora { base, a, b, scale } => {
                 base.forward(x)? + (b.forward(&a.forward(x)?)? * *scale)?
             }

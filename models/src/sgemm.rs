@@ -2,15 +2,20 @@
 //!
 //! Through candle, a linear layer is a matmul into a fresh tensor (the `gemm` crate
 //! repacking the weights as it goes, every call), then its bias and its residual are
-//! further passes over the output, each into another fresh tensor. Here the weights are packed at load time into panels of
-//! [`PANEL`] output columns, stored input by input, so that the inner loop reads one
-//! panel row (two AVX-512 vectors) and meets it with up to [`TILE_ROWS`] input rows
-//! held in registers; the bias and the residual are added as the tile is written.
+//! further passes over the output, each into another fresh tensor. Here the weights
+//! are packed at load time into panels of [`PANEL`] output columns, stored input by
+//! input, so that the inner loop reads one panel row (two AVX-512 vectors) and meets it
+//! with up to [`TILE_ROWS`] input rows held in registers; the bias and the residual are
+//! added as the tile is written.
 //!
-//! Work is shared out by rows of `x`: each task runs every panel over its rows, so the
-//! panel it is reading stays in cache across its tiles.
+//! Many rows (a prompt, a batch of sentences) are shared out by rows of `x`: each task
+//! runs every panel over its rows, so the panel it is reading stays in cache across its
+//! tiles. A few rows (a decoding step) are shared out by panels instead.
 
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+
+use crate::buffers::{SharedOut, contiguous_f32};
 
 /// Output columns per packed panel: two 16-lane vectors.
 const PANEL: usize = 32;
@@ -81,16 +86,6 @@ impl PackedLinear {
         }
     }
 
-    /// Width of an input row.
-    pub(crate) fn inputs(&self) -> usize {
-        self.inputs
-    }
-
-    /// Width of an output row.
-    pub(crate) fn outputs(&self) -> usize {
-        self.outputs
-    }
-
     /// `out = x · Wᵀ + b (+ residual)`, with `x` `(rows, inputs)` and `out` and
     /// `residual` `(rows, outputs)`, all row-major.
     pub(crate) fn forward(&self, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
@@ -133,9 +128,9 @@ impl PackedLinear {
     ) {
         let (inputs, outputs) = (self.inputs, self.outputs);
         let rows = x.len() / inputs;
-        let panels = self.panels.len() / (inputs * PANEL);
+        let panels = self.panel_count();
         let mut by_panel = vec![0f32; panels * rows * PANEL];
-        let shared = SharedOut(by_panel.as_mut_ptr());
+        let shared = SharedOut::new(&mut by_panel);
         candle_core::utils::barrier_pool().execute_chunked(panels, |range| {
             for panel in range {
                 // SAFETY: `by_panel` holds `panels` blocks of `rows × PANEL`, each range
@@ -162,6 +157,31 @@ impl PackedLinear {
         }
     }
 
+    /// [`Self::forward`] for a CPU f32 tensor `x` of shape `(…, inputs)`, as one
+    /// product over all its leading positions.
+    pub(crate) fn forward_tensor(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if dims.pop() != Some(self.inputs) {
+            candle_core::bail!(
+                "packed linear: input shape {:?}, weights take {}",
+                x.dims(),
+                self.inputs
+            );
+        }
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let xs = contiguous_f32(&storage, layout, x.elem_count())?;
+        let mut out = vec![0f32; xs.len() / self.inputs * self.outputs];
+        self.forward(xs, &mut out, None);
+        dims.push(self.outputs);
+        Tensor::from_vec(out, dims, &Device::Cpu)
+    }
+
+    /// The number of `PANEL`-column panels.
+    fn panel_count(&self) -> usize {
+        self.bias.len() / PANEL
+    }
+
     /// [`Self::forward`] on the calling thread alone, for products too small to share.
     pub(crate) fn forward_here(&self, x: &[f32], out: &mut [f32]) {
         assert_eq!(x.len() / self.inputs * self.outputs, out.len(), "shapes");
@@ -170,8 +190,7 @@ impl PackedLinear {
 
     /// Every panel over a task's rows, one register tile at a time.
     fn rows(&self, kernel: Kernel, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
-        let panels = self.panels.len() / (self.inputs * PANEL);
-        for panel in 0..panels {
+        for panel in 0..self.panel_count() {
             let column = panel * PANEL;
             let residual = residual.map(|r| &r[column..]);
             self.panel(kernel, panel, x, &mut out[column..], self.outputs, residual);
@@ -207,19 +226,6 @@ impl PackedLinear {
             let residual = residual.map(|r| &r[at..end]);
             kernel.run(&tile, count, x, &mut out[at..end], residual);
         }
-    }
-}
-
-/// A buffer written by several threads at disjoint indices.
-struct SharedOut(*mut f32);
-// SAFETY: the threads write disjoint elements, and the caller waits for them all.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The element at `offset` (a method, so that closures capture the whole `Sync`
-    /// wrapper rather than its raw pointer).
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 

@@ -42,7 +42,7 @@ pub(crate) struct CpuEncoder {
     embedding_norm: Norm,
     layers: Vec<Layer>,
     /// The activations of the last call, kept to be reused (their size is the largest
-    /// batch's tokens × `5·hidden + intermediate` floats).
+    /// batch's tokens × `6·hidden + intermediate` floats).
     workspace: Mutex<Vec<f32>>,
 }
 

@@ -11,6 +11,7 @@
 use half::f16;
 
 use super::{BLOCK, Format};
+use crate::buffers::SharedOut;
 
 /// Whether this CPU runs the integer kernel.
 pub fn available() -> bool {
@@ -118,7 +119,7 @@ pub fn multiply(format: Format, bytes: &[u8], outputs: usize, x: &Q8Rows, out: &
         bytes.len(),
         outputs * x.inputs / BLOCK * format.block_bytes()
     );
-    let out = SharedOut(out.as_mut_ptr());
+    let out = SharedOut::new(out);
     candle_core::utils::barrier_pool().execute_chunked(outputs, |range| {
         // SAFETY: the features were checked above; the sizes were checked above, and
         // each output index belongs to exactly one range, so writes never overlap.
@@ -131,17 +132,13 @@ pub fn multiply(format: Format, bytes: &[u8], outputs: usize, x: &Q8Rows, out: &
     });
 }
 
-/// `out`'s buffer, written by several threads at disjoint indices.
-struct SharedOut(*mut f32);
-// SAFETY: the threads write disjoint elements, and `multiply` waits for them all.
-unsafe impl Sync for SharedOut {}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{BLOCK, Format, Q8Rows, SharedOut};
+    use super::{BLOCK, Format, Q8Rows};
+    use crate::buffers::SharedOut;
 
     /// Input rows held in registers at a time: eight accumulators per weight row.
     const TILE: usize = 8;
@@ -163,7 +160,7 @@ mod x86 {
             let mut first = 0;
             while first < rows {
                 let count = (rows - first).min(TILE);
-                let out = unsafe { out.0.add(first * outputs + o) };
+                let out = out.at(first * outputs + o);
                 // SAFETY: `first + count <= rows` and `o < outputs`.
                 unsafe {
                     match (format, count) {
