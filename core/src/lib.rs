@@ -42,6 +42,7 @@ pub mod provenance;
 pub mod queue;
 mod retrain;
 mod self_label;
+pub mod text;
 pub mod tune;
 
 #[cfg(feature = "conformance")]

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod json_error;
 pub mod metrics;
 mod predictions;
 pub mod prompt;

@@ -2,6 +2,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::json_error::from_slice;
 use crate::readers::DataError;
 use crate::slots::{canonical_slot_name, normalize_value};
 use crate::turn::SlotValues;
@@ -36,7 +37,7 @@ impl Prediction {
 
 /// Reads a predictions file (a JSON list of [`Prediction`]s) or artifact bytes.
 pub fn read_predictions(bytes: &[u8], origin: &str) -> Result<Vec<Prediction>, DataError> {
-    let predictions: Vec<Prediction> = serde_json::from_slice(bytes).map_err(|e| DataError {
+    let predictions: Vec<Prediction> = from_slice(bytes).map_err(|e| DataError {
         file: origin.to_string(),
         message: format!(
             "expected a JSON list of {{dialogue_id, turn_id, slot_values}} predictions: {e}"

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::json_error::{from_value, without_values};
 use crate::slots::{canonical_slot, normalize_value};
 use crate::turn::{Dialogue, SlotValues, format_act};
 
@@ -42,14 +43,26 @@ pub fn read_dataset(path: &Path, format: Format) -> Result<Vec<Dialogue>, DataEr
         message,
     };
     let text = read_text(path).map_err(fail)?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
+        fail(format!(
+            "not valid JSON: {}",
+            without_values(&e.to_string())
+        ))
+    })?;
     match format {
         Format::Multiwoz21 => read_multiwoz21(value),
         Format::Icdst => read_icdst(value),
         Format::Sgd => read_sgd(value),
     }
     .map_err(fail)
+}
+
+/// A dialogue id from the file, as an error quotes it: at most 80 characters.
+fn short_id(id: &str) -> String {
+    match id.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &id[..end]),
+        None => id.to_string(),
+    }
 }
 
 fn read_text(path: &Path) -> Result<String, String> {
@@ -119,7 +132,7 @@ fn read_multiwoz21(value: Value) -> Result<Vec<Dialogue>, String> {
     let mut out = Vec::with_capacity(dialogues.len());
     for (id, dialogue) in dialogues {
         let dialogue: MwozDialogue =
-            serde_json::from_value(dialogue).map_err(|e| format!("dialogue {id}: {e}"))?;
+            from_value(dialogue).map_err(|e| format!("dialogue {}: {e}", short_id(&id)))?;
         let mut turns = Vec::new();
         // The system turns: none before the user opens, then each reply.
         let mut system = vec![(String::new(), Vec::new())];
@@ -173,8 +186,8 @@ struct IcdstDialog {
 }
 
 fn read_icdst(value: Value) -> Result<Vec<Dialogue>, String> {
-    let turns: Vec<IcdstTurn> = serde_json::from_value(value)
-        .map_err(|e| format!("expected IC-DST's list of turns: {e}"))?;
+    let turns: Vec<IcdstTurn> =
+        from_value(value).map_err(|e| format!("expected IC-DST's list of turns: {e}"))?;
     // Turns of one dialogue may be scattered; group them, keeping first-seen order.
     let mut order: Vec<String> = Vec::new();
     let mut by_dialogue: std::collections::HashMap<String, Vec<IcdstTurn>> = Default::default();
@@ -254,8 +267,8 @@ struct SgdState {
 }
 
 fn read_sgd(value: Value) -> Result<Vec<Dialogue>, String> {
-    let dialogues: Vec<SgdDialogue> = serde_json::from_value(value)
-        .map_err(|e| format!("expected a list of SGD dialogues: {e}"))?;
+    let dialogues: Vec<SgdDialogue> =
+        from_value(value).map_err(|e| format!("expected a list of SGD dialogues: {e}"))?;
     let mut out = Vec::with_capacity(dialogues.len());
     for d in dialogues {
         let mut state = SlotValues::new();
