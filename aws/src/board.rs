@@ -8,10 +8,12 @@
 //! | `#held` | `<group>/<name>` | an index of held jobs |
 //! | `#boardgroups` | group | the groups with registered jobs |
 //! | `#workers` | worker id | the worker's last report |
+//! | `#sweep` | `#sweep` | when the fleet last swept its held jobs |
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
 use labelfleet_core::board::{
-    BoardJob, BoardState, Dependency, GroupCounts, JobBoard, WorkerReport, WorkerState,
+    BoardJob, BoardState, Dependency, GroupCounts, GroupJob, JobBoard, WorkerReport, WorkerState,
 };
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_core::job::JobKey;
@@ -24,6 +26,8 @@ use crate::table::{Item, PK, SK, Table, key, s, text};
 const HELD: &str = "#held";
 const GROUPS: &str = "#boardgroups";
 const WORKERS: &str = "#workers";
+/// The item that records the fleet's last sweep of held jobs.
+const SWEEP: &str = "#sweep";
 /// Message bodies larger than this are kept in S3 (DynamoDB's item limit is 400 KB).
 const MAX_INLINE_BODY: usize = 300_000;
 
@@ -101,11 +105,12 @@ impl DynamoBoard {
             } else {
                 BoardState::Queued
             },
+            version: d["version"].as_str().map(str::to_string),
         })
     }
 
     /// Reads the jobs named `group/name` in `references`.
-    async fn jobs(&self, references: &[String]) -> BackendResult<Vec<BoardJob>> {
+    async fn jobs_by_reference(&self, references: &[String]) -> BackendResult<Vec<BoardJob>> {
         let keys: Vec<Item> = references
             .iter()
             .filter_map(|r| split_ref(r))
@@ -136,6 +141,10 @@ impl JobBoard for DynamoBoard {
         format!("DynamoDB job board dynamodb://{}", self.table.name)
     }
 
+    async fn check(&self) -> BackendResult<()> {
+        self.table.check().await
+    }
+
     async fn register(&self, jobs: &[BoardJob]) -> BackendResult<()> {
         let mut items = Vec::new();
         for job in jobs {
@@ -159,6 +168,7 @@ impl JobBoard for DynamoBoard {
                 Some(json!({
                     "state": job.state.as_str(), "after": tokens, "body": body,
                     "dedup_id": job.message.dedup_id, "msg_group": job.message.group,
+                    "version": job.version,
                 })),
             ));
             for dependency in &job.after {
@@ -176,28 +186,44 @@ impl JobBoard for DynamoBoard {
         Ok(())
     }
 
-    async fn group_jobs(&self, group_id: &str) -> BackendResult<Vec<(String, BoardState)>> {
-        let mut jobs: Vec<(String, BoardState)> = self
+    async fn group_jobs(&self, group_id: &str) -> BackendResult<Vec<GroupJob>> {
+        let mut jobs: Vec<GroupJob> = self
             .table
             .query_all(&jobs_partition(group_id))
             .await?
             .iter()
             .map(|i| {
-                let state = if doc(i)["state"] == "held" {
-                    BoardState::Held
-                } else {
-                    BoardState::Queued
-                };
-                (text(i, SK).unwrap_or_default().to_string(), state)
+                let d = doc(i);
+                GroupJob {
+                    name: text(i, SK).unwrap_or_default().to_string(),
+                    state: if d["state"] == "held" {
+                        BoardState::Held
+                    } else {
+                        BoardState::Queued
+                    },
+                    version: d["version"].as_str().map(str::to_string),
+                }
             })
             .collect();
-        jobs.sort_by(|a, b| a.0.cmp(&b.0));
+        jobs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(jobs)
+    }
+
+    async fn jobs(&self, keys: &[JobKey]) -> BackendResult<Vec<Option<BoardJob>>> {
+        let mut references: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        // A batch may not name one key twice.
+        references.sort();
+        references.dedup();
+        let found = self.jobs_by_reference(&references).await?;
+        Ok(keys
+            .iter()
+            .map(|k| found.iter().find(|j| &j.key == k).cloned())
+            .collect())
     }
 
     async fn held(&self) -> BackendResult<Vec<BoardJob>> {
         let references = self.sort_keys(HELD).await?;
-        let jobs = self.jobs(&references).await?;
+        let jobs = self.jobs_by_reference(&references).await?;
         Ok(jobs
             .into_iter()
             .filter(|j| j.state == BoardState::Held)
@@ -206,7 +232,7 @@ impl JobBoard for DynamoBoard {
 
     async fn held_waiting_on(&self, dependency: &Dependency) -> BackendResult<Vec<BoardJob>> {
         let references = self.sort_keys(&dep_partition(dependency)).await?;
-        let jobs = self.jobs(&references).await?;
+        let jobs = self.jobs_by_reference(&references).await?;
         // The index may outlive a re-registration with other dependencies: check the job.
         Ok(jobs
             .into_iter()
@@ -233,7 +259,7 @@ impl JobBoard for DynamoBoard {
         let mut counts = Vec::new();
         for group in self.sort_keys(GROUPS).await? {
             let jobs = self.group_jobs(&group).await?;
-            let held = jobs.iter().filter(|(_, s)| *s == BoardState::Held).count() as u64;
+            let held = jobs.iter().filter(|j| j.state == BoardState::Held).count() as u64;
             counts.push(GroupCounts {
                 group_id: group,
                 held,
@@ -293,5 +319,33 @@ impl JobBoard for DynamoBoard {
                 .then(a.worker_id.cmp(&b.worker_id))
         });
         Ok(workers)
+    }
+
+    async fn claim_sweep(&self, now: i64, every: i64) -> BackendResult<bool> {
+        // One conditional write: it succeeds for one claimant per interval.
+        let item = Item::from([
+            (PK.to_string(), s(SWEEP)),
+            (SK.to_string(), s(SWEEP)),
+            ("at".to_string(), AttributeValue::N(now.to_string())),
+        ]);
+        let result = self
+            .table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#sk) OR #at <= :cutoff")
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_names("#at", "at")
+            .expression_attribute_values(":cutoff", AttributeValue::N((now - every).to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if crate::errors::code(&e) == Some("ConditionalCheckFailedException") => {
+                Ok(false)
+            }
+            Err(e) => Err(crate::errors::classify(&self.table.op("PutItem"), e)),
+        }
     }
 }

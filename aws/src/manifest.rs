@@ -11,9 +11,17 @@ use crate::errors::{classify, code};
 use crate::spill::Spill;
 use crate::table::{Item, PK, SK, Table, key, s, text};
 
+fn key_item(k: &ManifestKey) -> Item {
+    key(&k.group_id, &k.run_id)
+}
+
 /// One marker item per group lives in this partition (group ids never start with `#`),
 /// so that `groups` can list them; counts come from `COUNT` queries.
 const GROUPS: &str = "#groups";
+/// Superseded entries of a group live in this partition, sorted by `{run_id}#{seq}`.
+fn superseded_partition(group_id: &str) -> String {
+    format!("#superseded#{group_id}")
+}
 /// Entries whose JSON is larger than this keep it in S3 (DynamoDB's item limit is 400 KB).
 const MAX_INLINE_ENTRY: usize = 350_000;
 /// Entries written at once by `put_many`.
@@ -58,6 +66,34 @@ impl DynamoManifest {
 }
 
 impl DynamoManifest {
+    /// The superseded items of `key`, oldest first.
+    async fn history_items(&self, key: &ManifestKey) -> BackendResult<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :run)")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":pk", s(superseded_partition(&key.group_id)))
+                .expression_attribute_values(":run", s(format!("{}#", key.run_id)))
+                .set_exclusive_start_key(start.take())
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| classify(&self.table.op("Query (history)"), e))?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     /// The entry as an item, its JSON kept in S3 if it is too large for one.
     async fn item_for(&self, entry: &ManifestEntry) -> BackendResult<Item> {
         let mut json =
@@ -104,6 +140,10 @@ impl DynamoManifest {
 impl Manifest for DynamoManifest {
     fn describe(&self) -> String {
         format!("DynamoDB manifest dynamodb://{}", self.table.name)
+    }
+
+    async fn check(&self) -> BackendResult<()> {
+        self.table.check().await
     }
 
     async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome> {
@@ -211,5 +251,59 @@ impl Manifest for DynamoManifest {
         }
         groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         Ok(groups)
+    }
+
+    async fn supersede(&self, key: &ManifestKey) -> BackendResult<Option<ManifestEntry>> {
+        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+        let Some(current) = self.table.get(&key.group_id, &key.run_id).await? else {
+            return Ok(None);
+        };
+        let entry = self.decode(&current).await?;
+        let raw = text(&current, "entry").unwrap_or_default().to_string();
+        let seq = self.history_items(key).await?.len() + 1;
+        let history = Item::from([
+            (PK.to_string(), s(superseded_partition(&key.group_id))),
+            (SK.to_string(), s(format!("{}#{seq:06}", key.run_id))),
+            ("entry".to_string(), s(raw.clone())),
+        ]);
+        let put = Put::builder()
+            .table_name(&self.table.name)
+            .set_item(Some(history))
+            .condition_expression("attribute_not_exists(#sk)")
+            .expression_attribute_names("#sk", SK)
+            .build()
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        // Only the entry just read moves: a concurrent change cancels the transaction.
+        let delete = Delete::builder()
+            .table_name(&self.table.name)
+            .set_key(Some(key_item(key)))
+            .condition_expression("#e = :e")
+            .expression_attribute_names("#e", "entry")
+            .expression_attribute_values(":e", s(raw))
+            .build()
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        self.table
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .send()
+            .await
+            .map_err(|e| match code(&e) {
+                Some("TransactionCanceledException") => BackendError::Unavailable(format!(
+                    "{}: {key} changed while it was being superseded; retry",
+                    self.table.op("TransactWriteItems")
+                )),
+                _ => classify(&self.table.op("TransactWriteItems"), e),
+            })?;
+        Ok(Some(entry))
+    }
+
+    async fn history(&self, key: &ManifestKey) -> BackendResult<Vec<ManifestEntry>> {
+        let mut entries = Vec::new();
+        for item in self.history_items(key).await? {
+            entries.push(self.decode(&item).await?);
+        }
+        Ok(entries)
     }
 }

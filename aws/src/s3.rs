@@ -138,6 +138,25 @@ impl ArtifactStore for S3ArtifactStore {
         format!("artifacts in s3://{}/{}", self.bucket, self.prefix)
     }
 
+    async fn check(&self) -> BackendResult<()> {
+        let op = format!("S3 HeadBucket s3://{}", self.bucket);
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            // A HEAD answer has no body, so a missing bucket comes back as a bare 404.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                Err(BackendError::Other(format!(
+                    "{op}: the bucket does not exist; create the queue, table and bucket with `labelfleet setup`"
+                )))
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                Err(BackendError::Other(format!(
+                    "{op}: access denied; grant the role or user that runs labelfleet access to the bucket"
+                )))
+            }
+            Err(e) => Err(classify(&op, e)),
+        }
+    }
+
     async fn put(&self, key: &ArtifactKey, bytes: Vec<u8>) -> BackendResult<()> {
         let object = self.object_key(key.as_str());
         let checksum = labelfleet_core::hash::sha256_hex(&bytes);

@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_core::queue::{
-    DeadLetter, OutgoingMessage, Queue, QueueDepth, Receipt, ReceivedMessage,
+    DeadLetter, OutgoingMessage, Queue, QueueDepth, Receipt, ReceivedMessage, RedriveFilter,
 };
 
 use crate::errors::{classify, code};
@@ -196,6 +197,19 @@ impl SqsQueue {
 impl Queue for SqsQueue {
     fn describe(&self) -> String {
         format!("SQS queue {} (dead letters: {})", self.url, self.dlq_url)
+    }
+
+    async fn check(&self) -> BackendResult<()> {
+        for url in [&self.url, &self.dlq_url] {
+            self.counted()
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map_err(|e| classify(&format!("SQS GetQueueAttributes {url}"), e))?;
+        }
+        Ok(())
     }
 
     async fn send(&self, messages: &[OutgoingMessage]) -> BackendResult<()> {
@@ -391,61 +405,85 @@ impl Queue for SqsQueue {
     }
 
     async fn dead_letters(&self, limit: usize) -> BackendResult<Vec<DeadLetter>> {
-        // SQS has no peek: receive with a short visibility timeout; the messages are
-        // visible again a moment later.
+        // SQS has no peek: receive (hidden for half a minute, so that each is seen
+        // once), then make them visible again at once, so that a `redrive` right after
+        // a `status` finds them.
         let mut seen = std::collections::HashSet::new();
         let mut letters = Vec::new();
+        let mut receipts = Vec::new();
         while letters.len() < limit {
-            let out = self
-                .counted()
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages((limit - letters.len()).clamp(1, 10) as i32)
-                .visibility_timeout(2)
-                .wait_time_seconds(0)
-                .message_attribute_names("All")
-                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-                .send()
-                .await
-                .map_err(|e| classify(&format!("SQS ReceiveMessage {}", self.dlq_url), e))?;
-            if out.messages().is_empty() {
-                break;
-            }
-            for m in out.messages() {
-                let id = m.message_id().unwrap_or_default().to_string();
-                if !seen.insert(id.clone()) {
-                    continue;
+            let batch = self
+                .receive_dead((limit - letters.len()).clamp(1, 10), 30)
+                .await;
+            let batch = match batch {
+                Ok(batch) if !batch.is_empty() => batch,
+                other => {
+                    self.show_dead(&receipts).await;
+                    other?;
+                    break;
                 }
-                let attrs = m.message_attributes().cloned().unwrap_or_default();
-                let text = |name: &str| {
-                    attrs
-                        .get(name)
-                        .and_then(|v| v.string_value())
-                        .map(str::to_string)
-                };
-                let sent_at = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .map(|ms| ms / 1000)
-                    .unwrap_or(0);
-                letters.push(DeadLetter {
-                    id,
-                    body: self.incoming_body(m.body().unwrap_or_default().to_string()).await?,
-                    reason: text(REASON).unwrap_or_else(|| {
-                        format!(
-                            "moved by the queue's redrive policy after {} receives without an acknowledgement \
-                             (the worker may have been killed or lost its lease each time)",
-                            self.max_receives
-                        )
-                    }),
-                    receive_count: text(RECEIVES).and_then(|v| v.parse().ok()).unwrap_or(self.max_receives),
-                    dead_at: text(DEAD_AT).and_then(|v| v.parse().ok()).unwrap_or(sent_at),
-                });
+            };
+            for (letter, raw) in batch {
+                receipts.push(raw.receipt);
+                if seen.insert(letter.id.clone()) {
+                    letters.push(letter);
+                }
             }
         }
+        self.show_dead(&receipts).await;
         letters.sort_by_key(|d| d.dead_at);
         Ok(letters)
+    }
+
+    async fn redrive(&self, select: &RedriveFilter<'_>) -> BackendResult<Vec<DeadLetter>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut moved = Vec::new();
+        let mut passed_over = Vec::new();
+        loop {
+            // Held for a minute while the scan goes on, so each is seen once.
+            let batch = self.receive_dead(10, 60).await?;
+            let mut new = false;
+            for (letter, raw) in batch {
+                if !seen.insert(letter.id.clone()) {
+                    continue;
+                }
+                new = true;
+                if !select(&letter) {
+                    passed_over.push(raw.receipt);
+                    continue;
+                }
+                // A new message (received zero times), with its body as stored: a
+                // pointer to S3 stays a pointer. A unique deduplication id, so that a
+                // job redriven twice within SQS's 5-minute window is not dropped.
+                let dedup = format!("redrive-{}-{}", letter.id, unix_millis());
+                self.counted()
+                    .send_message()
+                    .queue_url(&self.url)
+                    .message_body(raw.body)
+                    .message_group_id(if raw.group.is_empty() {
+                        "redriven"
+                    } else {
+                        &raw.group
+                    })
+                    .message_deduplication_id(dedup)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&format!("SQS SendMessage {}", self.url), e))?;
+                self.counted()
+                    .delete_message()
+                    .queue_url(&self.dlq_url)
+                    .receipt_handle(&raw.receipt)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&format!("SQS DeleteMessage {}", self.dlq_url), e))?;
+                moved.push(letter);
+            }
+            if !new {
+                break;
+            }
+        }
+        self.show_dead(&passed_over).await;
+        Ok(moved)
     }
 
     async fn depth(&self) -> BackendResult<QueueDepth> {
@@ -459,7 +497,112 @@ impl Queue for SqsQueue {
     }
 }
 
+/// A dead-letter queue message as SQS handed it out.
+struct RawDead {
+    body: String,
+    group: String,
+    receipt: String,
+}
+
+fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
 impl SqsQueue {
+    /// Makes dead-letter queue messages received for a listing visible again.
+    /// Best effort: one that stays hidden shows again after its visibility timeout.
+    async fn show_dead(&self, receipts: &[String]) {
+        for chunk in receipts.chunks(10) {
+            let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let _ = self
+                .counted()
+                .change_message_visibility_batch()
+                .queue_url(&self.dlq_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+        }
+    }
+
+    /// Receives up to `max` messages of the dead-letter queue (no wait), hidden for
+    /// `visibility` seconds: each as a [`DeadLetter`] (body resolved, reason read from
+    /// its attributes) and as stored.
+    async fn receive_dead(
+        &self,
+        max: usize,
+        visibility: i32,
+    ) -> BackendResult<Vec<(DeadLetter, RawDead)>> {
+        let out = self
+            .counted()
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(visibility)
+            .wait_time_seconds(0)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await
+            .map_err(|e| classify(&format!("SQS ReceiveMessage {}", self.dlq_url), e))?;
+        let mut letters = Vec::new();
+        for m in out.messages() {
+            let attrs = m.message_attributes().cloned().unwrap_or_default();
+            let text = |name: &str| {
+                attrs
+                    .get(name)
+                    .and_then(|v| v.string_value())
+                    .map(str::to_string)
+            };
+            let system = m.attributes().cloned().unwrap_or_default();
+            let sent_at = system
+                .get(&MessageSystemAttributeName::SentTimestamp)
+                .and_then(|t| t.parse::<i64>().ok())
+                .map(|ms| ms / 1000)
+                .unwrap_or(0);
+            let raw_body = m.body().unwrap_or_default().to_string();
+            let letter = DeadLetter {
+                id: m.message_id().unwrap_or_default().to_string(),
+                body: self.incoming_body(raw_body.clone()).await?,
+                reason: text(REASON).unwrap_or_else(|| {
+                    format!(
+                        "moved by the queue's redrive policy after {} receives without an acknowledgement \
+                         (the worker may have been killed or lost its lease each time)",
+                        self.max_receives
+                    )
+                }),
+                receive_count: text(RECEIVES)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(self.max_receives),
+                dead_at: text(DEAD_AT).and_then(|v| v.parse().ok()).unwrap_or(sent_at),
+            };
+            let raw = RawDead {
+                body: raw_body,
+                group: system
+                    .get(&MessageSystemAttributeName::MessageGroupId)
+                    .cloned()
+                    .unwrap_or_default(),
+                receipt: m.receipt_handle().unwrap_or_default().to_string(),
+            };
+            letters.push((letter, raw));
+        }
+        Ok(letters)
+    }
+
     async fn send_batch(&self, entries: Vec<SendMessageBatchRequestEntry>) -> BackendResult<()> {
         let out = self
             .counted()

@@ -52,6 +52,33 @@ impl Table {
         format!("DynamoDB {what} on table {}", self.name)
     }
 
+    /// Checks that the table exists with labelfleet's key schema and is ready.
+    pub(crate) async fn check(&self) -> BackendResult<()> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.name)
+            .send()
+            .await
+            .map_err(|e| classify(&self.op("DescribeTable"), e))?;
+        let table = out.table().ok_or_else(|| {
+            BackendError::Other(format!("{}: no description", self.op("DescribeTable")))
+        })?;
+        let keys: Vec<&str> = table
+            .key_schema()
+            .iter()
+            .map(|k| k.attribute_name())
+            .collect();
+        if keys != [PK, SK] {
+            return Err(BackendError::Other(format!(
+                "DynamoDB table {} has the key schema {keys:?}, not labelfleet's [{PK:?}, {SK:?}]: \
+                 give --manifest a table made by `labelfleet setup`",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) async fn get(&self, pk: &str, sk: &str) -> BackendResult<Option<Item>> {
         let out = self
             .client

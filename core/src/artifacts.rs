@@ -61,6 +61,11 @@ pub trait ArtifactStore: Send + Sync {
     /// A human description of where artifacts live.
     fn describe(&self) -> String;
 
+    /// Checks that the store exists and that this process may use it; the error names the
+    /// resource and what to do (`labelfleet setup`). Cheap: a worker calls it at start-up,
+    /// and while it waits out backend trouble before it receives again.
+    async fn check(&self) -> BackendResult<()>;
+
     /// Writes an artifact atomically: readers see the old content or the new, never a
     /// part. An existing artifact is replaced.
     async fn put(&self, key: &ArtifactKey, bytes: Vec<u8>) -> BackendResult<()>;

@@ -88,6 +88,22 @@ pub struct BoardJob {
     pub message: OutgoingMessage,
     /// Held or queued.
     pub state: BoardState,
+    /// The version of the job's config this registration sends
+    /// ([`Job::config_hash`](crate::job::Job::config_hash)); `None` for registrations
+    /// made before versions were recorded. A worker runs a message only while it is
+    /// this version: an older one was superseded by `enqueue --replace`.
+    pub version: Option<String>,
+}
+
+/// One job of a group, as [`JobBoard::group_jobs`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupJob {
+    /// The job's name.
+    pub name: String,
+    /// Held or queued.
+    pub state: BoardState,
+    /// The registered version ([`BoardJob::version`]).
+    pub version: Option<String>,
 }
 
 /// How many jobs of a group are held and queued.
@@ -174,11 +190,20 @@ pub trait JobBoard: Send + Sync {
     /// A human description of where the board lives.
     fn describe(&self) -> String;
 
+    /// Checks that the board exists and that this process may use it; the error names the
+    /// resource and what to do (`labelfleet setup`). Cheap: a worker calls it at start-up,
+    /// and while it waits out backend trouble before it receives again.
+    async fn check(&self) -> BackendResult<()>;
+
     /// Registers jobs, replacing earlier registrations of the same keys.
     async fn register(&self, jobs: &[BoardJob]) -> BackendResult<()>;
 
-    /// The jobs registered in a group, with their states, sorted by name.
-    async fn group_jobs(&self, group_id: &str) -> BackendResult<Vec<(String, BoardState)>>;
+    /// The jobs registered in a group, with their states and versions, sorted by name.
+    async fn group_jobs(&self, group_id: &str) -> BackendResult<Vec<GroupJob>>;
+
+    /// The registrations of these jobs, one per key in order (`None` where a key was
+    /// never registered).
+    async fn jobs(&self, keys: &[JobKey]) -> BackendResult<Vec<Option<BoardJob>>>;
 
     /// Every held job.
     async fn held(&self) -> BackendResult<Vec<BoardJob>>;
@@ -198,4 +223,10 @@ pub trait JobBoard: Send + Sync {
     /// The workers that reported at or after `seen_since` (seconds since the Unix
     /// epoch), most recent first.
     async fn workers(&self, seen_since: i64) -> BackendResult<Vec<WorkerReport>>;
+
+    /// Claims the fleet's next sweep of held jobs: `true` (and `now` recorded as the
+    /// last sweep, atomically) unless one was claimed less than `every` seconds before
+    /// `now`. A sweep reads every held job; one per interval across the whole fleet is
+    /// enough, and a fleet whose workers restart often must not sweep at every start.
+    async fn claim_sweep(&self, now: i64, every: i64) -> BackendResult<bool>;
 }

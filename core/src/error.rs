@@ -4,7 +4,9 @@
 ///
 /// Callers decide what to do from the variant: [`BackendError::Unavailable`] is worth
 /// retrying with backoff, [`BackendError::StaleReceipt`] means this worker no longer
-/// owns the message, everything else is reported to the user.
+/// owns the message, [`BackendError::Lost`] means the backend's storage went away under
+/// this process (nothing written now would be kept: stop), everything else is reported
+/// to the user.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The receipt handle no longer identifies an in-flight message held by the caller:
@@ -20,16 +22,13 @@ pub enum BackendError {
     /// The request was invalid (for example an artifact key that escapes the root).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The storage this process opened was removed or replaced while it ran (the
+    /// embedded home deleted with `rm -rf`): whatever is written now is not kept.
+    #[error("{0}")]
+    Lost(String),
     /// Any other failure, with a message that says what to do next.
     #[error("{0}")]
     Other(String),
-}
-
-impl BackendError {
-    /// Whether retrying the same call later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, BackendError::Unavailable(_))
-    }
 }
 
 /// Result type of backend operations.

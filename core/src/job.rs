@@ -19,12 +19,12 @@
 //! [`JobError`] that names the file, the JSON path and what was expected.
 
 use std::fmt;
-use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::artifacts::ArtifactKey;
 use crate::provenance::Provenance;
 pub use crate::retrain::{
     CheckpointSpec, DataSource, GoldData, LORA_TARGETS, LoraSpec, RetrainSpec, Schedule,
@@ -33,6 +33,7 @@ pub use crate::retrain::{
 pub use crate::self_label::{
     DialogueSelection, GenerationSpec, ModelRef, RetrieverSpec, SelfLabelSpec, WeightFormat,
 };
+use crate::text::{capped, quoted};
 pub use crate::tune::{Goal, PlannedTrial, Range, TrialRun, TuneSpec};
 
 /// The kinds of job labelfleet knows about.
@@ -227,6 +228,15 @@ pub struct NoopSpec {
     /// How long the job takes, in milliseconds.
     #[serde(default)]
     pub sleep_ms: u64,
+    /// After the sleep, write an artifact `noop.txt` of this many bytes (at most
+    /// 1 GiB), whose first line names the delivery that wrote it: load for an artifact
+    /// store, and a witness of which delivery wrote last.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub write_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One unit of work.
@@ -282,9 +292,9 @@ impl JobError {
             path: if path.is_empty() {
                 "(top level)".to_string()
             } else {
-                path
+                quoted(&path)
             },
-            message: message.into(),
+            message: capped(&message.into()),
         }
     }
 }
@@ -301,15 +311,6 @@ pub enum ProvenancePolicy {
 const COMMON_KEYS: [&str; 6] = ["kind", "name", "group_id", "after", "mini", "provenance"];
 
 impl Job {
-    /// Reads and parses a job file; the name defaults to the file's stem.
-    pub fn from_file(path: &Path) -> Result<Job, JobError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| JobError::new(&file, "", format!("cannot read the file: {e}")))?;
-        let value = parse_json(&text, &file)?;
-        Job::parse(value, &file, file_stem(path), ProvenancePolicy::Reject)
-    }
-
     /// Parses a job document already read as JSON.
     ///
     /// `file` names the source in errors; `default_name` is used when the document has
@@ -342,7 +343,8 @@ impl Job {
                     file,
                     key.clone(),
                     format!(
-                        "unknown key `{key}`; a `{kind}` job has the keys {}",
+                        "unknown key `{}`; a `{kind}` job has the keys {}",
+                        quoted(key),
                         quote_list(&expected)
                     ),
                 ));
@@ -514,6 +516,35 @@ impl Job {
     pub fn content_hash(&self) -> String {
         crate::hash::sha256_hex(canonical_json(&self.to_value()).as_bytes())
     }
+
+    /// The job's version: a short stable hash of its config ([`Job::config_value`],
+    /// provenance left out). Two enqueues of the same file agree on it; an edit changes
+    /// it. Running logs and checkpoints carry it, so that work of another version is
+    /// never resumed.
+    pub fn config_hash(&self) -> String {
+        let digest = crate::hash::sha256_hex(canonical_json(&self.config_value()).as_bytes());
+        digest[..32].to_string()
+    }
+
+    /// The version `enqueue` recorded in the job's provenance, if any.
+    pub fn version(&self) -> Option<&str> {
+        self.provenance.as_ref()?.config_hash.as_deref()
+    }
+
+    /// Which deliberate rerun of the job this is (0: the first run).
+    pub fn rerun(&self) -> u32 {
+        self.provenance.as_ref().map_or(0, |p| p.rerun)
+    }
+
+    /// The key of the job's artifact `file`: `{group}/{name}/{file}`, or
+    /// `{group}/{name}/rerun-N/{file}` for its N-th rerun, so that a rerun starts from
+    /// nothing and leaves the earlier run's files as they were.
+    pub fn artifact_key(&self, file: &str) -> crate::error::BackendResult<ArtifactKey> {
+        match self.rerun() {
+            0 => ArtifactKey::for_job(&self.group_id, &self.name, file),
+            n => ArtifactKey::for_job(&self.group_id, &self.name, &format!("rerun-{n}/{file}")),
+        }
+    }
 }
 
 /// Serialises a JSON value with object keys sorted at every level, so that equal values
@@ -555,10 +586,6 @@ pub fn parse_json(text: &str, file: &str) -> Result<Value, JobError> {
     })
 }
 
-fn file_stem(path: &Path) -> Option<&str> {
-    path.file_stem().and_then(|s| s.to_str())
-}
-
 fn parse_kind(map: &Map<String, Value>, file: &str) -> Result<JobKind, JobError> {
     let names: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
     let name = match map.get("kind") {
@@ -589,7 +616,8 @@ fn parse_kind(map: &Map<String, Value>, file: &str) -> Result<JobKind, JobError>
             file,
             "kind",
             format!(
-                "unknown job kind `{name}`; expected one of {}",
+                "unknown job kind `{}`; expected one of {}",
+                quoted(name),
                 quote_list(&names)
             ),
         )
@@ -640,7 +668,8 @@ fn check_id(id: &str, file: &str, path: &str) -> Result<(), JobError> {
             file,
             path,
             format!(
-                "`{id}` is not a valid name: use 1 to 80 letters, digits, `_`, `-` or `.`, not starting with `.`"
+                "`{}` is not a valid name: use 1 to 80 letters, digits, `_`, `-` or `.`, not starting with `.`",
+                quoted(id)
             ),
         ))
     }

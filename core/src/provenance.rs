@@ -28,4 +28,17 @@ pub struct Provenance {
     /// Who enqueued it (`user@host`), when known.
     #[serde(default)]
     pub enqueued_by: Option<String>,
+    /// The job's version: [`Job::config_hash`](crate::job::Job::config_hash) of
+    /// `config`. Workers run a message only while the job board holds this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// How many times the completed job was run again on purpose (`enqueue --rerun`)
+    /// before this run; 0 for the first run. A rerun writes its artifacts under
+    /// `rerun-N/` so that the earlier run's stay as they were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rerun: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

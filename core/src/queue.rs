@@ -86,11 +86,19 @@ pub struct QueueDepth {
     pub dead_lettered: u64,
 }
 
+/// Which dead letters [`Queue::redrive`] sends back.
+pub type RedriveFilter<'a> = dyn Fn(&DeadLetter) -> bool + Send + Sync + 'a;
+
 /// The queue that carries jobs to workers.
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// A human description of where the queue lives, for logs and `status`.
     fn describe(&self) -> String;
+
+    /// Checks that the queue (and its dead-letter queue) exists and that this process may use it; the error names the
+    /// resource and what to do (`labelfleet setup`). Cheap: a worker calls it at start-up,
+    /// and while it waits out backend trouble before it receives again.
+    async fn check(&self) -> BackendResult<()>;
 
     /// Sends messages (in order). A message whose deduplication id was already sent and
     /// is still queued is dropped silently, as SQS FIFO does.
@@ -135,6 +143,10 @@ pub trait Queue: Send + Sync {
 
     /// Lists up to `limit` dead-lettered messages, oldest first.
     async fn dead_letters(&self, limit: usize) -> BackendResult<Vec<DeadLetter>>;
+
+    /// Moves the dead-lettered messages that `select` picks back onto the queue, as
+    /// messages received zero times (once their cause is fixed), and returns them.
+    async fn redrive(&self, select: &RedriveFilter<'_>) -> BackendResult<Vec<DeadLetter>>;
 
     /// Counts messages.
     async fn depth(&self) -> BackendResult<QueueDepth>;

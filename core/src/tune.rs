@@ -203,33 +203,77 @@ impl TuneSpec {
         Ok(())
     }
 
-    fn points(&self) -> Vec<BTreeMap<String, Value>> {
-        if !self.grid.is_empty() {
-            let mut points = vec![BTreeMap::new()];
-            for (name, values) in &self.grid {
-                points = points
-                    .into_iter()
-                    .flat_map(|point| {
-                        values.iter().map(move |v| {
-                            let mut p = point.clone();
-                            p.insert(name.clone(), v.clone());
-                            p
-                        })
-                    })
-                    .collect();
+    /// How many points the sweep runs, checked against [`MAX_TRIALS`] (with its
+    /// replicates) before any point is built: 8 parameters of 10 values make 10^8 grid
+    /// points, which `trials` may cap.
+    fn point_count(&self) -> Result<usize, String> {
+        let count = if self.grid.is_empty() {
+            self.trials.unwrap_or(0)
+        } else {
+            let size = self
+                .grid
+                .values()
+                .try_fold(1usize, |n, values| n.checked_mul(values.len()));
+            match (size, self.trials) {
+                (Some(size), Some(trials)) => size.min(trials),
+                (Some(size), None) => size,
+                (None, Some(trials)) => trials,
+                (None, None) => usize::MAX,
             }
-            points.truncate(self.trials.unwrap_or(usize::MAX));
-            return points;
+        };
+        let runs = count.saturating_mul(self.replicates);
+        if runs <= MAX_TRIALS {
+            return Ok(count);
+        }
+        let what = if self.grid.is_empty() {
+            format!("{count} trials")
+        } else {
+            let size = self
+                .grid
+                .values()
+                .try_fold(1usize, |n, values| n.checked_mul(values.len()))
+                .map_or_else(|| "more than 2^64".to_string(), |s| s.to_string());
+            format!(
+                "the grid of {} parameters has {size} points{}",
+                self.grid.len(),
+                if self.trials.is_some() {
+                    ""
+                } else {
+                    " and `trials` does not cap it"
+                }
+            )
+        };
+        Err(format!(
+            "{what}, × {} replicate(s): a sweep may run at most {MAX_TRIALS} trial runs; give \
+             `trials` to run the first N grid points, use `ranges` for random search, or fewer values",
+            self.replicates
+        ))
+    }
+
+    /// The grid point at `index`, the last parameter varying fastest.
+    fn grid_point(&self, mut index: usize) -> BTreeMap<String, Value> {
+        let mut point = BTreeMap::new();
+        for (name, values) in self.grid.iter().rev() {
+            point.insert(name.clone(), values[index % values.len()].clone());
+            index /= values.len();
+        }
+        point
+    }
+
+    fn points(&self) -> Result<Vec<BTreeMap<String, Value>>, String> {
+        let count = self.point_count()?;
+        if !self.grid.is_empty() {
+            return Ok((0..count).map(|i| self.grid_point(i)).collect());
         }
         let mut rng = SplitMix(self.seed);
-        (0..self.trials.unwrap_or(0))
+        Ok((0..count)
             .map(|_| {
                 self.ranges
                     .iter()
                     .map(|(name, range)| (name.clone(), rng.draw(range)))
                     .collect()
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -272,15 +316,11 @@ pub fn expand(job: Job, file: &str) -> Result<Vec<Job>, JobError> {
         return Ok(vec![job]);
     };
     let mut spec = (**spec).clone();
-    let points = spec.points();
-    let runs = points.len() * spec.replicates;
-    if runs > MAX_TRIALS {
-        return Err(JobError {
-            file: file.to_string(),
-            path: "tune".into(),
-            message: format!("{runs} trial runs; a sweep may have at most {MAX_TRIALS}"),
-        });
-    }
+    let points = spec.points().map_err(|message| JobError {
+        file: file.to_string(),
+        path: "tune".into(),
+        message,
+    })?;
     let template = serde_json::to_value(&spec.retrain).expect("retrain settings serialise");
     let mut jobs = Vec::new();
     let mut planned = Vec::new();
@@ -466,6 +506,51 @@ mod tests {
             assert!((1e-4..=1e-2).contains(&spec.training.learning_rate));
             assert!(spec.training.warmup_steps <= 5);
         }
+    }
+
+    #[test]
+    fn a_huge_grid_is_capped_by_trials_or_refused_before_it_is_built() {
+        let values: Vec<Value> = (1..=10).map(|i| json!(i)).collect();
+        let grid: serde_json::Map<String, Value> = [
+            "training.learning_rate",
+            "training.weight_decay",
+            "training.warmup_steps",
+            "training.batch_size",
+            "training.steps",
+            "training.max_grad_norm",
+            "lora.rank",
+            "lora.alpha",
+        ]
+        .iter()
+        .map(|name| (name.to_string(), Value::from(values.clone())))
+        .collect();
+        // 10^8 points capped at 2: two trials, drawn without building the grid.
+        let started = std::time::Instant::now();
+        let job =
+            tune(json!({"retrain": retrain(), "grid": grid.clone(), "trials": 2, "metric": "m"}));
+        let jobs = expand(job, "tune.json").unwrap();
+        assert_eq!(jobs.len(), 3);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Uncapped, it is refused with the grid's size and what to do.
+        let job = tune(json!({"retrain": retrain(), "grid": grid, "metric": "m"}));
+        let e = expand(job, "tune.json").unwrap_err();
+        assert_eq!(e.path, "tune");
+        assert!(
+            e.message.contains("8 parameters has 100000000 points")
+                && e.message.contains("give `trials`"),
+            "{e}"
+        );
+        // Random search with absurdly many trials is refused the same way.
+        let job = tune(
+            json!({"retrain": retrain(), "ranges": {"lora.rank": {"int_uniform": [1, 8]}},
+                              "trials": 1_000_000_000_000u64, "metric": "m"}),
+        );
+        assert!(
+            expand(job, "tune.json")
+                .unwrap_err()
+                .message
+                .contains("at most 1000")
+        );
     }
 
     #[test]

@@ -83,6 +83,17 @@ impl ArtifactStore for FileArtifactStore {
         format!("artifacts in {}", self.root.display())
     }
 
+    async fn check(&self) -> BackendResult<()> {
+        // Writable: a probe file written and removed the way artifacts are.
+        let probe = self.root.join(".labelfleet-probe");
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&probe, b"probe")?;
+            std::fs::remove_file(&probe).map_err(|e| io_error("remove", &probe, e))
+        })
+        .await
+        .map_err(|e| BackendError::Other(format!("artifact check task failed: {e}")))?
+    }
+
     async fn put(&self, key: &ArtifactKey, bytes: Vec<u8>) -> BackendResult<()> {
         let path = self.path_of(key);
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))

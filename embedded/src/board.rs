@@ -4,12 +4,12 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use labelfleet_core::board::{
-    BoardJob, BoardState, Dependency, GroupCounts, JobBoard, WorkerReport, WorkerState,
+    BoardJob, BoardState, Dependency, GroupCounts, GroupJob, JobBoard, WorkerReport, WorkerState,
 };
 use labelfleet_core::error::BackendResult;
 use labelfleet_core::job::JobKey;
 use labelfleet_core::queue::OutgoingMessage;
-use rusqlite::{Row, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::sqlite::Db;
 
@@ -31,6 +31,17 @@ CREATE TABLE IF NOT EXISTS job_deps (
     PRIMARY KEY (group_id, name, dep)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS job_deps_by_dep ON job_deps (dep);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
+-- A table of its own, so that boards created before versions were recorded need no migration.
+CREATE TABLE IF NOT EXISTS job_versions (
+    group_id TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    version  TEXT NOT NULL,
+    PRIMARY KEY (group_id, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workers (
     worker_id   TEXT PRIMARY KEY,
     host        TEXT NOT NULL,
@@ -69,7 +80,11 @@ impl SqliteBoard {
     }
 }
 
-const JOB_COLUMNS: &str = "j.group_id, j.name, j.state, j.after, j.body, j.dedup_id, j.msg_group";
+const JOB_COLUMNS: &str =
+    "j.group_id, j.name, j.state, j.after, j.body, j.dedup_id, j.msg_group, v.version";
+/// The jobs table with each job's version, for queries that read [`JOB_COLUMNS`].
+const JOBS_WITH_VERSIONS: &str =
+    "jobs j LEFT JOIN job_versions v ON v.group_id = j.group_id AND v.name = j.name";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<BoardJob> {
     let after: String = r.get(3)?;
@@ -90,6 +105,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<BoardJob> {
             group: r.get(6)?,
         },
         state: state_from_text(&state),
+        version: r.get(7)?,
     })
 }
 
@@ -105,6 +121,10 @@ fn state_from_text(text: &str) -> BoardState {
 impl JobBoard for SqliteBoard {
     fn describe(&self) -> String {
         format!("embedded job board {}", self.db.path().display())
+    }
+
+    async fn check(&self) -> BackendResult<()> {
+        self.db.check("jobs").await
     }
 
     async fn register(&self, jobs: &[BoardJob]) -> BackendResult<()> {
@@ -131,6 +151,16 @@ impl JobBoard for SqliteBoard {
                         "DELETE FROM job_deps WHERE group_id = ?1 AND name = ?2",
                         params![job.key.group_id, job.key.name],
                     )?;
+                    match &job.version {
+                        Some(version) => tx.execute(
+                            "INSERT OR REPLACE INTO job_versions (group_id, name, version) VALUES (?1, ?2, ?3)",
+                            params![job.key.group_id, job.key.name, version],
+                        )?,
+                        None => tx.execute(
+                            "DELETE FROM job_versions WHERE group_id = ?1 AND name = ?2",
+                            params![job.key.group_id, job.key.name],
+                        )?,
+                    };
                     for token in &tokens {
                         tx.execute(
                             "INSERT OR IGNORE INTO job_deps (group_id, name, dep) VALUES (?1, ?2, ?3)",
@@ -144,19 +174,43 @@ impl JobBoard for SqliteBoard {
             .await
     }
 
-    async fn group_jobs(&self, group_id: &str) -> BackendResult<Vec<(String, BoardState)>> {
+    async fn group_jobs(&self, group_id: &str) -> BackendResult<Vec<GroupJob>> {
         let group_id = group_id.to_string();
         self.db
             .call(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT name, state FROM jobs WHERE group_id = ?1 ORDER BY name",
-                )?;
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT j.name, j.state, v.version FROM {JOBS_WITH_VERSIONS}
+                     WHERE j.group_id = ?1 ORDER BY j.name"
+                ))?;
                 let rows = stmt
                     .query_map(params![group_id], |r| {
-                        Ok((r.get(0)?, state_from_text(&r.get::<_, String>(1)?)))
+                        Ok(GroupJob {
+                            name: r.get(0)?,
+                            state: state_from_text(&r.get::<_, String>(1)?),
+                            version: r.get(2)?,
+                        })
                     })?
                     .collect::<Result<_, _>>()?;
                 Ok(rows)
+            })
+            .await
+    }
+
+    async fn jobs(&self, keys: &[JobKey]) -> BackendResult<Vec<Option<BoardJob>>> {
+        let keys = keys.to_vec();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM {JOBS_WITH_VERSIONS} WHERE j.group_id = ?1 AND j.name = ?2"
+                ))?;
+                let mut found = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    found.push(
+                        stmt.query_row(params![key.group_id, key.name], job_from_row)
+                            .optional()?,
+                    );
+                }
+                Ok(found)
             })
             .await
     }
@@ -165,7 +219,7 @@ impl JobBoard for SqliteBoard {
         self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.state = 'held' ORDER BY j.group_id, j.name"
+                    "SELECT {JOB_COLUMNS} FROM {JOBS_WITH_VERSIONS} WHERE j.state = 'held' ORDER BY j.group_id, j.name"
                 ))?;
                 let rows = stmt.query_map([], job_from_row)?.collect::<Result<_, _>>()?;
                 Ok(rows)
@@ -180,6 +234,7 @@ impl JobBoard for SqliteBoard {
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {JOB_COLUMNS} FROM job_deps d
                      JOIN jobs j ON j.group_id = d.group_id AND j.name = d.name
+                     LEFT JOIN job_versions v ON v.group_id = j.group_id AND v.name = j.name
                      WHERE d.dep = ?1 AND j.state = 'held' ORDER BY j.group_id, j.name"
                 ))?;
                 let rows = stmt
@@ -289,6 +344,26 @@ impl JobBoard for SqliteBoard {
                     })?
                     .collect::<Result<_, _>>()?;
                 Ok(rows)
+            })
+            .await
+    }
+
+    async fn claim_sweep(&self, now: i64, every: i64) -> BackendResult<bool> {
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let last: Option<i64> = tx
+                    .query_row("SELECT at FROM sweeps WHERE id = 1", [], |r| r.get(0))
+                    .optional()?;
+                let claimed = last.is_none_or(|at| at <= now - every);
+                if claimed {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO sweeps (id, at) VALUES (1, ?1)",
+                        params![now],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(claimed)
             })
             .await
     }

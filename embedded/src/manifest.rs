@@ -17,6 +17,14 @@ CREATE TABLE IF NOT EXISTS entries (
     written_at INTEGER NOT NULL,
     PRIMARY KEY (group_id, run_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS superseded (
+    group_id      TEXT    NOT NULL,
+    run_id        TEXT    NOT NULL,
+    seq           INTEGER NOT NULL,
+    entry         TEXT    NOT NULL,
+    superseded_at INTEGER NOT NULL,
+    PRIMARY KEY (group_id, run_id, seq)
+) WITHOUT ROWID;
 ";
 
 /// The embedded manifest. Open it from any number of processes.
@@ -46,6 +54,10 @@ fn decode(text: &str) -> Result<ManifestEntry, CallError> {
 impl Manifest for SqliteManifest {
     fn describe(&self) -> String {
         format!("embedded manifest {}", self.db.path().display())
+    }
+
+    async fn check(&self) -> BackendResult<()> {
+        self.db.check("entries").await
     }
 
     async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome> {
@@ -150,6 +162,52 @@ impl Manifest for SqliteManifest {
                     })?
                     .collect::<Result<_, _>>()?;
                 Ok(rows)
+            })
+            .await
+    }
+
+    async fn supersede(&self, key: &ManifestKey) -> BackendResult<Option<ManifestEntry>> {
+        let key = key.clone();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let text: Option<String> = tx
+                    .query_row(
+                        "SELECT entry FROM entries WHERE group_id = ?1 AND run_id = ?2",
+                        params![key.group_id, key.run_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(text) = text else {
+                    return Ok(None);
+                };
+                tx.execute(
+                    "INSERT INTO superseded (group_id, run_id, seq, entry, superseded_at)
+                     SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1, ?3, ?4 FROM superseded
+                     WHERE group_id = ?1 AND run_id = ?2",
+                    params![key.group_id, key.run_id, text, now_ms()],
+                )?;
+                tx.execute(
+                    "DELETE FROM entries WHERE group_id = ?1 AND run_id = ?2",
+                    params![key.group_id, key.run_id],
+                )?;
+                tx.commit()?;
+                Ok(Some(decode(&text)?))
+            })
+            .await
+    }
+
+    async fn history(&self, key: &ManifestKey) -> BackendResult<Vec<ManifestEntry>> {
+        let key = key.clone();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT entry FROM superseded WHERE group_id = ?1 AND run_id = ?2 ORDER BY seq",
+                )?;
+                let texts: Vec<String> = stmt
+                    .query_map(params![key.group_id, key.run_id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                texts.iter().map(|t| decode(t)).collect()
             })
             .await
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_core::queue::{
-    DeadLetter, OutgoingMessage, Queue, QueueDepth, Receipt, ReceivedMessage,
+    DeadLetter, OutgoingMessage, Queue, QueueDepth, Receipt, ReceivedMessage, RedriveFilter,
 };
 use rand::Rng;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -181,6 +181,10 @@ impl Queue for SqliteQueue {
         format!("embedded queue {}", self.db.path().display())
     }
 
+    async fn check(&self) -> BackendResult<()> {
+        self.db.check("messages").await
+    }
+
     async fn send(&self, messages: &[OutgoingMessage]) -> BackendResult<()> {
         let messages = messages.to_vec();
         self.db
@@ -301,6 +305,35 @@ impl Queue for SqliteQueue {
                 Ok(rows)
             })
             .await
+    }
+
+    async fn redrive(&self, select: &RedriveFilter<'_>) -> BackendResult<Vec<DeadLetter>> {
+        let picked: Vec<DeadLetter> = self
+            .dead_letters(usize::MAX >> 1)
+            .await?
+            .into_iter()
+            .filter(|d| select(d))
+            .collect();
+        let ids: Vec<i64> = picked.iter().filter_map(|d| d.id.parse().ok()).collect();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                for id in ids {
+                    // A copy of the job queued again since (same deduplication id) stands.
+                    tx.execute(
+                        "INSERT OR IGNORE INTO messages (grp, dedup_id, body, sent_at, visible_at)
+                         SELECT grp, dedup_id, body, ?1, ?1 FROM dead_letters WHERE id = ?2",
+                        params![now, id],
+                    )?;
+                    tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        self.sent.notify_waiters();
+        Ok(picked)
     }
 
     async fn depth(&self) -> BackendResult<QueueDepth> {

@@ -1,5 +1,6 @@
 //! One SQLite database file shared by several processes.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,10 +9,23 @@ use labelfleet_core::error::{BackendError, BackendResult};
 use rusqlite::{Connection, ErrorCode};
 
 /// A connection to one database file, used from async code through the blocking pool.
+///
+/// Every call first checks that the file at `path` is still the one that was opened
+/// (same device and inode): a home deleted or replaced under a running worker would
+/// otherwise take its writes into an unlinked file, and lose them without a word.
 #[derive(Clone)]
 pub(crate) struct Db {
     conn: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    identity: FileIdentity,
+}
+
+/// A file's device and inode.
+type FileIdentity = (u64, u64);
+
+fn identity_of(path: &Path) -> std::io::Result<FileIdentity> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 impl Db {
@@ -28,9 +42,13 @@ impl Db {
         loop {
             match Self::try_open(path, schema) {
                 Ok(conn) => {
+                    let identity = identity_of(path).map_err(|e| {
+                        BackendError::Other(format!("cannot read {}: {e}", path.display()))
+                    })?;
                     return Ok(Db {
                         conn: Arc::new(Mutex::new(conn)),
                         path: Arc::new(path.to_path_buf()),
+                        identity,
                     });
                 }
                 Err(e) if is_busy(&e) && attempt < 200 => {
@@ -50,12 +68,55 @@ impl Db {
         // loss may lose the last commits.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(schema)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS labelfleet_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
+        )?;
         Ok(conn)
     }
 
     /// The database file.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Fails with [`BackendError::Lost`] unless the file at the path is still the one
+    /// this handle opened.
+    fn still_in_place(path: &Path, opened: FileIdentity) -> BackendResult<()> {
+        let what = match identity_of(path) {
+            Ok(now) if now == opened => return Ok(()),
+            Ok(_) => "was replaced by another file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was deleted",
+            Err(e) => {
+                return Err(BackendError::Other(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Err(BackendError::Lost(format!(
+            "{} {what} while this process had it open (was the labelfleet home removed?); \
+             nothing written now would be kept, so this process stops: check --home / \
+             LABELFLEET_HOME, then enqueue the jobs again",
+            path.display()
+        )))
+    }
+
+    /// Checks that the file is still in place, that `table` can be read, and that a
+    /// write commits (a full disk fails this, not only the next real write).
+    pub(crate) async fn check(&self, table: &'static str) -> BackendResult<()> {
+        self.call(move |conn| {
+            conn.query_row(
+                &format!("SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"),
+                [],
+                |_| Ok(()),
+            )?;
+            conn.execute(
+                "INSERT OR REPLACE INTO labelfleet_probe (id, at) VALUES (1, ?1)",
+                [now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -66,7 +127,9 @@ impl Db {
     {
         let conn = self.conn.clone();
         let path = self.path.clone();
+        let opened = self.identity;
         tokio::task::spawn_blocking(move || {
+            Db::still_in_place(&path, opened)?;
             let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut guard).map_err(|e| match e {
                 CallError::Sqlite(e) => to_backend_error(&path, e),

@@ -30,7 +30,7 @@ pub async fn is_complete(
             if registered.is_empty() {
                 Ok(!done.is_empty())
             } else {
-                Ok(registered.iter().all(|(name, _)| done.contains(name)))
+                Ok(registered.iter().all(|job| done.contains(&job.name)))
             }
         }
     }

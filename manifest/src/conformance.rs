@@ -138,6 +138,50 @@ pub async fn batches_keep_per_entry_semantics(m: &dyn Manifest) {
     assert_eq!(groups.iter().find(|s| s.group_id == g).unwrap().entries, 12);
 }
 
+/// Superseding moves an entry into its key's history, oldest first; the key can then
+/// be written again; a missing key supersedes nothing; history never shows in lists.
+pub async fn supersede_keeps_history(m: &dyn Manifest) {
+    let g = unique("rerun");
+    let first = entry(&g, "run_0", "worker-a");
+    m.put(&first).await.unwrap();
+    m.put(&entry(&g, "run_1", "worker-a")).await.unwrap();
+    assert_eq!(
+        m.supersede(&first.key()).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(m.get(&first.key()).await.unwrap(), None);
+    let second = entry(&g, "run_0", "worker-b");
+    assert_eq!(m.put(&second).await.unwrap(), PutOutcome::Written);
+    assert_eq!(
+        m.supersede(&first.key()).await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(
+        m.history(&first.key()).await.unwrap(),
+        vec![first.clone(), second]
+    );
+    let missing = ManifestKey {
+        group_id: g.clone(),
+        run_id: "missing".into(),
+    };
+    assert_eq!(m.supersede(&missing).await.unwrap(), None);
+    assert!(m.history(&missing).await.unwrap().is_empty());
+    let listed: Vec<String> = list_all(m, &g)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.run_id)
+        .collect();
+    assert_eq!(listed, ["run_1"]);
+    // Another key's history is its own.
+    assert!(
+        m.history(&entry(&g, "run_1", "w").key())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Generates one `#[tokio::test]` per manifest conformance case. `$factory` is an
 /// async function `() -> Fixture<dyn Manifest>`.
 #[macro_export]
@@ -167,6 +211,9 @@ macro_rules! manifest_conformance {
             case!(batches_keep_per_entry_semantics, |m| {
                 cases::batches_keep_per_entry_semantics(&*m)
             });
+            case!(supersede_keeps_history, |m| cases::supersede_keeps_history(
+                &*m
+            ));
         }
     };
 }

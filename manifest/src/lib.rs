@@ -6,6 +6,8 @@
 //! - [`Manifest`] is the contract every backend implements. Writes are idempotent per
 //!   key: [`Manifest::put`] of a key that already exists changes nothing and reports
 //!   [`PutOutcome::AlreadyThere`], so a job delivered twice never leaves two entries.
+//!   A completed run is only ever replaced on purpose (`enqueue --rerun`):
+//!   [`Manifest::supersede`] moves it into the key's [`Manifest::history`] first.
 //! - [`completion`] decides whether a job's dependencies are complete, from the
 //!   manifest and the job board together.
 //!
@@ -57,6 +59,11 @@ pub trait Manifest: Send + Sync {
     /// A human description of where the manifest lives.
     fn describe(&self) -> String;
 
+    /// Checks that the manifest exists and that this process may use it; the error names the
+    /// resource and what to do (`labelfleet setup`). Cheap: a worker calls it at start-up,
+    /// and while it waits out backend trouble before it receives again.
+    async fn check(&self) -> BackendResult<()>;
+
     /// Writes an entry unless one with the same key exists (then nothing changes).
     async fn put(&self, entry: &ManifestEntry) -> BackendResult<PutOutcome>;
 
@@ -89,6 +96,14 @@ pub trait Manifest: Send + Sync {
 
     /// Entry counts for every group, sorted by group.
     async fn groups(&self) -> BackendResult<Vec<GroupSummary>>;
+
+    /// Moves the entry of `key` (if there is one) into the key's history, in one atomic
+    /// step, and returns it: the job may then be recorded again (`enqueue --rerun`),
+    /// and the earlier run stays readable through [`Manifest::history`].
+    async fn supersede(&self, key: &ManifestKey) -> BackendResult<Option<ManifestEntry>>;
+
+    /// The superseded entries of `key`, oldest first.
+    async fn history(&self, key: &ManifestKey) -> BackendResult<Vec<ManifestEntry>>;
 }
 
 /// Lists every entry of a group, page by page.

@@ -1,6 +1,8 @@
 //! The [`JobBoard`] conformance suite.
 
-use crate::board::{BoardJob, BoardState, Dependency, JobBoard, WorkerReport, WorkerState};
+use crate::board::{
+    BoardJob, BoardState, Dependency, GroupJob, JobBoard, WorkerReport, WorkerState,
+};
 use crate::job::JobKey;
 use crate::queue::OutgoingMessage;
 
@@ -17,6 +19,15 @@ fn job(group: &str, name: &str, after: Vec<Dependency>, state: BoardState) -> Bo
             group: format!("{group}.{name}"),
         },
         state,
+        version: Some(format!("v1-{name}")),
+    }
+}
+
+fn listed(name: &str, state: BoardState, version: Option<&str>) -> GroupJob {
+    GroupJob {
+        name: name.into(),
+        state,
+        version: version.map(str::to_string),
     }
 }
 
@@ -67,9 +78,9 @@ pub async fn held_jobs_wait_on_dependencies(b: &dyn JobBoard) {
     assert_eq!(
         b.group_jobs(&g).await.unwrap(),
         [
-            ("dep_1".to_string(), BoardState::Held),
-            ("dep_2".to_string(), BoardState::Queued),
-            ("job_0".to_string(), BoardState::Queued),
+            listed("dep_1", BoardState::Held, Some("v1-dep_1")),
+            listed("dep_2", BoardState::Queued, Some("v1-dep_2")),
+            listed("job_0", BoardState::Queued, Some("v1-job_0")),
         ]
     );
     let counts = b.groups().await.unwrap();
@@ -95,13 +106,31 @@ pub async fn register_replaces(b: &dyn JobBoard) {
     )])
     .await
     .unwrap();
-    b.register(&[job(&g, "j", vec![], BoardState::Queued)])
-        .await
-        .unwrap();
+    let mut newer = job(&g, "j", vec![], BoardState::Queued);
+    newer.version = Some("v2".into());
+    b.register(std::slice::from_ref(&newer)).await.unwrap();
     assert_eq!(
         b.group_jobs(&g).await.unwrap(),
-        [("j".to_string(), BoardState::Queued)]
+        [listed("j", BoardState::Queued, Some("v2"))]
     );
+    // Looked up by key, in the order asked, with `None` for keys never registered.
+    let missing = JobKey {
+        group_id: g.clone(),
+        name: "missing".into(),
+    };
+    assert_eq!(
+        b.jobs(&[missing.clone(), newer.key.clone(), newer.key.clone()])
+            .await
+            .unwrap(),
+        [None, Some(newer.clone()), Some(newer.clone())]
+    );
+    // A registration without a version forgets the old one.
+    let mut unversioned = newer.clone();
+    unversioned.version = None;
+    b.register(std::slice::from_ref(&unversioned))
+        .await
+        .unwrap();
+    assert_eq!(b.jobs(&[newer.key]).await.unwrap(), [Some(unversioned)]);
     assert!(
         b.held_waiting_on(&Dependency::Group("x".into()))
             .await
@@ -109,6 +138,18 @@ pub async fn register_replaces(b: &dyn JobBoard) {
             .iter()
             .all(|j| j.key.group_id != g)
     );
+}
+
+/// One sweep per interval is claimed, whoever asks; after the interval, the next.
+pub async fn sweeps_are_claimed_once_per_interval(b: &dyn JobBoard) {
+    let now = 4_000_000_000;
+    assert!(b.claim_sweep(now, 60).await.unwrap());
+    assert!(!b.claim_sweep(now + 1, 60).await.unwrap());
+    assert!(!b.claim_sweep(now + 59, 60).await.unwrap());
+    assert!(b.claim_sweep(now + 60, 60).await.unwrap());
+    assert!(!b.claim_sweep(now + 61, 60).await.unwrap());
+    // An interval of zero always claims.
+    assert!(b.claim_sweep(now + 61, 0).await.unwrap());
 }
 
 /// Worker reports replace each other per worker and are listed by recency.
@@ -179,6 +220,7 @@ macro_rules! job_board_conformance {
             case!(held_jobs_wait_on_dependencies);
             case!(register_replaces);
             case!(worker_reports);
+            case!(sweeps_are_claimed_once_per_interval);
         }
     };
 }

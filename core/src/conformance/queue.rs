@@ -27,6 +27,7 @@ async fn receive_one(q: &dyn Queue, vis: Duration) -> Option<ReceivedMessage> {
 
 /// A sent message is received once, with its body and group, and gone after ack.
 pub async fn send_receive_ack(q: &dyn Queue) {
+    q.check().await.expect("a fresh queue passes its check");
     q.send(&[message("hello", "g1")]).await.unwrap();
     let m = receive_one(q, LONG_VIS).await.expect("a message");
     assert_eq!(m.body, "hello");
@@ -179,6 +180,48 @@ pub async fn dead_letter_keeps_reason(q: &dyn Queue) {
     );
 }
 
+/// Redriving sends back exactly the dead letters picked, as fresh messages with their
+/// bodies and groups; the others stay dead-lettered.
+pub async fn redrive_sends_back_what_is_picked(q: &dyn Queue) {
+    q.send(&[
+        message("dead-a", "ga"),
+        message("dead-b", "gb"),
+        message("dead-c", "gc"),
+    ])
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let m = receive_one(q, LONG_VIS).await.expect("a message");
+        q.dead_letter(&m, &format!("reason of {}", m.body))
+            .await
+            .unwrap();
+    }
+    let moved = q
+        .redrive(&|d: &crate::queue::DeadLetter| d.body != "dead-c")
+        .await
+        .unwrap();
+    let mut bodies: Vec<&str> = moved.iter().map(|d| d.body.as_str()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["dead-a", "dead-b"]);
+    assert_eq!(moved[0].reason, format!("reason of {}", moved[0].body));
+    let left = q.dead_letters(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].body, "dead-c");
+    let mut back = Vec::new();
+    for _ in 0..2 {
+        back.push(receive_one(q, LONG_VIS).await.expect("a redriven message"));
+    }
+    back.sort_by(|a, b| a.body.cmp(&b.body));
+    assert_eq!(back[0].body, "dead-a");
+    assert_eq!(back[0].group, "ga");
+    assert_eq!(back[1].group, "gb");
+    assert!(back.iter().all(|m| m.receive_count == 1));
+    assert!(q.receive(1, LONG_VIS, NO_WAIT).await.unwrap().is_empty());
+    // Nothing picked: nothing moves.
+    assert!(q.redrive(&|_| false).await.unwrap().is_empty());
+    assert_eq!(q.dead_letters(10).await.unwrap().len(), 1);
+}
+
 /// Depth counts visible and in-flight messages.
 pub async fn depth_counts_visible_and_in_flight(q: &dyn Queue) {
     q.send(&[
@@ -323,6 +366,9 @@ macro_rules! queue_conformance {
             });
             case!(dead_letter_keeps_reason, |q| {
                 cases::dead_letter_keeps_reason(&*q)
+            });
+            case!(redrive_sends_back_what_is_picked, |q| {
+                cases::redrive_sends_back_what_is_picked(&*q)
             });
             case!(depth_counts_visible_and_in_flight, |q| {
                 cases::depth_counts_visible_and_in_flight(&*q)
