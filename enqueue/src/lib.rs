@@ -10,10 +10,14 @@
 //!    and the time into each job.
 //! 3. [`plan::plan`] resolves every `after` entry to a job or a group
 //!    ([`Dependency`](labelfleet_core::board::Dependency)), rejects unknown names and
-//!    cycles, and orders the jobs so that dependencies come first.
-//! 4. [`submit::submit`] registers every job on the job board and sends the ones whose
+//!    cycles (also those that close through jobs already held on the board), and orders
+//!    the jobs so that dependencies come first.
+//! 4. [`versions::reconcile`] decides what to do with jobs the board or manifest
+//!    already knows: the same version is sent again or skipped, an edited one is refused
+//!    unless `--replace` (queued) or `--rerun` (completed) says otherwise.
+//! 5. [`submit::submit`] registers every job on the job board and sends the ones whose
 //!    dependencies are already complete; the rest stay held.
-//! 5. Later, [`release`] sends held jobs once their dependencies complete: workers call
+//! 6. Later, [`release`] sends held jobs once their dependencies complete: workers call
 //!    it after each job, and on start-up as a sweep.
 
 #![warn(missing_docs)]
@@ -23,6 +27,7 @@ pub mod git;
 pub mod plan;
 pub mod release;
 pub mod submit;
+pub mod versions;
 
 use labelfleet_core::job::Job;
 use labelfleet_core::provenance::Provenance;
@@ -47,6 +52,8 @@ pub fn stamp_provenance(
             labelfleet_version: labelfleet_core::VERSION.to_string(),
             enqueued_at: now.clone(),
             enqueued_by: enqueued_by.clone(),
+            config_hash: Some(job.config_hash()),
+            rerun: 0,
         });
     }
 }

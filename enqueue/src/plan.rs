@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use labelfleet_core::board::{Dependency, JobBoard};
+use labelfleet_core::board::{BoardJob, BoardState, Dependency, JobBoard};
 use labelfleet_core::error::BackendResult;
 use labelfleet_core::job::{Job, JobError, JobKey};
 use labelfleet_manifest::{Manifest, list_all};
@@ -19,13 +19,22 @@ pub struct PlannedJob {
 }
 
 /// The jobs and groups a plan may refer to: the folder's own, plus those already on the
-/// board or in the manifest.
+/// board or in the manifest; and what the board and manifest hold of the folder's jobs'
+/// groups (their versions), and the jobs held on the board (for cycle checks).
 #[derive(Debug, Clone, Default)]
 pub struct Known {
     /// Jobs that exist somewhere.
     pub jobs: HashSet<JobKey>,
     /// Groups that exist somewhere.
     pub groups: HashSet<String>,
+    /// Jobs registered on the board (of the groups the folder names): their state and
+    /// version.
+    pub registered: HashMap<JobKey, (BoardState, Option<String>)>,
+    /// Jobs with a manifest entry (of the groups the folder names): the version it
+    /// recorded, and how many deliberate reruns came before it.
+    pub completed: HashMap<JobKey, (Option<String>, u32)>,
+    /// Every job held on the board, waiting for its dependencies.
+    pub held: Vec<BoardJob>,
 }
 
 impl Known {
@@ -56,19 +65,33 @@ impl Known {
             }
         }
         for group in referenced {
-            for (name, _) in board.group_jobs(&group).await? {
-                known.jobs.insert(JobKey {
+            for job in board.group_jobs(&group).await? {
+                let key = JobKey {
                     group_id: group.clone(),
-                    name,
-                });
+                    name: job.name,
+                };
+                known
+                    .registered
+                    .insert(key.clone(), (job.state, job.version));
+                known.jobs.insert(key);
             }
             for entry in list_all(manifest, &group).await? {
-                known.jobs.insert(JobKey {
+                let key = JobKey {
                     group_id: group.clone(),
                     name: entry.run_id,
-                });
+                };
+                let provenance = entry.provenance.as_ref();
+                known.completed.insert(
+                    key.clone(),
+                    (
+                        provenance.and_then(|p| p.config_hash.clone()),
+                        provenance.map_or(0, |p| p.rerun),
+                    ),
+                );
+                known.jobs.insert(key);
             }
         }
+        known.held = board.held().await?;
         Ok(known)
     }
 }
@@ -116,10 +139,15 @@ pub fn plan(jobs: Vec<LoadedJob>, known: &Known) -> Result<Vec<PlannedJob>, Fold
                     after.push(dep);
                     None
                 }
-                None => Some(format!(
-                    "`{entry}` names no job of group `{}` and no known group, in this folder, on the job board or in the manifest",
-                    job.group_id
-                )),
+                None => Some(match entry.split_once('/') {
+                    Some((group, name)) => format!(
+                        "`{entry}` names no job `{name}` of group `{group}`, in this folder, on the job board or in the manifest"
+                    ),
+                    None => format!(
+                        "`{entry}` names no job of group `{}` and no known group, in this folder, on the job board or in the manifest",
+                        job.group_id
+                    ),
+                }),
             };
             if let Some(message) = problem {
                 errors.push(JobError {
@@ -134,44 +162,55 @@ pub fn plan(jobs: Vec<LoadedJob>, known: &Known) -> Result<Vec<PlannedJob>, Fold
     if !errors.is_empty() {
         return Err(FolderErrors { errors });
     }
-    order(planned)
+    order(planned, &known.held)
 }
 
-/// Kahn's algorithm over the dependencies among the folder's own jobs, keeping file
-/// order among jobs that are ready together.
-fn order(planned: Vec<PlannedJob>) -> Result<Vec<PlannedJob>, FolderErrors> {
-    let index: HashMap<JobKey, usize> = planned
+/// Orders the folder's jobs so that dependencies come first (Kahn's algorithm, keeping
+/// file order among jobs that are ready together), over a graph that also holds the
+/// jobs already held on the board: a folder job that waits, through them, on itself
+/// would never run, whichever enqueue made the loop. A held job that the folder
+/// registers again is the folder's.
+fn order(planned: Vec<PlannedJob>, held: &[BoardJob]) -> Result<Vec<PlannedJob>, FolderErrors> {
+    let mut nodes: Vec<(JobKey, &[Dependency])> = planned
         .iter()
-        .enumerate()
-        .map(|(i, p)| (p.loaded.job.key(), i))
+        .map(|p| (p.loaded.job.key(), p.after.as_slice()))
         .collect();
+    let ours: HashSet<JobKey> = nodes.iter().map(|(k, _)| k.clone()).collect();
+    nodes.extend(
+        held.iter()
+            .filter(|h| !ours.contains(&h.key))
+            .map(|h| (h.key.clone(), h.after.as_slice())),
+    );
+    let index: HashMap<&JobKey, usize> =
+        nodes.iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
     let mut by_group: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, p) in planned.iter().enumerate() {
-        by_group
-            .entry(p.loaded.job.group_id.as_str())
-            .or_default()
-            .push(i);
+    for (i, (key, _)) in nodes.iter().enumerate() {
+        by_group.entry(key.group_id.as_str()).or_default().push(i);
     }
-    let mut waits_on: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); planned.len()];
-    for (i, p) in planned.iter().enumerate() {
-        for dep in &p.after {
-            match dep {
-                Dependency::Job(key) => waits_on[i].extend(index.get(key)),
-                Dependency::Group(g) => {
-                    waits_on[i].extend(by_group.get(g.as_str()).into_iter().flatten())
+    let waits_on: Vec<BTreeSet<usize>> = nodes
+        .iter()
+        .map(|(_, after)| {
+            let mut deps = BTreeSet::new();
+            for dep in *after {
+                match dep {
+                    Dependency::Job(key) => deps.extend(index.get(key)),
+                    Dependency::Group(g) => {
+                        deps.extend(by_group.get(g.as_str()).into_iter().flatten())
+                    }
                 }
             }
-        }
-    }
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); planned.len()];
+            deps
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, deps) in waits_on.iter().enumerate() {
         for &d in deps {
             dependents[d].push(i);
         }
     }
     let mut remaining: Vec<usize> = waits_on.iter().map(BTreeSet::len).collect();
-    let mut ready: VecDeque<usize> = (0..planned.len()).filter(|&i| remaining[i] == 0).collect();
-    let mut sequence = Vec::with_capacity(planned.len());
+    let mut ready: VecDeque<usize> = (0..nodes.len()).filter(|&i| remaining[i] == 0).collect();
+    let mut sequence = Vec::with_capacity(nodes.len());
     while let Some(i) = ready.pop_front() {
         sequence.push(i);
         for &d in &dependents[i] {
@@ -181,27 +220,75 @@ fn order(planned: Vec<PlannedJob>) -> Result<Vec<PlannedJob>, FolderErrors> {
             }
         }
     }
-    if sequence.len() < planned.len() {
-        let stuck: Vec<String> = (0..planned.len())
-            .filter(|i| remaining[*i] > 0)
-            .map(|i| planned[i].loaded.job.key().to_string())
+    if sequence.len() < nodes.len() {
+        let cycle = find_cycle(&waits_on, &remaining);
+        let names: Vec<String> = cycle.iter().map(|&i| nodes[i].0.to_string()).collect();
+        let from_board: Vec<String> = cycle
+            .iter()
+            .filter(|&&i| i >= planned.len())
+            .map(|&i| nodes[i].0.to_string())
             .collect();
-        let first = (0..planned.len())
-            .find(|i| remaining[*i] > 0)
-            .expect("some job is stuck");
+        let loop_text = format!("{} → {}", names.join(" → "), names[0]);
+        let (first, message) = match cycle.iter().find(|&&i| i < planned.len()) {
+            Some(&first) if from_board.is_empty() => {
+                (first, format!("the dependencies form a cycle: {loop_text}"))
+            }
+            Some(&first) => (
+                first,
+                format!(
+                    "the dependencies form a cycle: {loop_text} ({} already held on the job board from an earlier enqueue)",
+                    from_board.join(", ")
+                ),
+            ),
+            // A loop among held jobs alone predates this enqueue: name the folder's job
+            // that waits on it.
+            None => (
+                (0..planned.len())
+                    .find(|&i| remaining[i] > 0)
+                    .expect("a folder job waits on the loop"),
+                format!(
+                    "waits, through held jobs, on a dependency cycle already on the job board: {loop_text}"
+                ),
+            ),
+        };
         return Err(FolderErrors {
             errors: vec![JobError {
                 file: planned[first].loaded.source.display().to_string(),
                 path: "after".into(),
-                message: format!("the dependencies form a cycle among {}", stuck.join(", ")),
+                message,
             }],
         });
     }
     let mut slots: Vec<Option<PlannedJob>> = planned.into_iter().map(Some).collect();
     Ok(sequence
         .into_iter()
-        .map(|i| slots[i].take().expect("each job once"))
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
         .collect())
+}
+
+/// One cycle among the nodes Kahn's algorithm could not order (`remaining > 0`), as
+/// the path of nodes in waiting order: each waits for the next, the last for the first.
+fn find_cycle(waits_on: &[BTreeSet<usize>], remaining: &[usize]) -> Vec<usize> {
+    // Every stuck node waits on some stuck node, so walking from one stuck node to a
+    // stuck dependency must come back to a node already on the path.
+    let start = (0..remaining.len())
+        .find(|&i| remaining[i] > 0)
+        .expect("some node is stuck");
+    let mut path = vec![start];
+    let mut at: HashMap<usize, usize> = HashMap::from([(start, 0)]);
+    let mut node = start;
+    loop {
+        let next = *waits_on[node]
+            .iter()
+            .find(|&&d| remaining[d] > 0)
+            .expect("a stuck node waits on a stuck node");
+        if let Some(&position) = at.get(&next) {
+            return path.split_off(position);
+        }
+        at.insert(next, path.len());
+        path.push(next);
+        node = next;
+    }
 }
 
 /// Resolves an `after` entry against the live board and manifest (for jobs that did
@@ -228,7 +315,7 @@ pub async fn resolve_live(
         .group_jobs(own_group)
         .await?
         .iter()
-        .any(|(n, _)| n == entry)
+        .any(|job| job.name == entry)
         || manifest
             .get(&labelfleet_manifest::ManifestKey::from(&key))
             .await?
@@ -341,7 +428,56 @@ mod tests {
         let known = known_from(&jobs);
         let errors = plan(jobs, &known).unwrap_err().errors;
         assert!(
-            errors[0].message.contains("cycle among x/a, y/b"),
+            errors[0].message.contains("cycle: x/a → y/b → x/a"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn a_cycle_through_jobs_held_by_an_earlier_enqueue_is_found_and_named() {
+        // Enqueued before: g/a (queued), then h/x after group g (held).
+        let mut known = Known::default();
+        known.jobs.insert(JobKey {
+            group_id: "g".into(),
+            name: "a".into(),
+        });
+        known.groups.extend(["g".to_string(), "h".to_string()]);
+        let held_x = loaded("h", "x", &["g"]);
+        known.jobs.insert(held_x.job.key());
+        known.held.push(BoardJob {
+            key: held_x.job.key(),
+            after: vec![Dependency::Group("g".into())],
+            message: crate::submit::message_for(&held_x.job),
+            state: BoardState::Held,
+            version: None,
+        });
+        // Now g/b after h/x: g/b waits on h/x, which waits on group g, which holds g/b.
+        let jobs = vec![loaded("g", "b", &["h/x"])];
+        let errors = plan(jobs, &known).unwrap_err().errors;
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "after");
+        assert!(
+            errors[0].message.contains("cycle: g/b → h/x → g/b")
+                && errors[0]
+                    .message
+                    .contains("h/x already held on the job board"),
+            "{}",
+            errors[0]
+        );
+        // Without the held job, the same folder is fine.
+        known.held.clear();
+        let jobs = vec![loaded("g", "b", &["h/x"])];
+        assert_eq!(names(&plan(jobs, &known).unwrap()), ["g/b"]);
+    }
+
+    #[test]
+    fn an_unknown_job_of_another_group_names_that_group() {
+        let jobs = vec![loaded("g3", "j", &["g1/a"])];
+        let known = known_from(&jobs);
+        let errors = plan(jobs, &known).unwrap_err().errors;
+        assert!(
+            errors[0].message.contains("no job `a` of group `g1`"),
             "{}",
             errors[0]
         );

@@ -72,7 +72,7 @@ async fn release_ready(
 ) -> BackendResult<Vec<JobKey>> {
     // Many dependents share one dependency (job_0 and its 166 dependents): check each once.
     let mut complete: HashMap<Dependency, bool> = HashMap::new();
-    let mut sent = Vec::new();
+    let mut ready_jobs = Vec::new();
     for job in candidates {
         let mut ready = true;
         for dep in &job.after {
@@ -90,12 +90,20 @@ async fn release_ready(
             }
         }
         if ready {
-            // Sending twice is harmless (deduplication id, idempotent manifest); losing a
-            // send is not, so mark the job queued only after the send succeeded.
-            queue.send(std::slice::from_ref(&job.message)).await?;
+            ready_jobs.push(job);
+        }
+    }
+    // Ten to a call. Sending twice is harmless (deduplication id, idempotent
+    // manifest); losing a send is not, so a job is marked queued only after the call
+    // that sent it succeeded.
+    let mut sent = Vec::with_capacity(ready_jobs.len());
+    for chunk in ready_jobs.chunks(10) {
+        let messages: Vec<_> = chunk.iter().map(|j| j.message.clone()).collect();
+        queue.send(&messages).await?;
+        for job in chunk {
             board.mark_queued(&job.key).await?;
             tracing::info!(job = %job.key, "dependencies complete; job sent to the queue");
-            sent.push(job.key);
+            sent.push(job.key.clone());
         }
     }
     Ok(sent)

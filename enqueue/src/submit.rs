@@ -8,6 +8,7 @@ use labelfleet_manifest::completion::incomplete;
 use labelfleet_manifest::{Manifest, ManifestKey};
 
 use crate::plan::PlannedJob;
+use crate::versions::{Decision, short};
 
 /// What [`submit`] did with each job.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +19,10 @@ pub struct SubmitReport {
     pub held: Vec<(JobKey, Vec<Dependency>)>,
     /// Jobs skipped because the manifest already has their entry.
     pub already_complete: Vec<JobKey>,
+    /// Jobs that superseded a queued or held version (`--replace`): the versions, old → new.
+    pub replaced: Vec<(JobKey, String)>,
+    /// Completed jobs sent to run again (`--rerun`), with their rerun number.
+    pub rerun: Vec<(JobKey, u32)>,
 }
 
 /// The queue message for a job: its envelope, a deduplication id derived from the
@@ -38,12 +43,16 @@ pub fn message_for(job: &Job) -> OutgoingMessage {
     }
 }
 
-/// Registers the planned jobs (in plan order) and sends those whose dependencies are
-/// complete. Every job is registered as held first and marked queued only after its
+/// Registers the planned jobs (in plan order) as `decisions` (one per job, from
+/// [`reconcile`](crate::versions::reconcile)) say, and sends those whose dependencies
+/// are complete. Every job is registered as held first and marked queued only after its
 /// message is sent, so a crash in between leaves it held, for the next sweep to send,
-/// never lost.
+/// never lost. A registration replaces the job's earlier one, with its version: that is
+/// how a queued older version is superseded. A rerun moves the completed entry into the
+/// manifest's history first.
 pub async fn submit(
     plan: &[PlannedJob],
+    decisions: &[Decision],
     queue: &dyn Queue,
     board: &dyn JobBoard,
     manifest: &dyn Manifest,
@@ -51,15 +60,30 @@ pub async fn submit(
     let mut report = SubmitReport::default();
     let mut registrations = Vec::new();
     let mut ready = Vec::new();
-    for planned in plan {
+    for (planned, decision) in plan.iter().zip(decisions) {
         let job = &planned.loaded.job;
-        if manifest
-            .get(&ManifestKey::from(&job.key()))
-            .await?
-            .is_some()
-        {
-            report.already_complete.push(job.key());
-            continue;
+        let key = ManifestKey::from(&job.key());
+        match decision {
+            Decision::AlreadyComplete => {
+                report.already_complete.push(job.key());
+                continue;
+            }
+            Decision::Rerun { rerun } => {
+                manifest.supersede(&key).await?;
+                report.rerun.push((job.key(), *rerun));
+            }
+            Decision::Replace { previous } => {
+                report.replaced.push((
+                    job.key(),
+                    format!("{} → {}", short(previous.as_deref()), short(job.version())),
+                ));
+            }
+            // It may have completed since the plan was made.
+            Decision::Send if manifest.get(&key).await?.is_some() => {
+                report.already_complete.push(job.key());
+                continue;
+            }
+            Decision::Send => {}
         }
         let pending = incomplete(&planned.after, manifest, board).await?;
         let entry = BoardJob {
@@ -67,6 +91,7 @@ pub async fn submit(
             after: planned.after.clone(),
             message: message_for(job),
             state: BoardState::Held,
+            version: job.version().map(str::to_string),
         };
         if pending.is_empty() {
             ready.push(entry.clone());
