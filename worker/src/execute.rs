@@ -10,6 +10,7 @@ use labelfleet_manifest::{ManifestEntry, PutOutcome};
 use tokio_util::sync::CancellationToken;
 
 use crate::Backends;
+use crate::heartbeat::Lease;
 use crate::runner::{JobContext, JobFailure, Progress, Runners};
 
 /// A job that ran and was recorded.
@@ -32,6 +33,8 @@ pub struct JobControl {
     pub progress: Progress,
     /// The worker's device for every model of the job (see [`JobContext::place`]).
     pub device: Option<String>,
+    /// The worker's lease on the job's message (see [`JobContext::lease`]).
+    pub lease: Option<Lease>,
 }
 
 /// Runs `job` with its runner and returns the manifest entry to record. For runners
@@ -59,6 +62,7 @@ pub async fn run_job(
         attempt,
         progress: control.progress,
         device: control.device,
+        lease: control.lease,
     };
     let job_key = if runner.writes_artifacts() {
         let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");

@@ -22,11 +22,15 @@
 //!   heartbeats ([`heartbeat`]). Jobs that finish together are recorded and
 //!   acknowledged together; a failed job is released with backoff or dead-lettered
 //!   with its reason. A job's error never stops the worker.
-//! - [`shutdown::Shutdown`] turns SIGINT/SIGTERM into "stop receiving, finish the
-//!   running job within the grace period or release it".
+//! - [`checks`] checks that the queue, table and bucket exist and are usable before a
+//!   worker receives anything, and while it waits out backend trouble.
+//! - [`shutdown::Shutdown`] turns SIGINT/SIGTERM into "stop receiving, let the running
+//!   job save its progress and stop (or finish) within the grace period, or release
+//!   it".
 
 #![warn(missing_docs)]
 
+pub mod checks;
 pub mod execute;
 pub mod gpu;
 pub mod heartbeat;

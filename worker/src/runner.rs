@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
+
+use crate::heartbeat::Lease;
 use labelfleet_core::job::{Job, JobKind, ModelRef};
 use labelfleet_manifest::{Manifest, ManifestEntry, ManifestKey};
 use serde_json::Value;
@@ -30,6 +32,9 @@ pub struct JobContext {
     pub progress: Progress,
     /// The device the worker was pinned to (`worker --device cuda:1`), if any.
     pub device: Option<String>,
+    /// The worker's lease on the job's message; `None` outside a queue (`labelfleet
+    /// run`). Once it is lost the job writes nothing more: another worker holds it.
+    pub lease: Option<Lease>,
 }
 
 /// A running job's latest word on its progress, shared with the worker that reports it.
@@ -54,19 +59,31 @@ impl Progress {
 }
 
 impl JobContext {
-    /// Writes an artifact of `job` named `file`; returns its key.
+    /// Whether the job may still write: its worker holds the message's lease.
+    pub fn holds_lease(&self) -> bool {
+        self.lease.as_ref().is_none_or(Lease::held)
+    }
+
+    /// Writes an artifact of `job` named `file`; returns its key. Refused once the
+    /// lease is lost, so that two workers never write the same keys.
     pub async fn write_artifact(
         &self,
         job: &Job,
         file: &str,
         bytes: Vec<u8>,
     ) -> Result<String, JobFailure> {
-        let key = ArtifactKey::for_job(&job.group_id, &job.name, file)
+        let key = job
+            .artifact_key(file)
             .map_err(|e| JobFailure::new(format!("artifact {file}: {e}")))?;
+        if !self.holds_lease() {
+            return Err(JobFailure::new(format!(
+                "not writing artifact {key}: this worker lost the job's lease, and another may hold it now"
+            )));
+        }
         self.artifacts
             .put(&key, bytes)
             .await
-            .map_err(|e| JobFailure::new(format!("writing artifact {key}: {e}")))?;
+            .map_err(|e| JobFailure::backend(format!("writing artifact {key}: {e}")))?;
         Ok(key.as_str().to_string())
     }
 
@@ -80,10 +97,9 @@ impl JobContext {
             group_id: group.to_string(),
             run_id: run.to_string(),
         };
-        self.manifest
-            .get(&key)
-            .await
-            .map_err(|e| JobFailure::new(format!("reading the manifest entry {group}/{run}: {e}")))
+        self.manifest.get(&key).await.map_err(|e| {
+            JobFailure::backend(format!("reading the manifest entry {group}/{run}: {e}"))
+        })
     }
 
     /// The artifact an earlier job's manifest entry names under `role` (`None` when the
@@ -101,7 +117,7 @@ impl JobContext {
             .artifacts
             .get(&key)
             .await
-            .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))?
+            .map_err(|e| JobFailure::backend(format!("reading {key}: {e}")))?
             .ok_or_else(|| {
                 JobFailure::new(format!(
                     "artifact {key} named by {} is missing",
@@ -167,22 +183,35 @@ pub struct JobFailure {
     /// The job stopped because the worker is stopping, after saving its progress: not
     /// a failure of the job, and it should run again elsewhere at once.
     pub interrupted: bool,
+    /// A backend failed the job (the artifact store or manifest could not be reached):
+    /// the worker's trouble, not the job's; the worker gives the job back and stops
+    /// receiving until its backends answer again.
+    pub backend: bool,
 }
 
 impl JobFailure {
     /// A failure with this message.
     pub fn new(message: impl Into<String>) -> JobFailure {
         JobFailure {
-            message: message.into(),
+            message: labelfleet_core::text::capped(&message.into()),
             interrupted: false,
+            backend: false,
         }
     }
 
     /// The job saved its progress and stopped because the worker is stopping.
     pub fn interrupted(message: impl Into<String>) -> JobFailure {
         JobFailure {
-            message: message.into(),
             interrupted: true,
+            ..JobFailure::new(message)
+        }
+    }
+
+    /// A backend the job needed failed.
+    pub fn backend(message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            backend: true,
+            ..JobFailure::new(message)
         }
     }
 }

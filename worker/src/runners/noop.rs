@@ -1,4 +1,5 @@
-//! `noop` jobs: wait, then succeed. A health check and benchmark load for the fleet.
+//! `noop` jobs: wait, then succeed (optionally writing an artifact). A health check
+//! and benchmark load for the fleet.
 
 use std::time::Duration;
 
@@ -28,9 +29,20 @@ impl JobRunner for NoopRunner {
             _ = tokio::time::sleep(Duration::from_millis(spec.sleep_ms)) => {}
             _ = ctx.cancel.cancelled() => return Err(JobFailure::new("cancelled before it finished")),
         }
-        Ok(JobOutput {
+        let mut output = JobOutput {
             counts: [("slept_ms".to_string(), spec.sleep_ms)].into(),
             ..JobOutput::default()
-        })
+        };
+        if spec.write_bytes > 0 {
+            const MAX_BYTES: u64 = 1 << 30;
+            if spec.write_bytes > MAX_BYTES {
+                return Err(JobFailure::new("noop.write_bytes: at most 1 GiB"));
+            }
+            let mut bytes = format!("written by attempt {}\n", ctx.attempt).into_bytes();
+            bytes.resize(spec.write_bytes as usize, b'.');
+            let key = ctx.write_artifact(job, "noop.txt", bytes).await?;
+            output.artifacts.insert("noop".to_string(), key);
+        }
+        Ok(output)
     }
 }

@@ -17,7 +17,6 @@ mod trainer;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::job::{Job, JobBody, JobKind, RetrainSpec};
 use labelfleet_models::train::{AdamW, AdamWConfig, safetensors_bytes, tensors_from_bytes};
 use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
@@ -29,7 +28,6 @@ pub use self::trainer::{CurvePoint, RunState, ValidPoint};
 use self::trainer::{Event, TrainingRun, mean_loss};
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::checkpoints::{self, BEST_MODEL, FINAL_MODEL};
-use crate::runners::self_label::config_hash;
 use crate::runners::self_label::models::resolve;
 
 /// The run state of the latest resumable checkpoint.
@@ -174,7 +172,8 @@ async fn resume(
     hash: &str,
 ) -> Result<Option<(RunState, Vec<u8>, Vec<u8>)>, JobFailure> {
     let read = |file: String| async move {
-        let key = ArtifactKey::for_job(&job.group_id, &job.name, &file)
+        let key = job
+            .artifact_key(&file)
             .map_err(|e| JobFailure::new(e.to_string()))?;
         ctx.artifacts
             .get(&key)
@@ -226,7 +225,7 @@ impl JobRunner for RetrainRunner {
             return Err(JobFailure::new("not a retrain job"));
         };
         let mut spec = (**spec).clone();
-        let hash = config_hash(job);
+        let hash = job.config_hash();
         let old = data::gather(&spec.data.old, ctx, job.mini).await?;
         let new = data::gather(&spec.data.new, ctx, job.mini).await?;
         let (old_turns, new_turns) = (data::turn_count(&old), data::turn_count(&new));

@@ -129,9 +129,10 @@ pub fn mean_loss(
 
 impl TrainingRun {
     /// Trains until `spec.steps`, handing checkpoints and new bests to `on_event`.
-    /// `check` is called between steps: when it fails (the job was cancelled, or the
-    /// worker is stopping) the run saves a checkpoint first, so the next delivery
-    /// resumes from here, and returns that failure.
+    /// `check` is called between steps: when it fails because the worker is stopping,
+    /// the run saves a checkpoint first, so the next delivery resumes from here; when
+    /// the job was cancelled (its lease is gone) it saves nothing. Either way it
+    /// returns that failure.
     pub fn run(
         &mut self,
         every_steps: Option<usize>,
@@ -156,11 +157,13 @@ impl TrainingRun {
         let started = Instant::now();
         while self.state.step < spec.steps {
             if let Err(mut stop) = check() {
-                on_event(Event::Checkpoint(&self.state, &self.lm, &self.optimizer))?;
-                stop.message = format!(
-                    "{} (at step {}, checkpointed: the next delivery resumes there)",
-                    stop.message, self.state.step
-                );
+                if stop.interrupted {
+                    on_event(Event::Checkpoint(&self.state, &self.lm, &self.optimizer))?;
+                    stop.message = format!(
+                        "{} (at step {}, checkpointed: the next delivery resumes there)",
+                        stop.message, self.state.step
+                    );
+                }
                 return Err(stop);
             }
             let step_started = Instant::now();

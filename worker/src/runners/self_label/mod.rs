@@ -18,16 +18,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use labelfleet_core::artifacts::ArtifactKey;
-use labelfleet_core::job::{
-    DatasetFormat, DialogueSelection, Job, JobBody, JobKind, canonical_json,
-};
+use labelfleet_core::job::{DatasetFormat, DialogueSelection, Job, JobBody, JobKind};
 use labelfleet_dst::metrics::{ValueMatcher, score};
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Dialogue, Prediction, read_dataset};
 use labelfleet_manifest::list_all;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 pub use self::labelling::LabelledTurn;
 use self::labelling::{Labelling, RunningLog, embed_into, log_bytes};
@@ -129,11 +125,6 @@ fn auto_batch_size(device: &str, model: &labelfleet_models::Llama) -> usize {
     }
 }
 
-pub(crate) fn config_hash(job: &Job) -> String {
-    let digest = Sha256::digest(canonical_json(&job.config_value()).as_bytes());
-    labelfleet_core::hash::hex(&digest[..16])
-}
-
 /// Labelled turns of earlier `self_label` jobs in `group`, as index entries (without
 /// embeddings yet).
 pub(crate) async fn group_examples(
@@ -179,7 +170,7 @@ impl SelfLabelRunner {
         ctx: &JobContext,
         hash: &str,
     ) -> HashMap<String, Vec<LabelledTurn>> {
-        let Ok(key) = ArtifactKey::for_job(&job.group_id, &job.name, RUNNING_LOG) else {
+        let Ok(key) = job.artifact_key(RUNNING_LOG) else {
             return HashMap::new();
         };
         let Ok(Some(bytes)) = ctx.artifacts.get(&key).await else {
@@ -214,7 +205,7 @@ impl JobRunner for SelfLabelRunner {
             return Err(JobFailure::new("not a self_label job"));
         };
         let mut spec = (**spec).clone();
-        let hash = config_hash(job);
+        let hash = job.config_hash();
         spec.model = crate::runners::checkpoints::materialize(&ctx.place(&spec.model), ctx).await?;
         spec.retriever.model = ctx.place(&spec.retriever.model);
         let started = Instant::now();
@@ -285,22 +276,27 @@ impl JobRunner for SelfLabelRunner {
         let labelling = tokio::task::spawn_blocking(move || -> Result<Labelling, JobFailure> {
             embed_into(&mut labelling.index, &labelling.embedder, seeds)?;
             let total: usize = labelling.dialogues.iter().map(|d| d.turns.len()).sum();
-            labelling.run(|turns| {
-                let labelled = turns.len();
-                let new_tokens: usize = turns.iter().map(|t| t.new_tokens).sum();
-                runtime.block_on(ctx_owned.write_artifact(
-                    &job_owned,
-                    RUNNING_LOG,
-                    log_bytes(&hash_owned, false, turns),
-                ))?;
-                tracing::info!(job = %job_owned.key(), labelled, total, "running log written");
-                let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-                let rate = labelled as f64 / elapsed;
+            let labelling_started = Instant::now();
+            labelling.run(|step, turns| {
+                let elapsed = labelling_started.elapsed().as_secs_f64().max(1e-9);
+                let rate = step.labelled_now as f64 / elapsed;
                 ctx_owned.progress.set(format!(
-                    "turns {labelled}/{total} · {rate:.2} turns/s · {:.1} tok/s · ETA {:.0} s",
-                    new_tokens as f64 / elapsed,
-                    total.saturating_sub(labelled) as f64 / rate.max(1e-9)
+                    "turns {}/{total} · {rate:.2} turns/s · {:.1} tok/s · ETA {:.0} s",
+                    step.labelled,
+                    step.new_tokens_now as f64 / elapsed,
+                    total.saturating_sub(step.labelled) as f64 / rate.max(1e-9)
                 ));
+                // Lease lost, or the grace period over: stop, and write nothing.
+                ctx_owned.check_cancelled()?;
+                // Asked to stop (a spot notice): save what is done, then stop.
+                if step.log_due || ctx_owned.stop.is_cancelled() {
+                    runtime.block_on(ctx_owned.write_artifact(
+                        &job_owned,
+                        RUNNING_LOG,
+                        log_bytes(&hash_owned, false, turns()),
+                    ))?;
+                    tracing::info!(job = %job_owned.key(), labelled = step.labelled, total, "running log written");
+                }
                 ctx_owned.check_stopping()
             })?;
             Ok(labelling)
