@@ -1,20 +1,39 @@
 """Loads a labelfleet dataset export with the Hugging Face `datasets` library, as a
-user would, and prints what it found as JSON: splits, row counts, columns, and the
-first row of each split. Usage: load_dataset.py DATASET_DIR"""
+user would — the folder itself, so that its card's metadata is read too — and prints
+what it found as JSON: splits, row counts, columns, the first row of each split, and
+every warning `datasets` gave while loading (there should be none).
+Usage: load_dataset.py DATASET_DIR"""
 
 import json
+import logging
 import pathlib
 import sys
+import warnings
 
+import datasets
 from datasets import load_dataset
 
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 root = pathlib.Path(sys.argv[1])
-files = {p.name.split("-00000-of-")[0]: str(p) for p in sorted((root / "data").glob("*.parquet"))}
-dataset = load_dataset("parquet", data_files=files)
-out = {}
+collected = Collect()
+datasets.utils.logging.get_logger("datasets").addHandler(collected)
+logging.getLogger("huggingface_hub").addHandler(collected)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    dataset = load_dataset(str(root))
+out = {"warnings": collected.messages + [str(w.message) for w in caught], "splits": {}}
 for split, rows in dataset.items():
     first = rows[0] if len(rows) else None
-    out[split] = {
+    out["splits"][split] = {
         "rows": len(rows),
         "columns": rows.column_names,
         "dialogues": len(set(rows["dialogue_id"])),

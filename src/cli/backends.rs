@@ -8,10 +8,21 @@ use labelfleet_aws::{
     AwsTarget, DynamoBoard, DynamoManifest, S3ArtifactStore, Spill, SqsQueue, check_sdk_config,
     load_sdk_config,
 };
+use labelfleet_core::error::BackendError;
 use labelfleet_embedded::EmbeddedHome;
 use labelfleet_worker::Backends;
 
-use super::GlobalArgs;
+use super::{Exit, GlobalArgs};
+
+/// Whether a command may create the embedded home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// It writes (enqueue, worker, run): a missing home is created.
+    Create,
+    /// It only reads (status, results, report, …): a missing home is a mistyped
+    /// `--home`, and creating an empty one would hide that.
+    ReadOnly,
+}
 
 /// The default redrive limit of the embedded queue.
 pub const DEFAULT_MAX_RECEIVES: u32 = EmbeddedHome::DEFAULT_MAX_RECEIVES;
@@ -37,9 +48,43 @@ pub fn aws_target(global: &GlobalArgs) -> anyhow::Result<Option<AwsTarget>> {
 }
 
 /// Opens the configured backends. `max_receives` applies to the embedded queue; SQS has
-/// its own in the redrive policy (see `labelfleet setup`).
-pub async fn open(global: &GlobalArgs, max_receives: u32) -> anyhow::Result<Opened> {
+/// its own in the redrive policy (see `labelfleet setup`). Errors carry an [`Exit`]
+/// status: unreachable backends are [`Exit::TEMPFAIL`], anything else that a backend
+/// refuses (a missing queue, table, home) is [`Exit::CONFIG`].
+pub async fn open(
+    global: &GlobalArgs,
+    max_receives: u32,
+    access: Access,
+) -> anyhow::Result<Opened> {
+    open_backends(global, max_receives, access)
+        .await
+        .map_err(|e| {
+            let code = match e.chain().find_map(|c| c.downcast_ref::<BackendError>()) {
+                Some(BackendError::Unavailable(_)) => Exit::TEMPFAIL,
+                Some(_) => Exit::CONFIG,
+                None => return e,
+            };
+            anyhow::Error::new(Exit::new(code, format!("{e:#}")))
+        })
+}
+
+async fn open_backends(
+    global: &GlobalArgs,
+    max_receives: u32,
+    access: Access,
+) -> anyhow::Result<Opened> {
     let Some(target) = aws_target(global)? else {
+        if access == Access::ReadOnly && !global.home.is_dir() {
+            return Err(Exit::new(
+                Exit::CONFIG,
+                format!(
+                    "there is no labelfleet home at {}: check --home or LABELFLEET_HOME \
+                     (`labelfleet enqueue` creates a home when it first sends jobs)",
+                    global.home.display()
+                ),
+            )
+            .into());
+        }
         let home = EmbeddedHome::new(&global.home);
         let context = || format!("cannot open the labelfleet home {}", global.home.display());
         return Ok(Opened {

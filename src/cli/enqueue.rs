@@ -9,9 +9,10 @@ use labelfleet_enqueue::git::GitState;
 use labelfleet_enqueue::plan::{Known, plan};
 use labelfleet_enqueue::stamp_provenance;
 use labelfleet_enqueue::submit::submit;
+use labelfleet_enqueue::versions::{VersionPolicy, reconcile};
 
 use super::GlobalArgs;
-use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
 
 /// Arguments of `enqueue`.
 #[derive(clap::Args, Debug)]
@@ -23,6 +24,15 @@ pub struct EnqueueArgs {
     /// Validate and show the plan without sending anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Supersede queued or held jobs of the same name whose config differs: workers then
+    /// run only this version (without it, such an edit is refused).
+    #[arg(long)]
+    pub replace: bool,
+    /// Run completed jobs again, as new runs (the completed entries are kept in the
+    /// manifest's history; artifacts go under `rerun-N/`). Without it, a completed job
+    /// is skipped, or refused if its config changed.
+    #[arg(long)]
+    pub rerun: bool,
 }
 
 /// How job files are adjusted and checked before they run: shared by `enqueue` and `run`.
@@ -101,12 +111,22 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
     let mut jobs = load_folder(&args.dir, &overrides, args.options.mini)?;
     let git = args.options.check_git(&args.dir)?;
     stamp_provenance(&mut jobs, &git, &args.options.describe(&overrides), who());
-    let backends = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let backends = backends::open(global, DEFAULT_MAX_RECEIVES, Access::Create)
+        .await?
+        .backends;
     let known = Known::gather(&jobs, &*backends.board, &*backends.manifest)
         .await
         .context("reading the job board and manifest")?;
     let count = jobs.len();
-    let planned = plan(jobs, &known)?;
+    let mut planned = plan(jobs, &known)?;
+    let decisions = reconcile(
+        &mut planned,
+        &known,
+        VersionPolicy {
+            replace: args.replace,
+            rerun: args.rerun,
+        },
+    )?;
     let commit = git
         .commit
         .as_deref()
@@ -142,6 +162,7 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
     }
     let report = submit(
         &planned,
+        &decisions,
         &*backends.queue,
         &*backends.board,
         &*backends.manifest,
@@ -170,9 +191,17 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
             println!("  {key}  waits for {}", waiting.join(", "));
         }
     }
+    for (key, versions) in &report.replaced {
+        println!("  {key}  replaces the queued version ({versions}); workers run only the new one");
+    }
+    for (key, rerun) in &report.rerun {
+        println!(
+            "  {key}  runs again as rerun {rerun} (the completed entry moved to the manifest's history)"
+        );
+    }
     if !report.already_complete.is_empty() {
         println!(
-            "skipped {} already in the manifest (use a new group_id to run them again): {}",
+            "skipped {} already in the manifest (--rerun runs them again): {}",
             report.already_complete.len(),
             report
                 .already_complete

@@ -4,9 +4,12 @@
 //! GPUs are those `CUDA_VISIBLE_DEVICES` lists, or every GPU `nvidia-smi -L` shows.
 //! Worker N runs with `CUDA_VISIBLE_DEVICES` set to that one GPU and `--device cuda:0`,
 //! so a worker sees only its own GPU. A worker that exits with an error or is killed
-//! is started again after a backoff; one that exits cleanly (`--idle-exit`,
-//! `--max-jobs`, a stop signal) is not, and one that fails right at its first start
-//! (no GPU, a bad backend setting) stops the launch with that error. SIGINT/SIGTERM are passed to every worker (which
+//! is started again after a backoff — also when its backends were unreachable at
+//! start (exit status 75: the worker has already waited a minute for them) —; one that
+//! exits cleanly (`--idle-exit`, `--max-jobs`, a stop signal) is not, and one that
+//! finds a wrong setting right at its first start (exit status 78 or 2: no GPU, a
+//! misnamed table or bucket, a bad flag) stops the launch with that error, since
+//! starting it again would not help. SIGINT/SIGTERM are passed to every worker (which
 //! checkpoint or finish within their grace period); the launcher exits when they have.
 
 use std::collections::HashMap;
@@ -16,8 +19,9 @@ use std::time::{Duration, Instant};
 use labelfleet_worker::gpu::visible_gpus;
 use tokio::process::{Child, Command};
 
-use super::GlobalArgs;
 use super::enqueue::hostname;
+use super::worker::seconds_in;
+use super::{Exit, GlobalArgs};
 
 /// Arguments of `launch`.
 #[derive(clap::Args, Debug)]
@@ -30,15 +34,21 @@ pub struct LaunchArgs {
     pub require_gpu: bool,
     /// Seconds before restarting a worker that died; doubles while it keeps dying within
     /// a minute of starting, up to 5 minutes.
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = seconds_in(0.0, 3_600.0))]
     pub restart_delay: f64,
     /// Arguments for every worker, after `--` (e.g. `-- --grace 90 --idle-exit 600`).
     #[arg(last = true, value_name = "WORKER ARGS")]
     pub worker_args: Vec<String>,
 }
 
-/// A worker exiting with an error this soon after its first start is not restarted.
+/// A worker that finds a wrong setting this soon after its first start is not restarted.
 const STARTUP_WINDOW: Duration = Duration::from_secs(10);
+
+/// Whether an exit status says a setting is wrong (clap's usage error, or the worker's
+/// [`Exit::CONFIG`]): starting the worker again would fail the same way.
+fn misconfigured(status: &ExitStatus) -> bool {
+    matches!(status.code(), Some(2)) || status.code() == Some(i32::from(Exit::CONFIG))
+}
 
 /// One worker slot: which GPU (or none), and the process in it.
 struct Slot {
@@ -133,8 +143,7 @@ pub async fn run(global: &GlobalArgs, args: LaunchArgs) -> anyhow::Result<()> {
             gpus.into_iter().map(Some).collect()
         }
     };
-    let base_delay = Duration::try_from_secs_f64(args.restart_delay)
-        .map_err(|_| anyhow::anyhow!("--restart-delay must be a non-negative number of seconds"))?;
+    let base_delay = Duration::from_secs_f64(args.restart_delay);
     let mut slots: Vec<Slot> = gpus
         .into_iter()
         .enumerate()
@@ -194,10 +203,11 @@ pub async fn run(global: &GlobalArgs, args: LaunchArgs) -> anyhow::Result<()> {
                 tracing::info!(worker = %slot.name, status = %describe(&status), "worker exited");
                 continue;
             }
-            // A worker that exits with an error right after its first start is
-            // misconfigured (no GPU, bad backend): restarting would not help.
+            // A worker that finds a wrong setting right at its first start (no GPU, a
+            // misnamed table): restarting would not help. Unreachable backends (75)
+            // and crashes are restarted with backoff.
             if slot.restarts == 0
-                && status.code().is_some()
+                && misconfigured(&status)
                 && slot.started.elapsed() < STARTUP_WINDOW
             {
                 failed_at_start = Some(format!(

@@ -1,10 +1,12 @@
-//! tracing set-up: text on a terminal, JSON lines with `--log-json`; always on stderr.
+//! tracing set-up: text on a terminal, JSON lines with `--log-json`; always on stderr,
+//! through [`Redacting`], so that no level prints a credential.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
 use super::GlobalArgs;
+use super::redact::Redacting;
 
 /// Installs the global subscriber.
 pub fn init(args: &GlobalArgs) {
@@ -19,7 +21,7 @@ pub fn init(args: &GlobalArgs) {
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(Redacting);
     if args.log_json {
         builder.json().with_current_span(true).init();
     } else {

@@ -7,6 +7,8 @@ mod ingest;
 mod launch;
 mod logging;
 mod plots;
+mod redact;
+mod redrive;
 mod report;
 mod results;
 mod run;
@@ -113,6 +115,9 @@ pub enum Command {
     /// Turn raw interaction logs (a `logs.tar.gz` per session folder) into a
     /// de-duplicated parquet dataset with a stats summary.
     Ingest(ingest::IngestArgs),
+    /// Send dead-lettered jobs back to the queue once their cause is fixed (all of them,
+    /// or a group's, or one job's).
+    Redrive(redrive::RedriveArgs),
     /// Create the AWS queue (with its dead-letter queue), table and bucket; idempotent.
     Setup(setup::SetupArgs),
     /// Split a dataset into chunks and write one self_label job per chunk: job_0 plus
@@ -120,7 +125,8 @@ pub enum Command {
     GenerateRuns(generate_runs::GenerateRunsArgs),
 }
 
-const ALIASES: [&str; 11] = [
+const ALIASES: [&str; 12] = [
+    "redrive",
     "ingest",
     "upload-dataset",
     "enqueue",
@@ -150,11 +156,53 @@ fn arguments() -> Vec<OsString> {
     args
 }
 
+/// A failure with an exit status of its own, from sysexits(3), so that whatever
+/// supervises labelfleet (AWS Batch, systemd, `launch`) can tell a worker to start
+/// again later from one that needs a person.
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit status.
+    pub code: u8,
+    /// What to tell the user.
+    pub message: String,
+}
+
+impl Exit {
+    /// EX_TEMPFAIL: the backends could not be reached; starting again later may work.
+    pub const TEMPFAIL: u8 = 75;
+    /// EX_CONFIG: a setting is wrong (a missing table, bucket or home); fix it first.
+    pub const CONFIG: u8 = 78;
+
+    /// A failure with this exit status.
+    pub fn new(code: u8, message: impl Into<String>) -> Exit {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 /// Parses arguments, runs the command, and turns errors into a message and exit code.
 pub fn main() -> ExitCode {
     // SAFETY: nothing has started a thread yet.
     unsafe { labelfleet_models::pin_cpu_threads() };
     let cli = Cli::parse_from(arguments());
+    if !matches!(cli.command, Command::Worker(_) | Command::Launch(_)) {
+        // `status | head` closes the pipe early: end quietly, as other tools do,
+        // instead of panicking in println!. Workers keep the default of ignoring it.
+        // SAFETY: restoring the default disposition of a signal, before any thread.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     logging::init(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -177,15 +225,23 @@ pub fn main() -> ExitCode {
             Command::Report(args) => report::run(&cli.global, args).await,
             Command::UploadDataset(args) => upload_dataset::run(&cli.global, args).await,
             Command::Ingest(args) => ingest::run(args).await,
+            Command::Redrive(args) => redrive::run(&cli.global, args).await,
             Command::Setup(args) => setup::run(&cli.global, args).await,
             Command::GenerateRuns(args) => generate_runs::run(&cli.global, args).await,
         }
     });
+    // A job's blocking work that outlived its release (it stops at its next check)
+    // must not keep the process alive: exit once the async work is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let code = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<Exit>())
+                .map_or(1, |x| x.code);
+            ExitCode::from(code)
         }
     }
 }

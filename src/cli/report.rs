@@ -11,7 +11,7 @@ use labelfleet_manifest::{ManifestEntry, list_all};
 use serde_json::Value;
 
 use super::GlobalArgs;
-use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
 use super::plots::{self, Curves};
 use super::table::Table;
 
@@ -98,7 +98,9 @@ async fn read_json(
 
 /// Runs `report`.
 pub async fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<()> {
-    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES, Access::ReadOnly)
+        .await?
+        .backends;
     let entries = list_all(&*b.manifest, &args.group)
         .await
         .with_context(|| format!("listing group {}", args.group))?;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use labelfleet_manifest::list_all;
 
 use super::GlobalArgs;
-use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
 use super::table::Table;
 
 /// Arguments of `results`.
@@ -20,7 +20,9 @@ pub struct ResultsArgs {
 
 /// Runs `results`.
 pub async fn run(global: &GlobalArgs, args: ResultsArgs) -> anyhow::Result<()> {
-    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES, Access::ReadOnly)
+        .await?
+        .backends;
     let groups: Vec<String> = match &args.group {
         Some(g) => vec![g.clone()],
         None => b

@@ -10,7 +10,7 @@ use labelfleet_worker::runner::Runners;
 use tokio_util::sync::CancellationToken;
 
 use super::GlobalArgs;
-use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
 use super::enqueue::{JobOptions, hostname, who};
 
 /// Arguments of `run`.
@@ -39,7 +39,9 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
     }];
     stamp_provenance(&mut loaded, &git, &described, who());
     let [LoadedJob { job, .. }] = loaded;
-    let backends = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let backends = backends::open(global, DEFAULT_MAX_RECEIVES, Access::Create)
+        .await?
+        .backends;
     if let Some(entry) = backends
         .manifest
         .get(&ManifestKey::from(&job.key()))

@@ -8,11 +8,13 @@ use super::backends::{DEFAULT_MAX_RECEIVES, aws_target};
 /// Arguments of `setup`.
 #[derive(clap::Args, Debug)]
 pub struct SetupArgs {
-    /// Receives after which SQS moves a message to the dead-letter queue (redrive policy).
-    #[arg(long, default_value_t = DEFAULT_MAX_RECEIVES)]
+    /// Receives after which SQS moves a message to the dead-letter queue (redrive
+    /// policy; 1 to 1000).
+    #[arg(long, default_value_t = DEFAULT_MAX_RECEIVES, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_receives: u32,
-    /// The queue's default visibility timeout in seconds (workers set their own per receive).
-    #[arg(long, default_value_t = 60)]
+    /// The queue's default visibility timeout in seconds, 0 to 43200 (workers set their
+    /// own per receive).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=43_200))]
     pub visibility_timeout: u32,
 }
 

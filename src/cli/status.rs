@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
+use labelfleet_core::board::{BoardJob, Dependency};
+use labelfleet_core::job::JobKey;
 use labelfleet_core::queue::Envelope;
 use serde_json::{Value, json};
 
 use super::GlobalArgs;
-use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
 use super::table::Table;
 
 /// Arguments of `status`.
@@ -20,13 +22,49 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub dead_letters: usize,
     /// List workers seen within this many seconds.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(i64).range(0..=31_536_000))]
     pub workers_seen: i64,
+}
+
+/// Dead letters read to find the jobs they block.
+const DEAD_LETTERS_FOR_BLOCKING: usize = 1_000;
+
+/// The held jobs that cannot run until a dead-lettered job is sent back: those that
+/// wait on one (as a job, or through its group), and those that wait on such a held
+/// job. Each comes with the dead-lettered job it waits on, sorted by job.
+pub fn blocked_by_dead_letters(held: &[BoardJob], dead: &[JobKey]) -> Vec<(JobKey, JobKey)> {
+    let mut blocked: BTreeMap<JobKey, JobKey> = BTreeMap::new();
+    let blocker = |dep: &Dependency, blocked: &BTreeMap<JobKey, JobKey>| -> Option<JobKey> {
+        let known = dead.iter().map(|k| (k, k)).chain(blocked.iter());
+        let mut candidates = known.filter(|(key, _)| match dep {
+            Dependency::Job(k) => k == *key,
+            Dependency::Group(g) => &key.group_id == g,
+        });
+        candidates.next().map(|(_, root)| root.clone())
+    };
+    // Until nothing changes: a chain of held jobs is found one link per pass.
+    loop {
+        let mut changed = false;
+        for job in held {
+            if blocked.contains_key(&job.key) {
+                continue;
+            }
+            if let Some(root) = job.after.iter().find_map(|d| blocker(d, &blocked)) {
+                blocked.insert(job.key.clone(), root);
+                changed = true;
+            }
+        }
+        if !changed {
+            return blocked.into_iter().collect();
+        }
+    }
 }
 
 /// Gathers the fleet's state as JSON (the `--json` output; the tables render it).
 pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Value> {
-    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES, Access::ReadOnly)
+        .await?
+        .backends;
     let depth = b.queue.depth().await.context("reading the queue")?;
     let board_groups = b.board.groups().await.context("reading the job board")?;
     let manifest_groups = b.manifest.groups().await.context("reading the manifest")?;
@@ -40,12 +78,27 @@ pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Va
     for g in &manifest_groups {
         groups.entry(g.group_id.clone()).or_default().2 = g.entries;
     }
-    let dead: Vec<Value> = b
+    let letters = b
         .queue
-        .dead_letters(args.dead_letters)
+        .dead_letters(args.dead_letters.max(DEAD_LETTERS_FOR_BLOCKING))
         .await
-        .context("reading the dead-letter queue")?
+        .context("reading the dead-letter queue")?;
+    let dead_keys: Vec<JobKey> = letters
+        .iter()
+        .filter_map(|d| Envelope::open(&d.body, &d.id).ok().map(|j| j.key()))
+        .collect();
+    let blocked: Vec<Value> = if waiting > 0 && !dead_keys.is_empty() {
+        let held = b.board.held().await.context("reading the job board")?;
+        blocked_by_dead_letters(&held, &dead_keys)
+            .into_iter()
+            .map(|(job, dead)| json!({"job": job.to_string(), "dead_lettered": dead.to_string()}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let dead: Vec<Value> = letters
         .into_iter()
+        .take(args.dead_letters)
         .map(|d| {
             let job = Envelope::open(&d.body, &d.id).map(|j| j.key().to_string()).ok();
             json!({"id": d.id, "job": job, "receive_count": d.receive_count, "reason": d.reason,
@@ -75,6 +128,7 @@ pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Va
             "dead_lettered": depth.dead_lettered,
         },
         "dead_letters": dead,
+        "blocked": blocked,
         "groups": groups.into_iter().map(|(group, (submitted, held, done))| json!({
             "group_id": group, "submitted": submitted, "done": done, "waiting_on_dependencies": held,
         })).collect::<Vec<_>>(),
@@ -123,7 +177,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
         }
     );
     let mut workers = Table::new(&[
-        "WORKER", "STATE", "JOB", "PROGRESS", "DONE", "FAILED", "SEEN",
+        "WORKER", "HOST", "DEVICE", "STATE", "JOB", "PROGRESS", "DONE", "FAILED", "SEEN",
     ]);
     for w in state["workers"].as_array().into_iter().flatten() {
         workers.row(vec![
@@ -151,6 +205,18 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    let blocked = state["blocked"].as_array().cloned().unwrap_or_default();
+    if !blocked.is_empty() {
+        println!(
+            "\nblocked: {} held job(s) wait on dead-lettered jobs; fix the cause, then `labelfleet redrive --job GROUP/NAME`",
+            blocked.len()
+        );
+        let mut table = Table::new(&["JOB", "WAITS ON DEAD-LETTERED"]);
+        for b in &blocked {
+            table.row(vec![text(&b["job"]), text(&b["dead_lettered"])]);
+        }
+        print!("{}", table.render());
+    }
     if !dead.is_empty() {
         println!("\ndead letters (oldest first)");
         for d in dead {
@@ -166,4 +232,53 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labelfleet_core::board::BoardState;
+    use labelfleet_core::queue::OutgoingMessage;
+
+    fn key(text: &str) -> JobKey {
+        let (group_id, name) = text.split_once('/').unwrap();
+        JobKey {
+            group_id: group_id.into(),
+            name: name.into(),
+        }
+    }
+
+    fn held(name: &str, after: Vec<Dependency>) -> BoardJob {
+        BoardJob {
+            key: key(name),
+            after,
+            message: OutgoingMessage {
+                body: String::new(),
+                dedup_id: String::new(),
+                group: String::new(),
+            },
+            state: BoardState::Held,
+            version: None,
+        }
+    }
+
+    #[test]
+    fn jobs_waiting_on_a_dead_letter_directly_through_groups_and_chains_are_blocked() {
+        let jobs = [
+            held("g/b", vec![Dependency::Job(key("g/a"))]),
+            held("h/x", vec![Dependency::Group("g".into())]),
+            held("i/y", vec![Dependency::Job(key("h/x"))]),
+            held("j/free", vec![Dependency::Job(key("k/running"))]),
+        ];
+        let found = blocked_by_dead_letters(&jobs, &[key("g/a")]);
+        assert_eq!(
+            found,
+            [
+                (key("g/b"), key("g/a")),
+                (key("h/x"), key("g/a")),
+                (key("i/y"), key("g/a")),
+            ]
+        );
+        assert!(blocked_by_dead_letters(&jobs, &[]).is_empty());
+    }
 }

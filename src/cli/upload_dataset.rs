@@ -10,7 +10,7 @@ use labelfleet_manifest::list_all;
 use sha2::{Digest, Sha256};
 
 use super::GlobalArgs;
-use super::backends::{self, DEFAULT_MAX_RECEIVES};
+use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
 use crate::dataset::hub::{FileToAdd, Hub, check_repo_id};
 use crate::dataset::write::{Card, splits};
 use crate::dataset::{self, TurnRow, rows_of_log, write_dataset};
@@ -142,7 +142,9 @@ fn fingerprint(dir: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
 /// Runs `upload-dataset`.
 pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result<()> {
     let destination = Destination::parse(&args.to)?;
-    let b = backends::open(global, DEFAULT_MAX_RECEIVES).await?.backends;
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES, Access::ReadOnly)
+        .await?
+        .backends;
     let group = &args.group_id;
     let entries: Vec<_> = list_all(&*b.manifest, group)
         .await
@@ -163,7 +165,7 @@ pub async fn run(global: &GlobalArgs, args: UploadDatasetArgs) -> anyhow::Result
         .await
         .context("reading the job board")?
         .into_iter()
-        .map(|(name, _)| name)
+        .map(|job| job.name)
         .filter(|name| !done.contains(name.as_str()))
         .collect();
     if !pending.is_empty() && !args.allow_incomplete {

@@ -211,7 +211,10 @@ fn feature_yaml(slots: &[String]) -> String {
     y
 }
 
-fn card_text(card: &Card, splits: &[Split], slots: &[String]) -> String {
+/// The card: YAML metadata in the layout the Hub and `datasets` read (every split
+/// with its `name`, `num_bytes` and `num_examples`; the sizes in bytes of the parquet
+/// files, `split_bytes` in split order), then a description.
+fn card_text(card: &Card, splits: &[Split], slots: &[String], split_bytes: &[u64]) -> String {
     let mut y = String::from("---\nconfigs:\n- config_name: default\n  data_files:\n");
     for s in splits {
         y.push_str(&format!(
@@ -222,14 +225,17 @@ fn card_text(card: &Card, splits: &[Split], slots: &[String]) -> String {
     y.push_str("dataset_info:\n");
     y.push_str(&feature_yaml(slots));
     y.push_str("  splits:\n");
-    for s in splits {
+    for (s, bytes) in splits.iter().zip(split_bytes) {
         y.push_str(&format!(
-            "  - name: {}\n    num_examples: {}\n",
+            "  - name: {}\n    num_bytes: {bytes}\n    num_examples: {}\n",
             s.name,
             s.rows.len()
         ));
     }
-    y.push_str("---\n\n");
+    let total: u64 = split_bytes.iter().sum();
+    y.push_str(&format!(
+        "  download_size: {total}\n  dataset_size: {total}\n---\n\n"
+    ));
     y.push_str(&format!("# {}\n\n", card.name));
     y.push_str(&format!(
         "Dialogue state tracking labels produced by labelfleet `self_label` jobs of manifest group `{}`: one row per user turn, the belief state as the model labelled it.\n\n",
@@ -264,6 +270,7 @@ pub fn write_dataset(dir: &Path, splits: &[Split], card: &Card) -> anyhow::Resul
     std::fs::create_dir_all(dir.join("data"))
         .with_context(|| format!("creating {}", dir.display()))?;
     let mut files = Vec::new();
+    let mut split_bytes = Vec::new();
     for split in splits {
         let relative = PathBuf::from(format!("data/{}-00000-of-00001.parquet", split.name));
         let path = dir.join(&relative);
@@ -276,9 +283,13 @@ pub fn write_dataset(dir: &Path, splits: &[Split], card: &Card) -> anyhow::Resul
         let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
         writer.write(&batch)?;
         writer.close()?;
+        split_bytes.push(std::fs::metadata(&path)?.len());
         files.push(relative);
     }
-    std::fs::write(dir.join("README.md"), card_text(card, splits, &slots))?;
+    std::fs::write(
+        dir.join("README.md"),
+        card_text(card, splits, &slots, &split_bytes),
+    )?;
     files.push(PathBuf::from("README.md"));
     Ok(files)
 }
