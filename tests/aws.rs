@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::proxy::Proxy;
 use common::{
     Fleet, block_on, envelope, find, kill_a_worker_mid_job, noop, send_raw, wait_until, write_job,
 };
@@ -321,4 +322,297 @@ fn a_missing_resource_is_named_with_the_command_that_creates_it() {
     let out = partial.run(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("give all three of --queue"));
+}
+
+/// The moto server's `host:port`.
+fn address(server: &MotoServer) -> String {
+    server.endpoint.trim_start_matches("http://").to_string()
+}
+
+/// A value of the fleet's environment.
+fn env_of(fleet: &Fleet, name: &str) -> String {
+    fleet
+        .env
+        .iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("{name} is not set"))
+        .1
+        .clone()
+}
+
+/// Hardening item 1: a worker given a misnamed table or bucket refuses to start,
+/// naming it and `labelfleet setup`, and receives nothing: the job waits, whole, for a
+/// worker with the right settings.
+#[test]
+fn a_worker_with_a_misnamed_table_or_bucket_refuses_to_start_and_takes_nothing() {
+    let fleet = Fleet::on_aws(MotoServer::shared(), 3);
+    let dir = fleet.jobs_dir("names");
+    write_job(&dir, "job.json", &noop("names", 10, &[]));
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    for (var, wrong, named) in [
+        (
+            "LABELFLEET_MANIFEST",
+            "dynamodb://nosuch-table",
+            "nosuch-table",
+        ),
+        (
+            "LABELFLEET_ARTIFACTS",
+            "s3://nosuch-bucket/x",
+            "nosuch-bucket",
+        ),
+    ] {
+        let out = fleet
+            .command(&[
+                "worker",
+                "--worker-id",
+                "wrong",
+                "--wait",
+                "1",
+                "--idle-exit",
+                "3",
+            ])
+            .env(var, wrong)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{var}: {stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains("labelfleet setup"),
+            "{var}: {stderr}"
+        );
+        assert!(!stderr.contains("giving the message back"), "{stderr}");
+    }
+    let mut good = fleet.spawn_worker("good", &["--wait", "1", "--idle-exit", "3"]);
+    assert!(good.wait(Duration::from_secs(60)).success());
+    let done = fleet.entries("names");
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].attempt, 1,
+        "no receive was spent on the wrong workers"
+    );
+    assert_eq!(fleet.status()["queue"]["dead_lettered"], 0);
+}
+
+/// Hardening item 1: a table deleted under a running worker is the worker's trouble:
+/// it gives the message back once and receives nothing more until the table is back,
+/// so the job is not dead-lettered while it waits.
+#[test]
+fn a_table_deleted_under_a_worker_costs_one_receive_not_the_job() {
+    let server = MotoServer::shared();
+    let fleet = Fleet::on_aws(server, 3);
+    let table = env_of(&fleet, "LABELFLEET_MANIFEST")
+        .trim_start_matches("dynamodb://")
+        .to_string();
+    let queue_name = env_of(&fleet, "LABELFLEET_QUEUE");
+    let mut worker = fleet.spawn_worker("w", &["--wait", "1"]);
+    wait_until(Duration::from_secs(30), "the worker reports", || {
+        fleet.worker_state("w").is_some()
+    });
+    let queue = block_on(async {
+        let sdk = server.sdk_config().await;
+        labelfleet_aws::testing::delete_table(&sdk, &table).await;
+        SqsQueue::connect(&sdk, &queue_name, None).await.unwrap()
+    });
+    send_raw(
+        &queue,
+        &[(
+            "deleted",
+            envelope(json!({"kind": "noop", "name": "job", "group_id": "deleted", "noop": {}})),
+        )],
+    );
+    // Long enough for three receives at the old give-back pace of one every 5 s.
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(block_on(queue.depth()).unwrap().dead_lettered, 0);
+    fleet.ok(&["setup", "--max-receives", "3"]);
+    wait_until(
+        Duration::from_secs(90),
+        "the job completes once the table is back",
+        || {
+            fleet
+                .run(&["results", "--json", "--group", "deleted"])
+                .stdout
+                .len()
+                > 4
+        },
+    );
+    let done = fleet.entries("deleted");
+    assert_eq!(done.len(), 1);
+    assert!(done[0].attempt <= 2, "attempt {}", done[0].attempt);
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(30)).success());
+    let log = worker.log_text();
+    assert!(
+        log.contains("receiving nothing more until every backend answers again"),
+        "{log}"
+    );
+    assert!(
+        log.contains("every backend answers again; receiving again"),
+        "{log}"
+    );
+}
+
+/// Hardening item 2: with SQS unreachable, `--idle-exit` does not end the worker as
+/// idle (status 0, the fleet "done"): it exits with status 75 and the reason, and the
+/// job waits in the queue.
+#[test]
+fn a_worker_that_cannot_reach_sqs_exits_75_instead_of_idling_out() {
+    let server = MotoServer::shared();
+    let fleet = Fleet::on_aws(server, 3);
+    let proxy = Proxy::start(&address(server), true);
+    let dir = fleet.jobs_dir("reach");
+    write_job(&dir, "first.json", &noop("reach", 10, &[]));
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut command = fleet.command(&[
+        "worker",
+        "--worker-id",
+        "w",
+        "--wait",
+        "1",
+        "--idle-exit",
+        "3",
+    ]);
+    command.env("AWS_ENDPOINT_URL", proxy.endpoint());
+    let mut worker = fleet.spawn_command("w", command);
+    wait_until(
+        Duration::from_secs(60),
+        "the first job runs through the proxy",
+        || fleet.entries("reach").len() == 1,
+    );
+    proxy.cut();
+    write_job(&dir, "second.json", &noop("reach", 10, &[]));
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let status = worker.wait(Duration::from_secs(120));
+    let log = worker.log_text();
+    assert_eq!(status.code(), Some(75), "{log}");
+    assert!(log.contains("longer than --idle-exit"), "{log}");
+    // The second job waits on the queue: visible, or (taken by a long poll that was
+    // under way when the connection went) back after its visibility timeout.
+    let status = fleet.status();
+    let queue = &status["queue"];
+    assert_eq!(
+        queue["visible"].as_u64().unwrap() + queue["in_flight"].as_u64().unwrap(),
+        1,
+        "{queue}"
+    );
+    assert_eq!(queue["dead_lettered"], 0);
+    assert_eq!(fleet.entries("reach").len(), 1);
+}
+
+/// Hardening item 9: even at `trace`, no log line carries a credential: not the secret
+/// key, not the session token, not the access key id or a signature.
+#[test]
+fn trace_logs_carry_no_credentials() {
+    let mut fleet = Fleet::on_aws(MotoServer::shared(), 3);
+    let (id, secret, token) = (
+        "AKIAREDACTIONTEST001",
+        "redaction-secret-key-0123456789",
+        "FwoGZXIvYXdzEXAMPLESESSIONTOKEN0123456789",
+    );
+    for (k, v) in fleet.env.iter_mut() {
+        match k.as_str() {
+            "AWS_ACCESS_KEY_ID" => *v = id.into(),
+            "AWS_SECRET_ACCESS_KEY" => *v = secret.into(),
+            _ => {}
+        }
+    }
+    fleet.env.push(("AWS_SESSION_TOKEN".into(), token.into()));
+    for json_logs in ["true", "false"] {
+        let out = fleet
+            .command(&["status"])
+            .env("LABELFLEET_LOG", "trace")
+            .env("LABELFLEET_LOG_JSON", json_logs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.len() > 10_000, "trace logging is on");
+        assert!(
+            stderr.contains("[redacted]"),
+            "signed requests were logged and blanked"
+        );
+        for leak in [id, secret, token] {
+            assert!(
+                !stderr.contains(leak),
+                "{leak} leaked (JSON logs: {json_logs})"
+            );
+        }
+    }
+}
+
+/// Hardening item 15 on SQS: a job held behind a dead-lettered job is shown blocked;
+/// `redrive` brings the dead job back from the dead-letter queue once fixed.
+#[test]
+fn a_dead_lettered_job_is_redriven_from_the_dlq_and_its_dependent_runs() {
+    let fleet = Fleet::on_aws(MotoServer::shared(), 2);
+    let gold = fleet.dir.path().join("gold.json");
+    let dir = fleet.jobs_dir("dlq");
+    write_job(
+        &dir,
+        "first.json",
+        &json!({"kind": "eval", "group_id": "dlq", "eval": {
+            "gold": {"path": gold, "format": "multiwoz21"}, "predictions": {"baseline": "empty"}}}),
+    );
+    write_job(&dir, "second.json", &noop("dlq", 10, &["first"]));
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let args = ["--retry-base", "0.5", "--wait", "1", "--idle-exit", "3"];
+    let mut w = fleet.spawn_worker("w1", &args);
+    assert!(w.wait(Duration::from_secs(90)).success());
+    let status = fleet.status();
+    assert_eq!(status["blocked"][0]["job"], "dlq/second", "{status:#}");
+    assert_eq!(status["blocked"][0]["dead_lettered"], "dlq/first");
+    std::fs::copy(
+        common::repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
+        &gold,
+    )
+    .unwrap();
+    // Right after a listing (status hides nothing: redrive finds the letter at once).
+    let sent = fleet.ok(&["redrive", "--group", "dlq"]);
+    assert!(sent.contains("sent back 1"), "{sent}");
+    let mut w = fleet.spawn_worker("w2", &args);
+    assert!(w.wait(Duration::from_secs(90)).success());
+    assert_eq!(fleet.entries("dlq").len(), 2);
+    let status = fleet.status();
+    assert_eq!(status["queue"]["dead_lettered"], 0, "{status:#}");
+    assert_eq!(status["blocked"], json!([]));
+}
+
+/// Hardening item 17: a fleet launched while its backend is briefly unreachable waits
+/// it out instead of giving up.
+#[test]
+fn launch_rides_out_a_backend_unreachable_at_start() {
+    let server = MotoServer::shared();
+    let fleet = Fleet::on_aws(server, 3);
+    let dir = fleet.jobs_dir("late");
+    write_job(&dir, "job.json", &noop("late", 10, &[]));
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let proxy = Proxy::start(&address(server), false);
+    let mut command = fleet.command(&[
+        "launch",
+        "--cpu-workers",
+        "1",
+        "--",
+        "--wait",
+        "1",
+        "--idle-exit",
+        "3",
+    ]);
+    command.env("AWS_ENDPOINT_URL", proxy.endpoint());
+    let mut launch = fleet.spawn_command("launch", command);
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        launch.child.try_wait().unwrap().is_none(),
+        "launch gave up: {}",
+        launch.log_text()
+    );
+    proxy.restore();
+    assert!(
+        launch.wait(Duration::from_secs(120)).success(),
+        "{}",
+        launch.log_text()
+    );
+    assert_eq!(fleet.entries("late").len(), 1);
 }

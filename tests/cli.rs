@@ -102,7 +102,7 @@ fn dependency_cycles_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("the dependencies form a cycle among g/a, g/b"),
+        stderr.contains("the dependencies form a cycle: g/a → g/b → g/a"),
         "{stderr}"
     );
     assert!(queued_jobs(&fleet).is_empty());

@@ -20,6 +20,9 @@ fn python() -> PathBuf {
     python
 }
 
+/// Loads the exported folder with `datasets.load_dataset(FOLDER)`, as a user would,
+/// and returns its splits; fails if `datasets` warned about anything (a card whose
+/// metadata it cannot read, for one).
 fn load(dir: &Path) -> Value {
     let out = std::process::Command::new(python())
         .arg(repo_root().join("scripts/reference/load_dataset.py"))
@@ -34,7 +37,14 @@ fn load(dir: &Path) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let loaded: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        loaded["warnings"],
+        serde_json::json!([]),
+        "datasets warned while loading {}",
+        dir.display()
+    );
+    loaded["splits"].clone()
 }
 
 #[test]
@@ -56,12 +66,15 @@ fn a_fleet_labelled_group_exports_and_loads_with_datasets() {
         args.extend_from_slice(extra);
         fleet.run(&args)
     };
-    // Nothing labelled yet: a clear refusal.
+    // No home yet, then a home with nothing labelled yet: clear refusals.
+    let no_home = export(&[]);
+    assert!(!no_home.status.success());
+    assert!(String::from_utf8_lossy(&no_home.stderr).contains("there is no labelfleet home"));
+    fleet.ok(&["enqueue", "runs/self-label", "--mini", "--allow-dirty"]);
     let empty = export(&[]);
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no self_label entries"));
 
-    fleet.ok(&["enqueue", "runs/self-label", "--mini", "--allow-dirty"]);
     let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "3"]);
     assert!(worker.wait(Duration::from_secs(900)).success());
     let entries = fleet.entries("labels-demo");

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -131,16 +133,31 @@ impl Fleet {
     /// Starts `labelfleet ARGS` in the background, its JSON log (stderr) going to
     /// `logs/<name>.log`.
     pub fn spawn(&self, name: &str, all: &[&str]) -> Worker {
+        self.spawn_command(name, self.command(all))
+    }
+
+    /// Starts a command built with [`Fleet::command`] (and adjusted by the caller) in
+    /// the background, its JSON log going to `logs/<name>.log`.
+    pub fn spawn_command(&self, name: &str, mut command: Command) -> Worker {
         let logs = self.dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("{name}.log"));
-        let child = self
-            .command(all)
+        let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         Worker { child, log }
+    }
+
+    /// The worker's state as `status` shows it (`idle`, `running`, …), if it reported.
+    pub fn worker_state(&self, worker: &str) -> Option<String> {
+        self.status()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["worker_id"] == worker)
+            .and_then(|w| w["state"].as_str().map(str::to_string))
     }
 }
 
@@ -172,6 +189,11 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The log's text.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends a signal (`TERM`, `KILL`, …) with kill(1).
@@ -287,6 +309,13 @@ pub fn exported_name(stdout: &str) -> String {
 /// A noop job.
 pub fn noop(group: &str, sleep_ms: u64, after: &[&str]) -> Value {
     serde_json::json!({"kind": "noop", "group_id": group, "after": after, "noop": {"sleep_ms": sleep_ms}})
+}
+
+/// The shared test data folder (`$LABELFLEET_DATA`, or `../shared/data`).
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("LABELFLEET_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/data"))
 }
 
 /// Polls `check` until it holds; panics with `what` after `limit`.
