@@ -13,7 +13,7 @@ use labelfleet_manifest::ManifestEntry;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::Inner;
-use crate::execute::{record, retry_transient};
+use crate::execute::{Completion, record, retry_transient};
 use crate::heartbeat::Heartbeat;
 
 /// A job that ran and waits to be recorded and acknowledged.
@@ -108,15 +108,19 @@ impl Inner {
                 for (f, completion) in batch.into_iter().zip(completions) {
                     let _in_job = f.span.enter();
                     let elapsed_ms = f.started.elapsed().as_millis() as u64;
-                    if completion.written {
-                        tracing::info!(elapsed_ms, metrics = %completion.entry.metrics, "job completed");
-                    } else if completion.entry.worker == self.config.worker_id {
-                        tracing::info!(
+                    match who_recorded(&completion, &self.config.worker_id) {
+                        Recorded::Now => {
+                            tracing::info!(elapsed_ms, metrics = %completion.entry.metrics, "job completed")
+                        }
+                        Recorded::ByOwnRetry => tracing::info!(
                             elapsed_ms,
                             "job completed; this worker's own earlier try of the write (retried after a backend error) had recorded it"
-                        );
-                    } else {
-                        tracing::warn!(elapsed_ms, first_worker = %completion.entry.worker, "job completed, but another worker recorded it first; keeping theirs");
+                        ),
+                        Recorded::ByOther(first) => tracing::warn!(
+                            elapsed_ms,
+                            first_worker = %first,
+                            "job completed, but another worker recorded it first; keeping theirs"
+                        ),
                     }
                     f.heartbeat.stop();
                     self.done.fetch_add(1, Ordering::Relaxed);
@@ -170,4 +174,62 @@ impl Inner {
 
 fn version_of(entry: &ManifestEntry) -> Option<&str> {
     entry.provenance.as_ref()?.config_hash.as_deref()
+}
+
+/// Who wrote the manifest entry of a job this worker just finished.
+#[derive(Debug, PartialEq, Eq)]
+enum Recorded<'a> {
+    /// This write.
+    Now,
+    /// This worker, earlier: a write that reached the backend but whose answer was
+    /// lost (an outage), then retried.
+    ByOwnRetry,
+    /// Another worker (a duplicate delivery raced this one).
+    ByOther(&'a str),
+}
+
+fn who_recorded<'a>(completion: &'a Completion, me: &str) -> Recorded<'a> {
+    if completion.written {
+        Recorded::Now
+    } else if completion.entry.worker == me {
+        Recorded::ByOwnRetry
+    } else {
+        Recorded::ByOther(&completion.entry.worker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(worker: &str, written: bool) -> Completion {
+        Completion {
+            entry: ManifestEntry {
+                group_id: "g".into(),
+                run_id: "j".into(),
+                kind: "noop".into(),
+                counts: Default::default(),
+                metrics: serde_json::json!({}),
+                artifacts: Default::default(),
+                provenance: None,
+                worker: worker.into(),
+                attempt: 1,
+                completed_at: "now".into(),
+            },
+            written,
+        }
+    }
+
+    #[test]
+    fn an_entry_found_with_this_worker_s_name_was_its_own_retried_write() {
+        assert_eq!(who_recorded(&completion("me", true), "me"), Recorded::Now);
+        assert_eq!(
+            who_recorded(&completion("me", false), "me"),
+            Recorded::ByOwnRetry
+        );
+        assert_eq!(
+            who_recorded(&completion("other", false), "me"),
+            Recorded::ByOther("other")
+        );
+    }
 }
