@@ -36,7 +36,17 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
     } else {
         FINAL_MODEL
     };
-    let prefix = format!("{}/{}/{folder}", parts[0], parts[1]);
+    // The entry says which run of the job is current: a rerun's files are under
+    // `rerun-N/`.
+    let entry = ctx.manifest_entry(parts[0], parts[1]).await?;
+    let rerun = entry
+        .as_ref()
+        .and_then(|e| e.provenance.as_ref())
+        .map_or(0, |p| p.rerun);
+    let prefix = match rerun {
+        0 => format!("{}/{}/{folder}", parts[0], parts[1]),
+        n => format!("{}/{}/rerun-{n}/{folder}", parts[0], parts[1]),
+    };
     let keys = ctx
         .artifacts
         .list(&prefix)
@@ -51,7 +61,6 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
     // A folder per store and per finished run of the job: two fleets on one machine may
     // both have a `demo/train`, and a job that ran again (a new home) saved a new model.
     // A finished run's files never change, so once fetched they are reused.
-    let entry = ctx.manifest_entry(parts[0], parts[1]).await?;
     let version = match &entry {
         Some(e) => short_hash(&format!("{} {} {}", e.completed_at, e.worker, e.attempt)),
         None => format!("unfinished-{}", std::process::id()),

@@ -37,12 +37,11 @@ impl Inner {
             r.state = state;
             changed
         };
-        // A busy worker flips between idle and running with every short job: report
-        // such flips at most every two seconds (the periodic report catches up), so
-        // that a fleet of many workers does not write its board for each job.
+        // A busy worker with many slots flips between idle and running all the time:
+        // report such flips at most once a second (the periodic report catches up).
         let recent =
-            self.last_publish.lock().expect("publish lock").elapsed() < Duration::from_secs(2);
-        let throttled = recent && state != WorkerState::Stopping;
+            self.last_publish.lock().expect("publish lock").elapsed() < Duration::from_secs(1);
+        let throttled = self.config.concurrency > 1 && recent && state != WorkerState::Stopping;
         if changed && !throttled {
             self.publish().await;
         }
