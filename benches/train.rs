@@ -14,11 +14,14 @@
 //!
 //! Environment: `LABELFLEET_BENCH_DEVICE` (`cpu` by default; `cuda:0` with `--features
 //! cuda`), `LABELFLEET_BENCH_PARTS` (default `1,2,3`), `LABELFLEET_BENCH_STEPS` (steps
-//! per measurement, default 10 for the tiny model and 3 for SmolLM2).
+//! per measurement, default 10 for the tiny model and 3 for SmolLM2),
+//! `LABELFLEET_BENCH_PROMPT` (`in_context` by default, or `compact`: the prompt the
+//! turns are rendered with).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use labelfleet_core::job::PromptMode;
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Format, read_dataset};
 use labelfleet_models::train::{
@@ -31,6 +34,16 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+fn prompt_mode() -> PromptMode {
+    match std::env::var("LABELFLEET_BENCH_PROMPT").as_deref() {
+        Ok("compact") => PromptMode::Compact,
+        Ok("in_context") | Err(_) => PromptMode::InContext,
+        Ok(other) => {
+            panic!("LABELFLEET_BENCH_PROMPT: expected in_context or compact, not {other:?}")
+        }
+    }
+}
+
 /// Prompt and completion of every turn of the bundled MultiWOZ sample.
 fn pairs() -> Vec<(String, String)> {
     let path = repo().join("runs/sample-data/multiwoz21_val_sample.json");
@@ -38,7 +51,7 @@ fn pairs() -> Vec<(String, String)> {
         .unwrap()
         .iter()
         .flat_map(|d| d.turns.clone())
-        .map(|t| render(&Example::of_gold_turn(&t)))
+        .map(|t| render(&Example::of_gold_turn(&t), prompt_mode()))
         .collect()
 }
 

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Fleet, repo_root, wait_until};
+use labelfleet_core::job::PromptMode;
+use labelfleet_core::queue::Queue;
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Format, read_dataset};
 use labelfleet_worker::runners::retrain::render;
@@ -22,10 +24,12 @@ fn tiny_model(dir: &Path) -> PathBuf {
     let texts: Vec<String> = dialogues
         .iter()
         .flat_map(|d| &d.turns)
-        .map(|t| {
+        .flat_map(|t| {
             let e = Example::of_gold_turn(t);
-            let (prompt, completion) = render(&e);
-            format!("{prompt}{completion}")
+            [PromptMode::InContext, PromptMode::Compact].map(|mode| {
+                let (prompt, completion) = render(&e, mode);
+                format!("{prompt}{completion}")
+            })
         })
         .collect();
     let path = dir.join("tiny-llama");
@@ -188,6 +192,102 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
     assert_eq!(
         common::find(&events, "checkpoint already fetched", None).len(),
         1
+    );
+}
+
+#[test]
+fn a_compact_model_labels_without_examples_and_refuses_another_prompt() {
+    let fleet = Fleet::new();
+    let model = tiny_model(fleet.dir.path());
+    let dir = fleet.jobs_dir("compact");
+    let mut train = retrain_job("compact", &model, 20, 20);
+    train["retrain"]["prompt"] = json!("compact");
+    common::write_job(&dir, "train.json", &train);
+    let label = |prompt: Option<&str>| {
+        let mut job = json!({
+            "kind": "self_label",
+            "group_id": "compact",
+            "after": ["train"],
+            "self_label": {
+                "data": {"path": SAMPLE, "format": "multiwoz21"},
+                "dialogues": {"count": 1, "max_turns": 2},
+                "model": {"checkpoint": "compact/train"},
+                "generation": {"max_new_tokens": 8}
+            }
+        });
+        if let Some(prompt) = prompt {
+            job["self_label"]["prompt"] = json!(prompt);
+            job["self_label"]["retriever"] =
+                json!({"model": {"path": repo_root().join(".models/all-MiniLM-L6-v2")}});
+        }
+        job
+    };
+    common::write_job(&dir, "label.json", &label(None));
+    common::write_job(&dir, "wrong.json", &label(Some("in_context")));
+    common::write_job(
+        &dir,
+        "eval.json",
+        &json!({
+            "kind": "eval",
+            "group_id": "compact",
+            "after": ["train"],
+            "eval": {
+                "gold": {"path": SAMPLE, "format": "multiwoz21"},
+                "max_dialogues": 1,
+                "predictions": {"model": {
+                    "model": {"checkpoint": "compact/train"},
+                    "generation": {"max_new_tokens": 8},
+                    "max_tokens": 160
+                }}
+            }
+        }),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut worker = fleet.spawn_worker(
+        "w",
+        &[
+            "--wait",
+            "1",
+            "--idle-exit",
+            "5",
+            "--max-receives",
+            "2",
+            "--retry-base",
+            "0.3",
+        ],
+    );
+    assert!(worker.wait(Duration::from_secs(600)).success());
+
+    // The saved model says which prompt it was trained on.
+    let entries = fleet.entries("compact");
+    let train = entries.iter().find(|e| e.run_id == "train").unwrap();
+    let metadata = fleet
+        .home()
+        .join("artifacts")
+        .join(&train.artifacts["best"])
+        .with_file_name("labelfleet.json");
+    let metadata: Value = serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(metadata["prompt"], "compact");
+    assert_eq!(metadata["trained_by"], "compact/train");
+
+    // self_label and eval of it use that prompt, with no retriever.
+    let label = entries.iter().find(|e| e.run_id == "label").unwrap();
+    assert_eq!(label.counts["turns"], 2);
+    let eval = entries.iter().find(|e| e.run_id == "eval").unwrap();
+    assert_eq!(eval.counts["dialogues"], 1);
+    let events = worker.events();
+    let labelling = common::find(&events, "labelling", Some("compact/label"));
+    assert_eq!(labelling[0]["fields"]["prompt"], "compact", "{labelling:?}");
+
+    // Asking for another prompt than the model's fails, naming both.
+    assert!(entries.iter().all(|e| e.run_id != "wrong"));
+    let dead = common::block_on(fleet.embedded().queue(5).unwrap().dead_letters(5)).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let reason = &dead[0].reason;
+    assert!(
+        reason.contains("`self_label.prompt` is `in_context`")
+            && reason.contains("trained by compact/train on the `compact` prompt"),
+        "{reason}"
     );
 }
 

@@ -31,7 +31,8 @@ pub use crate::retrain::{
     SplitPolicy, SplitSpec, SplitUse, TrainingData, TrainingSpec,
 };
 pub use crate::self_label::{
-    DialogueSelection, GenerationSpec, ModelRef, RetrieverSpec, SelfLabelSpec, WeightFormat,
+    DialogueSelection, GenerationSpec, ModelRef, PromptMode, RetrieverSpec, SelfLabelSpec,
+    WeightFormat, check_retriever,
 };
 use crate::text::{capped, quoted};
 pub use crate::tune::{Goal, PlannedTrial, Range, TrialRun, TuneSpec};
@@ -132,9 +133,14 @@ pub struct EvalSpec {
     pub gold: DatasetRef,
     /// Where the predicted states come from.
     pub predictions: PredictionSource,
-    /// Score only the first N dialogues of the gold set (in file order).
+    /// Score only the first N dialogues of the gold set (in file order, or after the
+    /// shuffle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_dialogues: Option<usize>,
+    /// Shuffle the gold dialogues with this seed before taking `max_dialogues`: a fixed
+    /// sample of a larger set, the same in every job that names the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_seed: Option<u64>,
     /// Values whose normalised similarity (1 − edit distance / length) reaches this
     /// threshold count as equal; 1.0 asks for exact matches after normalisation.
     #[serde(default = "default_fuzzy_threshold")]
@@ -190,9 +196,15 @@ pub enum PredictionSource {
 pub struct ModelPredictions {
     /// The causal LM, e.g. `{"checkpoint": "group/retrain_job"}`.
     pub model: ModelRef,
+    /// The prompt (as `self_label.prompt`: by default the one the model was trained
+    /// with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptMode>,
     /// How in-context examples are retrieved (examples never come from the gold
-    /// dialogues being scored unless `gold_examples` names them).
-    pub retriever: RetrieverSpec,
+    /// dialogues being scored unless `gold_examples` names them); for the
+    /// `in_context` prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retriever: Option<RetrieverSpec>,
     /// How tokens are picked.
     #[serde(default)]
     pub generation: GenerationSpec,
@@ -449,7 +461,7 @@ impl Job {
                 let at = "eval.predictions.model";
                 m.model
                     .check(&format!("{at}.model"))
-                    .and_then(|_| m.retriever.model.check(&format!("{at}.retriever.model")))
+                    .and_then(|_| check_retriever(m.prompt, m.retriever.as_ref(), at))
                     .map_err(|(path, message)| JobError::new(file, path, message))?;
                 if m.batch_size == 0 || m.max_tokens < 16 {
                     return Err(JobError::new(

@@ -26,6 +26,11 @@ use crate::self_label::ModelRef;
 pub struct RetrainSpec {
     /// The model to start from (GGUF weights are dequantized to f32 to train).
     pub model: ModelRef,
+    /// The prompt the model learns to complete. The saved model records it, and
+    /// `self_label` and `eval` of the model use it: `compact` for a model that labels
+    /// without examples, a few dozen tokens a turn.
+    #[serde(default)]
+    pub prompt: crate::self_label::PromptMode,
     /// Where the training examples come from.
     pub data: TrainingData,
     /// How examples are split into train, validation and test sets.

@@ -28,8 +28,14 @@ pub struct SelfLabelSpec {
     pub dialogues: DialogueSelection,
     /// The causal LM.
     pub model: ModelRef,
-    /// How in-context examples are retrieved.
-    pub retriever: RetrieverSpec,
+    /// How the prompt is laid out; when absent, the prompt the model was fine-tuned with
+    /// (a `retrain` checkpoint records it), else `in_context`. Naming one that differs
+    /// from the model's is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptMode>,
+    /// How in-context examples are retrieved; needed by the `in_context` prompt only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retriever: Option<RetrieverSpec>,
     /// How tokens are picked.
     #[serde(default)]
     pub generation: GenerationSpec,
@@ -49,10 +55,38 @@ fn default_checkpoint_turns() -> usize {
     100
 }
 
+/// How a prompt is laid out for the causal LM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptMode {
+    /// The schema as function signatures, then retrieved examples, then the turn: for a
+    /// model that labels in context (any instruction-tuned model).
+    #[default]
+    InContext,
+    /// The state so far as calls, the system's last words and the user's, then the
+    /// open update: no schema, no examples, a few dozen tokens. For a model fine-tuned
+    /// on this form (`retrain` with `"prompt": "compact"`).
+    Compact,
+}
+
+impl PromptMode {
+    /// The mode as job files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromptMode::InContext => "in_context",
+            PromptMode::Compact => "compact",
+        }
+    }
+}
+
 /// A slice of a dataset's dialogues.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DialogueSelection {
+    /// Leave out the dialogues that this file holds (a pool of unlabelled dialogues is
+    /// a larger set minus the gold ones a model was trained on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<DatasetRef>,
     /// Shuffle the file's dialogues with this seed first (the seed pipeline uses 42);
     /// file order when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,23 +276,44 @@ impl ModelRef {
     }
 }
 
+/// Checks a retriever against the prompt it serves (under `at`): the `in_context`
+/// prompt named in a job needs one. (With no prompt named, the model decides, and the
+/// runner says so if it needs a retriever that is missing.)
+pub fn check_retriever(
+    prompt: Option<PromptMode>,
+    retriever: Option<&RetrieverSpec>,
+    at: &str,
+) -> Result<(), (String, String)> {
+    let Some(retriever) = retriever else {
+        return match prompt {
+            Some(PromptMode::InContext) => Err((
+                format!("{at}.retriever"),
+                "missing: the in_context prompt shows retrieved examples; give a retriever".into(),
+            )),
+            _ => Ok(()),
+        };
+    };
+    retriever.model.check(&format!("{at}.retriever.model"))?;
+    if retriever.minimum_distinct > retriever.k_examples {
+        return Err((
+            format!("{at}.retriever.minimum_distinct"),
+            format!("must not exceed k_examples ({})", retriever.k_examples),
+        ));
+    }
+    Ok(())
+}
+
 impl SelfLabelSpec {
     /// Checks what serde cannot: ranges and combinations. The error names the field.
     pub fn check(&self) -> Result<(), (String, String)> {
         let at = |f: &str| format!("self_label.{f}");
         self.model.check(&at("model"))?;
-        self.retriever.model.check(&at("retriever.model"))?;
+        check_retriever(self.prompt, self.retriever.as_ref(), "self_label")?;
         if self.batch_size == Some(0) {
             return Err((at("batch_size"), "expected at least 1".into()));
         }
         if self.checkpoint_turns == 0 {
             return Err((at("checkpoint_turns"), "expected at least 1".into()));
-        }
-        if self.retriever.minimum_distinct > self.retriever.k_examples {
-            return Err((
-                at("retriever.minimum_distinct"),
-                format!("must not exceed k_examples ({})", self.retriever.k_examples),
-            ));
         }
         if self.generation.max_new_tokens == 0 {
             return Err((
@@ -311,8 +366,8 @@ mod tests {
             panic!("not a self_label body")
         };
         assert_eq!(spec.batch_size, None, "the worker picks it");
-        assert_eq!(spec.retriever.k_examples, 8);
-        assert_eq!(spec.retriever.example_warmup, 32);
+        assert_eq!(spec.retriever.as_ref().unwrap().k_examples, 8);
+        assert_eq!(spec.retriever.as_ref().unwrap().example_warmup, 32);
         assert_eq!(spec.model.device, "cpu");
         assert_eq!(spec.generation.temperature, 0.0);
         // The resolved config reads back to the same job.

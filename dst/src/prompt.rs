@@ -234,6 +234,27 @@ pub fn build_prompt(examples: &[Example], target: &TurnContext) -> String {
     out
 }
 
+/// The compact prompt for `target`, for a model fine-tuned on it: the state so far as
+/// calls, the system's last words and the user's, and the open update. No schema and
+/// no examples, so a few dozen tokens instead of several hundred:
+///
+/// ```text
+/// # State: find_hotel(area="centre")
+/// # System: What price range would you like?
+/// # User: Something cheap, please.
+/// update = [
+/// ```
+pub fn build_compact_prompt(target: &TurnContext) -> String {
+    let state = render_update(&target.last_slot_values);
+    let system = target.system_utterance.trim();
+    format!(
+        "# State: {}\n# System: {}\n# User: {}\nupdate = [",
+        if state.is_empty() { "none" } else { &state },
+        if system.is_empty() { "(start)" } else { system },
+        target.user_utterance.trim()
+    )
+}
+
 /// What a model should complete a prompt with for `update`: the calls and the closing
 /// bracket (where generation stops). Training data for `retrain`.
 pub fn target_completion(update: &SlotValues) -> String {
@@ -424,6 +445,33 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_compact_prompt_holds_the_state_and_both_utterances_and_no_schema() {
+        let target = TurnContext {
+            last_slot_values: state(&[("hotel-area", "centre")]),
+            system_utterance: " What price range? ".into(),
+            user_utterance: "Cheap, please.".into(),
+        };
+        assert_eq!(
+            build_compact_prompt(&target),
+            "# State: find_hotel(area=\"centre\")\n# System: What price range?\n# User: Cheap, please.\nupdate = ["
+        );
+        let first = TurnContext {
+            last_slot_values: SlotValues::new(),
+            system_utterance: String::new(),
+            user_utterance: "I need a train.".into(),
+        };
+        let prompt = build_compact_prompt(&first);
+        assert!(
+            prompt.starts_with("# State: none\n# System: (start)\n"),
+            "{prompt}"
+        );
+        assert!(
+            prompt.len() * 5 < build_prompt(&[], &first).len(),
+            "{prompt}"
+        );
     }
 
     #[test]

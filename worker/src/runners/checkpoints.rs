@@ -3,10 +3,11 @@
 //! then loads like any model folder. A finished job's model is fetched once per
 //! machine and reused by every later job.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use labelfleet_core::artifacts::ArtifactKey;
-use labelfleet_core::job::ModelRef;
+use labelfleet_core::job::{ModelRef, PromptMode};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::runner::{JobContext, JobFailure};
@@ -15,6 +16,69 @@ use crate::runner::{JobContext, JobFailure};
 pub const FINAL_MODEL: &str = "model";
 /// The artifact folder of a retrain job's best model by validation loss.
 pub const BEST_MODEL: &str = "best";
+
+/// The file in a saved model's folder that holds what labelfleet knows of it.
+pub const MODEL_METADATA: &str = "labelfleet.json";
+
+/// What a `retrain` job records beside the model it saves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// The prompt the model was trained to complete: the one to label with.
+    pub prompt: PromptMode,
+    /// The job that trained it (`group/name`).
+    pub trained_by: String,
+}
+
+/// Writes `metadata` into the model folder `dir`; returns the file written.
+pub fn write_metadata(dir: &Path, metadata: &ModelMetadata) -> Result<PathBuf, JobFailure> {
+    let path = dir.join(MODEL_METADATA);
+    let bytes = serde_json::to_vec_pretty(metadata).expect("metadata serialises");
+    std::fs::write(&path, bytes)
+        .map_err(|e| JobFailure::new(format!("writing {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// The metadata of a local model (a folder with [`MODEL_METADATA`]), if it has any.
+pub fn read_metadata(model: &ModelRef) -> Result<Option<ModelMetadata>, JobFailure> {
+    let Some(path) = &model.path else {
+        return Ok(None);
+    };
+    let file = Path::new(path).join(MODEL_METADATA);
+    match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            JobFailure::new(format!(
+                "{}: not labelfleet's model metadata: {e}",
+                file.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
+        Err(e) => Err(JobFailure::new(format!("reading {}: {e}", file.display()))),
+    }
+}
+
+/// The prompt to label `model` with: the one the job names, else the one the model was
+/// trained with, else `in_context`. A job that names another prompt than the model's
+/// fails, naming both (`at` is the job's field).
+pub fn prompt_for(
+    asked: Option<PromptMode>,
+    model: &ModelRef,
+    at: &str,
+) -> Result<PromptMode, JobFailure> {
+    let trained = read_metadata(model)?;
+    match (asked, trained) {
+        (Some(asked), Some(meta)) if asked != meta.prompt => Err(JobFailure::new(format!(
+            "`{at}` is `{}`, but the model was trained by {} on the `{}` prompt: leave `{at}` out to use the model's, or name `{}`",
+            asked.as_str(),
+            meta.trained_by,
+            meta.prompt.as_str(),
+            meta.prompt.as_str()
+        ))),
+        (Some(asked), _) => Ok(asked),
+        (None, Some(meta)) => Ok(meta.prompt),
+        (None, None) => Ok(PromptMode::InContext),
+    }
+}
 
 /// Where fetched checkpoints are kept: `$LABELFLEET_CACHE_DIR`, else a folder in the
 /// system's temporary directory.

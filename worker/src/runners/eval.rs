@@ -135,15 +135,15 @@ impl EvalRunner {
         ctx: &JobContext,
     ) -> Result<JobOutput, JobFailure> {
         let model = checkpoints::materialize(&ctx.place(&predictions.model), ctx).await?;
-        let selection = DialogueSelection {
-            count: spec.max_dialogues,
-            ..DialogueSelection::default()
-        };
+        let mode =
+            checkpoints::prompt_for(predictions.prompt, &model, "eval.predictions.model.prompt")?;
+        let selection = selection(spec);
         let labelling = Job {
             body: JobBody::SelfLabel(Box::new(SelfLabelSpec {
                 data: spec.gold.clone(),
                 dialogues: selection.clone(),
                 model: model.clone(),
+                prompt: Some(mode),
                 retriever: predictions.retriever.clone(),
                 generation: predictions.generation.clone(),
                 batch_size: Some(predictions.batch_size),
@@ -166,8 +166,13 @@ impl EvalRunner {
             let mut examples = Vec::new();
             for turn in dialogues.iter().flat_map(|d| &d.turns) {
                 examples.push(
-                    tokenized(&lm.tokenizer, &Example::of_gold_turn(turn), max_tokens)
-                        .map_err(|e| JobFailure::new(format!("{}: {e}", turn.dialogue_id)))?,
+                    tokenized(
+                        &lm.tokenizer,
+                        &Example::of_gold_turn(turn),
+                        mode,
+                        max_tokens,
+                    )
+                    .map_err(|e| JobFailure::new(format!("{}: {e}", turn.dialogue_id)))?,
                 );
             }
             let loss = mean_completion_loss(&lm.model, &examples, batch_size)
@@ -188,12 +193,22 @@ impl EvalRunner {
     }
 }
 
-fn subset(gold: &[Dialogue], spec: &EvalSpec, mini: bool) -> Vec<Dialogue> {
-    let mut limit = spec.max_dialogues.unwrap_or(usize::MAX);
-    if mini {
-        limit = limit.min(MINI_DIALOGUES);
+/// The gold dialogues an eval scores: the first `max_dialogues`, after a shuffle
+/// with `shuffle_seed` when it names one.
+fn selection(spec: &EvalSpec) -> DialogueSelection {
+    DialogueSelection {
+        shuffle_seed: spec.shuffle_seed,
+        count: spec.max_dialogues,
+        ..DialogueSelection::default()
     }
-    gold.iter().take(limit).cloned().collect()
+}
+
+fn subset(gold: &[Dialogue], spec: &EvalSpec, mini: bool) -> Vec<Dialogue> {
+    let mut dialogues = select_dialogues(gold.to_vec(), &selection(spec), false);
+    if mini {
+        dialogues.truncate(MINI_DIALOGUES);
+    }
+    dialogues
 }
 
 /// The headline metrics that go into the manifest entry.

@@ -17,7 +17,7 @@ mod trainer;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use labelfleet_core::job::{Job, JobBody, JobKind, RetrainSpec};
+use labelfleet_core::job::{Job, JobBody, JobKind, PromptMode, RetrainSpec};
 use labelfleet_models::train::{AdamW, AdamWConfig, safetensors_bytes, tensors_from_bytes};
 use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
 use serde_json::json;
@@ -27,7 +27,7 @@ pub use self::splits::{Splits, split};
 pub use self::trainer::{CurvePoint, RunState, ValidPoint};
 use self::trainer::{Event, TrainingRun, mean_loss};
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
-use crate::runners::checkpoints::{self, BEST_MODEL, FINAL_MODEL};
+use crate::runners::checkpoints::{self, BEST_MODEL, FINAL_MODEL, ModelMetadata};
 use crate::runners::self_label::models::resolve;
 
 /// The run state of the latest resumable checkpoint.
@@ -42,17 +42,20 @@ pub struct RetrainRunner;
 fn tokenize(
     lm: &TrainableLm,
     dialogues: &[LabelledDialogue],
+    mode: PromptMode,
     max_tokens: usize,
 ) -> Result<Vec<TokenizedExample>, JobFailure> {
     let mut out = Vec::new();
     for d in dialogues {
         for example in &d.examples {
-            out.push(tokenized(&lm.tokenizer, example, max_tokens).map_err(|e| {
-                JobFailure::new(format!(
-                    "{} {}: {e}; raise `training.max_tokens`",
-                    d.source, d.dialogue_id
-                ))
-            })?);
+            out.push(
+                tokenized(&lm.tokenizer, example, mode, max_tokens).map_err(|e| {
+                    JobFailure::new(format!(
+                        "{} {}: {e}; raise `training.max_tokens`",
+                        d.source, d.dialogue_id
+                    ))
+                })?,
+            );
         }
     }
     Ok(out)
@@ -105,9 +108,19 @@ fn save_model(
 ) -> Result<String, JobFailure> {
     let scratch = tempfile::tempdir()
         .map_err(|e| JobFailure::new(format!("creating a scratch folder: {e}")))?;
-    let files = lm
+    let mut files = lm
         .save(scratch.path())
         .map_err(|e| JobFailure::new(format!("saving the model: {e}")))?;
+    let JobBody::Retrain(spec) = &job.body else {
+        return Err(JobFailure::new("not a retrain job"));
+    };
+    files.push(checkpoints::write_metadata(
+        scratch.path(),
+        &ModelMetadata {
+            prompt: spec.prompt,
+            trained_by: job.key().to_string(),
+        },
+    )?);
     runtime.block_on(upload_model(job, ctx, folder, files))
 }
 
@@ -282,9 +295,10 @@ impl JobRunner for RetrainRunner {
                     JobFailure::new(format!("loading {} to train: {e}", base.display()))
                 })?;
             let max_tokens = spec.training.max_tokens;
-            let train = tokenize(&lm, &splits.train, max_tokens)?;
-            let valid = tokenize(&lm, &splits.valid, max_tokens)?;
-            let test = tokenize(&lm, &splits.test, max_tokens)?;
+            let mode = spec.prompt;
+            let train = tokenize(&lm, &splits.train, mode, max_tokens)?;
+            let valid = tokenize(&lm, &splits.valid, mode, max_tokens)?;
+            let test = tokenize(&lm, &splits.test, mode, max_tokens)?;
             let optimizer = AdamW::new(
                 lm.parameters(),
                 AdamWConfig {

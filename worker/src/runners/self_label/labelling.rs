@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use labelfleet_core::job::SelfLabelSpec;
-use labelfleet_dst::prompt::{Example, apply_update, build_prompt, parse_update, retrieval_text};
+use labelfleet_core::job::{PromptMode, RetrieverSpec, SelfLabelSpec};
+use labelfleet_dst::prompt::{
+    Example, apply_update, build_compact_prompt, build_prompt, parse_update, retrieval_text,
+};
 use labelfleet_dst::{Dialogue, SlotValues};
 use labelfleet_models::{CausalLm, GenerationParams, SentenceEmbedder};
 use serde::{Deserialize, Serialize};
@@ -82,15 +84,23 @@ pub(super) struct RunningLog {
     pub(super) turns: Vec<LabelledTurn>,
 }
 
+/// What the in-context prompt retrieves its examples with.
+pub(super) struct Retrieval {
+    pub(super) spec: RetrieverSpec,
+    pub(super) index: ExampleIndex,
+    pub(super) embedder: Arc<SentenceEmbedder>,
+}
+
 /// Everything the blocking labelling loop needs.
 pub(super) struct Labelling {
     pub(super) spec: SelfLabelSpec,
+    pub(super) mode: PromptMode,
     pub(super) source: String,
     pub(super) dialogues: Vec<Dialogue>,
     pub(super) done: HashMap<String, Vec<LabelledTurn>>,
-    pub(super) index: ExampleIndex,
+    /// The examples and embedder of the `in_context` prompt; `None` for `compact`.
+    pub(super) retrieval: Option<Retrieval>,
     pub(super) lm: Arc<CausalLm>,
-    pub(super) embedder: Arc<SentenceEmbedder>,
 }
 
 pub(super) fn embed_into(
@@ -192,33 +202,43 @@ impl Labelling {
                     (turn, last, context)
                 })
                 .collect();
-            let retrieve = self.index.len() >= spec.retriever.example_warmup;
-            let embeddings = if retrieve || spec.retriever.add_predictions {
-                let texts: Vec<String> = targets
-                    .iter()
-                    .map(|(_, _, context)| retrieval_text(context))
-                    .collect();
-                self.embedder
-                    .embed(&texts, EMBED_BATCH)
-                    .map_err(|e| JobFailure::new(format!("embedding turns: {e}")))?
-            } else {
-                Vec::new()
+            let retrieve = self
+                .retrieval
+                .as_ref()
+                .is_some_and(|r| r.index.len() >= r.spec.example_warmup);
+            let keep = self
+                .retrieval
+                .as_ref()
+                .is_some_and(|r| r.spec.add_predictions);
+            let embeddings = match &self.retrieval {
+                Some(r) if retrieve || keep => {
+                    let texts: Vec<String> = targets
+                        .iter()
+                        .map(|(_, _, context)| retrieval_text(context))
+                        .collect();
+                    r.embedder
+                        .embed(&texts, EMBED_BATCH)
+                        .map_err(|e| JobFailure::new(format!("embedding turns: {e}")))?
+                }
+                _ => Vec::new(),
             };
             let mut prompts = Vec::with_capacity(targets.len());
             let mut sources = Vec::with_capacity(targets.len());
             for (i, (turn, _, context)) in targets.iter().enumerate() {
-                let picked = if retrieve {
-                    self.index.top_k(
+                let picked = match &self.retrieval {
+                    Some(r) if retrieve => r.index.top_k(
                         &embeddings[i],
                         &turn.dialogue_id,
-                        spec.retriever.k_examples,
-                        spec.retriever.minimum_distinct,
-                    )
-                } else {
-                    Vec::new()
+                        r.spec.k_examples,
+                        r.spec.minimum_distinct,
+                    ),
+                    _ => Vec::new(),
                 };
                 let examples: Vec<Example> = picked.iter().map(|t| t.example.clone()).collect();
-                prompts.push(build_prompt(&examples, context));
+                prompts.push(match self.mode {
+                    PromptMode::InContext => build_prompt(&examples, context),
+                    PromptMode::Compact => build_compact_prompt(context),
+                });
                 sources.push(picked.iter().map(|t| t.source.clone()).collect::<Vec<_>>());
             }
             let started = Instant::now();
@@ -258,8 +278,8 @@ impl Labelling {
                     new_tokens: completion.new_tokens,
                     batch_seconds: seconds,
                 };
-                if spec.retriever.add_predictions {
-                    self.index.push(IndexedTurn {
+                if keep && let Some(r) = self.retrieval.as_mut() {
+                    r.index.push(IndexedTurn {
                         source: format!(
                             "{}:{}#{}",
                             self.source, labelled.dialogue_id, labelled.turn_id

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use labelfleet_core::job::{DatasetFormat, DialogueSelection, Job, JobBody, JobKind};
+use labelfleet_core::job::{
+    DatasetFormat, DatasetRef, DialogueSelection, Job, JobBody, JobKind, PromptMode,
+};
 use labelfleet_dst::metrics::{ValueMatcher, score};
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Dialogue, Prediction, read_dataset};
@@ -26,10 +28,11 @@ use labelfleet_manifest::list_all;
 use serde_json::json;
 
 pub use self::labelling::LabelledTurn;
-use self::labelling::{Labelling, RunningLog, embed_into, log_bytes};
+use self::labelling::{Labelling, Retrieval, RunningLog, embed_into, log_bytes};
 use self::models::ModelCache;
 use self::retrieval::ExampleIndex;
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
+use crate::runners::checkpoints::prompt_for;
 use crate::runners::format_of;
 
 /// Dialogues a `--mini` job labels, and turns of each.
@@ -86,6 +89,22 @@ pub fn select_dialogues(
             d
         })
         .collect()
+}
+
+/// The dialogues of `data`, without those of the file `selection.exclude` names.
+pub(crate) fn read_selected(
+    data: &DatasetRef,
+    selection: &DialogueSelection,
+) -> Result<Vec<Dialogue>, JobFailure> {
+    let mut dialogues = read_data(&data.path, data.format)?;
+    if let Some(exclude) = &selection.exclude {
+        let excluded: std::collections::HashSet<String> = read_data(&exclude.path, exclude.format)?
+            .into_iter()
+            .map(|d| d.dialogue_id)
+            .collect();
+        dialogues.retain(|d| !excluded.contains(&d.dialogue_id));
+    }
+    Ok(dialogues)
 }
 
 pub(crate) fn read_data(path: &str, format: DatasetFormat) -> Result<Vec<Dialogue>, JobFailure> {
@@ -207,11 +226,28 @@ impl JobRunner for SelfLabelRunner {
         let mut spec = (**spec).clone();
         let hash = job.config_hash();
         spec.model = crate::runners::checkpoints::materialize(&ctx.place(&spec.model), ctx).await?;
-        spec.retriever.model = ctx.place(&spec.retriever.model);
+        let mode = prompt_for(spec.prompt, &spec.model, "self_label.prompt")?;
+        let retriever = match (mode, spec.retriever.clone()) {
+            (PromptMode::InContext, None) => {
+                return Err(JobFailure::new(
+                    "the model labels with the in_context prompt, which shows retrieved examples: give `self_label.retriever` (or label with a model retrained with `\"prompt\": \"compact\"`)",
+                ));
+            }
+            (PromptMode::InContext, Some(mut retriever)) => {
+                retriever.model = ctx.place(&retriever.model);
+                Some(retriever)
+            }
+            (PromptMode::Compact, retriever) => {
+                if retriever.is_some() {
+                    tracing::info!(job = %job.key(), "the compact prompt shows no examples: the retriever is not used");
+                }
+                None
+            }
+        };
         let started = Instant::now();
 
-        let (data_path, data_format) = (spec.data.path.clone(), spec.data.format);
-        let all = tokio::task::spawn_blocking(move || read_data(&data_path, data_format))
+        let (data, selection) = (spec.data.clone(), spec.dialogues.clone());
+        let all = tokio::task::spawn_blocking(move || read_selected(&data, &selection))
             .await
             .map_err(|e| JobFailure::new(format!("reading data failed: {e}")))??;
         let dialogues = select_dialogues(all, &spec.dialogues, job.mini);
@@ -223,15 +259,17 @@ impl JobRunner for SelfLabelRunner {
         }
 
         let mut seeds = Vec::new();
-        let groups = spec
-            .retriever
-            .groups
-            .clone()
-            .unwrap_or_else(|| vec![job.group_id.clone()]);
+        let groups = match &retriever {
+            Some(r) => r
+                .groups
+                .clone()
+                .unwrap_or_else(|| vec![job.group_id.clone()]),
+            None => Vec::new(),
+        };
         for group in &groups {
             seeds.extend(group_examples(group, ctx).await?);
         }
-        if let Some(gold) = spec.retriever.gold_examples.clone() {
+        if let Some(gold) = retriever.as_ref().and_then(|r| r.gold_examples.clone()) {
             let gold = tokio::task::spawn_blocking(move || read_data(&gold.path, gold.format))
                 .await
                 .map_err(|e| JobFailure::new(format!("reading gold examples failed: {e}")))??;
@@ -249,10 +287,13 @@ impl JobRunner for SelfLabelRunner {
         ctx.check_cancelled()?;
 
         let lm_ref = spec.model.clone();
-        let retriever_ref = spec.retriever.model.clone();
         let models = self.models.clone();
+        let retriever_owned = retriever.clone();
         let (lm, embedder) = tokio::task::spawn_blocking(move || {
-            Ok::<_, JobFailure>((models.causal_lm(&lm_ref)?, models.embedder(&retriever_ref)?))
+            let embedder = retriever_owned
+                .map(|r| models.embedder(&r.model))
+                .transpose()?;
+            Ok::<_, JobFailure>((models.causal_lm(&lm_ref)?, embedder))
         })
         .await
         .map_err(|e| JobFailure::new(format!("loading models failed: {e}")))??;
@@ -260,21 +301,31 @@ impl JobRunner for SelfLabelRunner {
         if spec.batch_size.is_none() {
             spec.batch_size = Some(auto_batch_size(&spec.model.device, &lm.model));
         }
+        let retrieval = match (retriever, embedder) {
+            (Some(spec), Some(embedder)) => Some(Retrieval {
+                spec,
+                index: ExampleIndex::default(),
+                embedder,
+            }),
+            _ => None,
+        };
         let mut labelling = Labelling {
             spec,
+            mode,
             source: job.key().to_string(),
             dialogues,
             done,
-            index: ExampleIndex::default(),
+            retrieval,
             lm,
-            embedder,
         };
-        tracing::info!(job = %job.key(), dialogues = labelling.dialogues.len(), seeded, "labelling");
+        tracing::info!(job = %job.key(), dialogues = labelling.dialogues.len(), seeded, prompt = mode.as_str(), "labelling");
 
         let runtime = tokio::runtime::Handle::current();
         let (job_owned, ctx_owned, hash_owned) = (job.clone(), ctx.clone(), hash.clone());
         let labelling = tokio::task::spawn_blocking(move || -> Result<Labelling, JobFailure> {
-            embed_into(&mut labelling.index, &labelling.embedder, seeds)?;
+            if let Some(retrieval) = labelling.retrieval.as_mut() {
+                embed_into(&mut retrieval.index, &retrieval.embedder, seeds)?;
+            }
             let total: usize = labelling.dialogues.iter().map(|d| d.turns.len()).sum();
             let labelling_started = Instant::now();
             labelling.run(|step, turns| {
@@ -395,5 +446,32 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn excluded_dialogues_are_left_out_by_id() {
+        let sample = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../runs/sample-data/multiwoz21_val_sample.json"
+        );
+        let all: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(sample).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let gold = dir.path().join("gold.json");
+        let two: serde_json::Map<_, _> = all.clone().into_iter().take(2).collect();
+        std::fs::write(&gold, serde_json::to_vec(&two).unwrap()).unwrap();
+        let reference = |path: &str| DatasetRef {
+            path: path.into(),
+            format: DatasetFormat::Multiwoz21,
+        };
+        let selection = DialogueSelection {
+            exclude: Some(reference(gold.to_str().unwrap())),
+            ..DialogueSelection::default()
+        };
+        let pool = read_selected(&reference(sample), &selection).unwrap();
+        assert_eq!(pool.len(), all.len() - 2);
+        assert!(pool.iter().all(|d| !two.contains_key(&d.dialogue_id)));
+        let everything = read_selected(&reference(sample), &DialogueSelection::default()).unwrap();
+        assert_eq!(everything.len(), all.len());
     }
 }
