@@ -4,6 +4,10 @@
 - runs/sample-data/multiwoz21_val_sample.json: the first 10 dialogues of MultiWOZ 2.1
   validation (ConvLab-3's val.json.zip), keeping each turn's text, metadata and
   dialog_act only.
+- runs/sample-data/icdst_train_gold_sample.json: every turn of the first 10 dialogues of
+  IC-DST's 1% MultiWOZ training split (train_1p_v1.json), as they are: gold examples
+  for in-context labelling (`--gold-examples`), from training dialogues, so that they
+  never hold the validation dialogues being labelled.
 - dst/tests/fixtures/same_dialogue.{multiwoz21,icdst,sgd}.json: one dialogue written in
   all three formats, following each format's own conventions (IC-DST's `hotel-pricerange`
   and `hotel-book people`; MultiWOZ 2.2's `hotel-bookpeople` with list values), so that
@@ -26,6 +30,13 @@ sample_ids = [i.removesuffix(".json") for i in order][:10]
 sample = {i: trim(val[i], ("text", "metadata", "dialog_act")) for i in sample_ids}
 out = root / "runs" / "sample-data" / "multiwoz21_val_sample.json"
 out.write_text(json.dumps(sample, indent=1) + "\n")
+print(out, out.stat().st_size, "bytes")
+
+train = json.load(open(data / "icdst_train" / "train_1p_v1.json"))
+first = list(dict.fromkeys(t["ID"] for t in train))[:10]
+gold = [t for t in train if t["ID"] in first]
+out = root / "runs" / "sample-data" / "icdst_train_gold_sample.json"
+out.write_text(json.dumps(gold, indent=1) + "\n")
 print(out, out.stat().st_size, "bytes")
 
 # The agreement fixture: a multi-domain dialogue with booking slots.

@@ -62,6 +62,13 @@ pub struct GenerateRunsArgs {
     /// Dialogues per batch (default: the worker picks, from its GPU's free memory).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Gold dialogues that every job's example index starts with, so that job_0
+    /// prompts with correct examples from its first turn instead of its own labels.
+    #[arg(long, value_name = "FILE")]
+    pub gold_examples: Option<String>,
+    /// The format of `--gold-examples`.
+    #[arg(long, value_enum, default_value = "multiwoz21")]
+    pub gold_format: FormatArg,
 }
 
 /// Dataset formats, as the command line spells them.
@@ -131,21 +138,31 @@ pub async fn run(_global: &GlobalArgs, args: GenerateRunsArgs) -> anyhow::Result
                 format: args.format.dataset(),
             },
             dialogues: DialogueSelection {
+                exclude: None,
                 shuffle_seed: Some(args.shuffle_seed),
                 start,
                 count: Some(count),
                 max_turns: args.max_turns,
             },
             model: model(&args.model, &args.device),
-            retriever: RetrieverSpec {
+            prompt: None,
+            retriever: Some(RetrieverSpec {
                 model: model(&args.retriever, &args.device),
                 groups: (!seed_job).then(|| vec![args.group.clone()]),
-                gold_examples: None,
+                gold_examples: args.gold_examples.as_ref().map(|path| DatasetRef {
+                    path: path.clone(),
+                    format: args.gold_format.dataset(),
+                }),
                 k_examples: args.k_examples,
                 minimum_distinct: args.minimum_distinct.min(args.k_examples),
-                example_warmup: if seed_job { args.example_warmup } else { 0 },
+                // With gold examples the index is never empty: no warm-up.
+                example_warmup: if seed_job && args.gold_examples.is_none() {
+                    args.example_warmup
+                } else {
+                    0
+                },
                 add_predictions: true,
-            },
+            }),
             generation: GenerationSpec::default(),
             batch_size: args.batch_size,
             checkpoint_turns: 100,
