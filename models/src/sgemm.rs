@@ -247,6 +247,8 @@ struct Tile<'a> {
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     Portable,
 }
 
@@ -256,7 +258,30 @@ impl Kernel {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return Kernel::Avx512;
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Kernel::Avx2;
+        }
         Kernel::Portable
+    }
+
+    /// Every kernel this CPU can run (the tests check each against the product).
+    #[cfg(test)]
+    fn available() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(Kernel::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        kernels
     }
 
     /// `out` and `residual` start at the tile's first element and end at its last
@@ -285,13 +310,16 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect` chose this kernel because the CPU has AVX-512F.
             Kernel::Avx512 => unsafe { by_rows!(tile_avx512) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect` chose this kernel because the CPU has AVX2 and FMA.
+            Kernel::Avx2 => unsafe { by_rows!(tile_avx2) },
             Kernel::Portable => by_rows!(tile_portable),
         }
     }
 }
 
-/// The tile in plain Rust: the reference the AVX-512 kernel is tested against, and the
-/// kernel on CPUs without AVX-512.
+/// The tile in plain Rust: the reference the vector kernels are tested against, and the
+/// kernel on CPUs without AVX2 and FMA.
 fn tile_portable<const R: usize>(
     tile: &Tile,
     x: &[f32],
@@ -376,6 +404,86 @@ unsafe fn tile_avx512<const R: usize>(
     }
 }
 
+/// The tile with AVX2 and FMA (CPUs without AVX-512): its rows three at a time, each
+/// with four 8-lane accumulators, so that 12 accumulators, the broadcast and the panel
+/// row fit the 16 registers. Each row's sums are formed in the same order whichever
+/// group it falls in, so a row's result never depends on its neighbours.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; slices are as [`Kernel::run`] describes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize>(
+    tile: &Tile,
+    x: &[f32],
+    out: &mut [f32],
+    residual: Option<&[f32]>,
+) {
+    let mut first = 0;
+    while first < R {
+        // SAFETY: the caller's guarantees, for rows first.. of the tile.
+        unsafe {
+            match R - first {
+                1 => rows_avx2::<1>(tile, x, out, residual, first),
+                2 => rows_avx2::<2>(tile, x, out, residual, first),
+                _ => rows_avx2::<3>(tile, x, out, residual, first),
+            }
+        }
+        first += 3;
+    }
+}
+
+/// Rows `first..first + N` of an AVX2 tile.
+///
+/// # Safety
+/// As [`tile_avx2`], with `first + N` at most the tile's rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<const N: usize>(
+    tile: &Tile,
+    x: &[f32],
+    out: &mut [f32],
+    residual: Option<&[f32]>,
+    first: usize,
+) {
+    use std::arch::x86_64::*;
+    let inputs = tile.inputs;
+    assert!(x.len() >= (first + N) * inputs && tile.weights.len() == inputs * PANEL);
+    assert!(out.len() >= (first + N - 1) * tile.stride + tile.columns);
+    let (xs, weights) = (x.as_ptr(), tile.weights.as_ptr());
+    let mut sums = [[_mm256_setzero_ps(); 4]; N];
+    for i in 0..inputs {
+        // SAFETY: i < inputs and first + r < first + N, within the asserted lengths.
+        unsafe {
+            let w = weights.add(i * PANEL);
+            let panel = [
+                _mm256_loadu_ps(w),
+                _mm256_loadu_ps(w.add(8)),
+                _mm256_loadu_ps(w.add(16)),
+                _mm256_loadu_ps(w.add(24)),
+            ];
+            for (r, sums) in sums.iter_mut().enumerate() {
+                let v = _mm256_set1_ps(*xs.add((first + r) * inputs + i));
+                for (s, w) in sums.iter_mut().zip(panel) {
+                    *s = _mm256_fmadd_ps(v, w, *s);
+                }
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        let mut row = [0f32; PANEL];
+        for (c, s) in sums.iter().enumerate() {
+            // SAFETY: `row` has PANEL = 4 × 8 lanes.
+            unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * c), *s) };
+        }
+        let at = (first + r) * tile.stride;
+        for j in 0..tile.columns {
+            let extra = residual.map_or(0.0, |res| res[at + j]);
+            out[at + j] = row[j] + tile.bias[j] + extra;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,7 +521,7 @@ mod tests {
             };
             (dot + bias[o] as f64 + extra as f64) as f32
         };
-        for kernel in [Kernel::Portable, Kernel::detect()] {
+        for kernel in Kernel::available() {
             for with_residual in [false, true] {
                 let mut out = vec![f32::NAN; rows * outputs];
                 for (task, out) in out.chunks_mut(48 * outputs).enumerate() {
