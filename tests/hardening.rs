@@ -309,16 +309,7 @@ fn a_worker_whose_home_is_removed_stops_with_an_error() {
 /// A self_label job of many short batch steps on a tiny model, with its running log
 /// due only at the end.
 fn long_self_label(fleet: &Fleet, group: &str) -> std::path::PathBuf {
-    let texts: Vec<String> = labelfleet_dst::read_dataset(
-        &repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
-        labelfleet_dst::Format::Multiwoz21,
-    )
-    .unwrap()
-    .iter()
-    .flat_map(|d| d.turns.iter().map(|t| t.user_utterance.clone()))
-    .collect();
-    let model = fleet.dir.path().join("tiny");
-    labelfleet_models::tiny::write_tiny_model(&model, &texts, 2).unwrap();
+    let model = common::tiny_llama(fleet);
     let dir = fleet.jobs_dir(group);
     write_job(
         &dir,
@@ -354,15 +345,7 @@ fn sigterm_saves_a_self_label_job_between_batches_and_the_next_attempt_resumes()
     let running_log = fleet.home().join("artifacts/term/job/running_log.json");
     // Some batch steps done (progress moves after every one).
     wait_until(Duration::from_secs(120), "the job labels turns", || {
-        fleet.status()["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| {
-                w["progress"]
-                    .as_str()
-                    .is_some_and(|p| !p.starts_with("turns 0/"))
-            })
+        fleet.shows_progress(|p| !p.starts_with("turns 0/"))
     });
     assert!(!running_log.exists(), "the log was not due yet");
     let signalled = Instant::now();

@@ -573,15 +573,7 @@ fn a_stopping_worker_checkpoints_its_training_and_hands_it_over() {
     let args = ["--heartbeat", "1", "--wait", "1"];
     let mut first = fleet.spawn_worker("first", &[&args[..], &["--grace", "600"]].concat());
     wait_until(Duration::from_secs(300), "training progress", || {
-        fleet.status()["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| {
-                w["progress"]
-                    .as_str()
-                    .is_some_and(|p| p.starts_with("step "))
-            })
+        fleet.shows_progress(|p| p.starts_with("step "))
     });
     let asked = std::time::Instant::now();
     first.signal("TERM");

@@ -78,6 +78,15 @@ impl Fleet {
         serde_json::from_str(&self.ok(&["status", "--json", "--dead-letters", "50"])).unwrap()
     }
 
+    /// Whether some worker's progress line in `status` satisfies `check`.
+    pub fn shows_progress(&self, check: impl Fn(&str) -> bool) -> bool {
+        self.status()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["progress"].as_str().is_some_and(&check))
+    }
+
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
@@ -244,10 +253,9 @@ pub fn write_job(dir: &Path, file: &str, job: &Value) {
     std::fs::write(path, serde_json::to_vec_pretty(job).unwrap()).unwrap();
 }
 
-/// Labels `dialogues` sample dialogues (2 turns each) as the self_label job
-/// `{group}/job_0` with a tiny llama built here and the MiniLM retriever, through one
-/// worker: a real group to export, in seconds.
-pub fn label_with_tiny_llama(fleet: &Fleet, group: &str, dialogues: usize) {
+/// A tiny llama (random weights, 2 layers) whose tokenizer was trained on the bundled
+/// sample's user turns, in the fleet's folder: a model that labels in milliseconds.
+pub fn tiny_llama(fleet: &Fleet) -> PathBuf {
     let texts: Vec<String> = labelfleet_dst::read_dataset(
         &repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
         labelfleet_dst::Format::Multiwoz21,
@@ -258,6 +266,14 @@ pub fn label_with_tiny_llama(fleet: &Fleet, group: &str, dialogues: usize) {
     .collect();
     let model = fleet.dir.path().join("tiny");
     labelfleet_models::tiny::write_tiny_model(&model, &texts, 2).unwrap();
+    model
+}
+
+/// Labels `dialogues` sample dialogues (2 turns each) as the self_label job
+/// `{group}/job_0` with a tiny llama built here and the MiniLM retriever, through one
+/// worker: a real group to export, in seconds.
+pub fn label_with_tiny_llama(fleet: &Fleet, group: &str, dialogues: usize) {
+    let model = tiny_llama(fleet);
     let dir = fleet.jobs_dir(group);
     write_job(
         &dir,

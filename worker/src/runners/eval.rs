@@ -134,6 +134,7 @@ impl EvalRunner {
         predictions: &ModelPredictions,
         ctx: &JobContext,
     ) -> Result<JobOutput, JobFailure> {
+        let started = std::time::Instant::now();
         let model = checkpoints::materialize(&ctx.place(&predictions.model), ctx).await?;
         let mode =
             checkpoints::prompt_for(predictions.prompt, &model, "eval.predictions.model.prompt")?;
@@ -161,6 +162,7 @@ impl EvalRunner {
         let dialogues = select_dialogues((*gold).clone(), &selection, job.mini);
         let models = self.labeller.models();
         let (max_tokens, batch_size) = (predictions.max_tokens, predictions.batch_size);
+        let progress = ctx.progress.clone();
         let (loss, scored) = tokio::task::spawn_blocking(move || {
             let lm = models.causal_lm(&model)?;
             let mut examples = Vec::new();
@@ -175,6 +177,11 @@ impl EvalRunner {
                     .map_err(|e| JobFailure::new(format!("{}: {e}", turn.dialogue_id)))?,
                 );
             }
+            progress.set(format!(
+                "labelled; measuring the loss over {} gold turns",
+                examples.len()
+            ));
+            tracing::info!(turns = examples.len(), "measuring the loss");
             let loss = mean_completion_loss(&lm.model, &examples, batch_size)
                 .map_err(|e| JobFailure::new(format!("measuring the loss: {e}")))?;
             Ok::<_, JobFailure>((
@@ -187,6 +194,8 @@ impl EvalRunner {
         if let Some(metrics) = output.metrics.as_object_mut() {
             metrics.insert("loss".into(), json!(loss));
             metrics.insert("perplexity".into(), json!(loss.map(f64::exp)));
+            // The whole job: labelling, then the loss pass.
+            metrics.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
         }
         output.counts.insert("loss_tokens".into(), scored as u64);
         Ok(output)

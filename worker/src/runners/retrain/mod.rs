@@ -237,6 +237,7 @@ impl JobRunner for RetrainRunner {
         let JobBody::Retrain(spec) = &job.body else {
             return Err(JobFailure::new("not a retrain job"));
         };
+        let started = std::time::Instant::now();
         let mut spec = (**spec).clone();
         let hash = job.config_hash();
         let old = data::gather(&spec.data.old, ctx, job.mini).await?;
@@ -276,7 +277,10 @@ impl JobRunner for RetrainRunner {
             .await?,
         );
         if job.mini {
+            // A smoke test: a few small steps show that the model loads, trains and
+            // saves; the batch size of a full run would only make them slower.
             spec.training.steps = spec.training.steps.min(4);
+            spec.training.batch_size = spec.training.batch_size.min(2);
         }
         spec.model = checkpoints::materialize(&ctx.place(&spec.model), ctx).await?;
         let base = resolve(&spec.model)?;
@@ -361,6 +365,11 @@ impl JobRunner for RetrainRunner {
             )?;
             let test_loss = mean_loss(&run.lm, &test, spec.training.batch_size)?;
             let final_key = save_model(&run.lm, &job, &ctx, FINAL_MODEL, &runtime)?;
+            // With no validation split there is no best by validation loss: `best` is
+            // the final model, so that `group/job/best` always names a model.
+            if run.state.best.is_none() {
+                best_key = Some(save_model(&run.lm, &job, &ctx, BEST_MODEL, &runtime)?);
+            }
             Ok::<_, JobFailure>(Trained {
                 train_examples: run.train.len(),
                 valid_examples: run.valid.len(),
@@ -420,6 +429,7 @@ impl JobRunner for RetrainRunner {
                 "test_perplexity": trained.test_loss.map(f64::exp),
                 "tokens_per_second": state.tokens as f64 / state.seconds.max(1e-9),
                 "training_seconds": state.seconds,
+                "seconds": started.elapsed().as_secs_f64(),
             }),
             artifacts,
         })

@@ -328,15 +328,30 @@ impl JobRunner for SelfLabelRunner {
             }
             let total: usize = labelling.dialogues.iter().map(|d| d.turns.len()).sum();
             let labelling_started = Instant::now();
+            // The log moves every 10 s or so (as `status` does after every batch step),
+            // whatever `checkpoint_turns` is.
+            let mut last_log = Instant::now();
             labelling.run(|step, turns| {
                 let elapsed = labelling_started.elapsed().as_secs_f64().max(1e-9);
                 let rate = step.labelled_now as f64 / elapsed;
+                let tokens_per_second = step.new_tokens_now as f64 / elapsed;
+                let eta = total.saturating_sub(step.labelled) as f64 / rate.max(1e-9);
                 ctx_owned.progress.set(format!(
-                    "turns {}/{total} · {rate:.2} turns/s · {:.1} tok/s · ETA {:.0} s",
+                    "turns {}/{total} · {rate:.2} turns/s · {tokens_per_second:.1} tok/s · ETA {eta:.0} s",
                     step.labelled,
-                    step.new_tokens_now as f64 / elapsed,
-                    total.saturating_sub(step.labelled) as f64 / rate.max(1e-9)
                 ));
+                if last_log.elapsed().as_secs() >= 10 {
+                    tracing::info!(
+                        job = %job_owned.key(),
+                        turns = step.labelled,
+                        total,
+                        turns_per_second = format!("{rate:.2}"),
+                        new_tokens_per_second = format!("{tokens_per_second:.1}"),
+                        eta_seconds = eta.round(),
+                        "labelling progress"
+                    );
+                    last_log = Instant::now();
+                }
                 // Lease lost, or the grace period over: stop, and write nothing.
                 ctx_owned.check_cancelled()?;
                 // Asked to stop (a spot notice): save what is done, then stop.
@@ -392,6 +407,8 @@ impl JobRunner for SelfLabelRunner {
             "invalid_completions": invalid,
             "turns_per_second": turn_count as f64 / seconds.max(1e-9),
             "new_tokens": new_tokens,
+            "new_tokens_per_second": new_tokens as f64 / seconds.max(1e-9),
+            "seconds": seconds,
         });
         let mut artifacts: std::collections::BTreeMap<String, String> = [
             ("labels".to_string(), labels_key),
