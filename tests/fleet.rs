@@ -40,7 +40,8 @@ fn four_workers_run_200_jobs_exactly_once() {
         .map(|w| fleet.spawn_worker(&format!("w{w}"), &["--idle-exit", "2", "--wait", "1"]))
         .collect();
     for w in &mut workers {
-        assert!(w.wait(Duration::from_secs(120)).success());
+        let status = w.wait(Duration::from_secs(120));
+        assert!(status.success(), "{status}: {}", w.log_text());
     }
     let done = fleet.entries("many");
     assert_eq!(done.len(), 200, "one manifest entry per job");

@@ -84,8 +84,13 @@ impl ArtifactStore for FileArtifactStore {
     }
 
     async fn check(&self) -> BackendResult<()> {
-        // Writable: a probe file written and removed the way artifacts are.
-        let probe = self.root.join(".labelfleet-probe");
+        // Writable: a probe file written and removed the way artifacts are. Its own
+        // name per process and call: workers starting together each check at once.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = self
+            .root
+            .join(format!(".labelfleet-probe-{}-{n}", std::process::id()));
         tokio::task::spawn_blocking(move || {
             write_atomically(&probe, b"probe")?;
             std::fs::remove_file(&probe).map_err(|e| io_error("remove", &probe, e))
@@ -138,5 +143,29 @@ impl ArtifactStore for FileArtifactStore {
 
     fn locate(&self, key: &ArtifactKey) -> String {
         self.path_of(key).display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers that start together check the store at the same moment: every check
+    /// passes (they once shared one probe file, and one removed another's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn checks_at_the_same_moment_all_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FileArtifactStore::new(dir.path()));
+        let checks: Vec<_> = (0..32)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.check().await })
+            })
+            .collect();
+        for check in checks {
+            check.await.unwrap().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "probes left behind: {left:?}");
     }
 }
