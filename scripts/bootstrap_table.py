@@ -28,7 +28,8 @@ def train_row(name, what):
     if not e:
         return None
     m = e["metrics"]
-    return (name, what, "", "", "", fmt(m.get("best_valid_loss")), fmt(m.get("seconds"), 0),
+    # Training time over every attempt (a job stopped and resumed trains in pieces).
+    return (name, what, "", "", "", fmt(m.get("best_valid_loss")), fmt(m.get("training_seconds"), 0),
             f"{m.get('tokens_per_second', 0):.0f} train tok/s, {e['counts'].get('train_examples')} turns")
 
 
