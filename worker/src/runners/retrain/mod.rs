@@ -98,14 +98,15 @@ async fn upload_model(
     weights.ok_or_else(|| JobFailure::new("the saved model has no weights file"))
 }
 
-/// Saves `lm` into a scratch folder and uploads it under `folder`.
+/// Saves `lm` into a scratch folder once and uploads it under each of `folders`;
+/// returns each upload's weights key, in order.
 fn save_model(
     lm: &TrainableLm,
     job: &Job,
     ctx: &JobContext,
-    folder: &str,
+    folders: &[&str],
     runtime: &tokio::runtime::Handle,
-) -> Result<String, JobFailure> {
+) -> Result<Vec<String>, JobFailure> {
     let scratch = tempfile::tempdir()
         .map_err(|e| JobFailure::new(format!("creating a scratch folder: {e}")))?;
     let mut files = lm
@@ -121,7 +122,10 @@ fn save_model(
             trained_by: job.key().to_string(),
         },
     )?);
-    runtime.block_on(upload_model(job, ctx, folder, files))
+    folders
+        .iter()
+        .map(|folder| runtime.block_on(upload_model(job, ctx, folder, files.clone())))
+        .collect()
 }
 
 fn write_checkpoint(
@@ -358,17 +362,24 @@ impl JobRunner for RetrainRunner {
                         write_checkpoint(state, slot, lm, optimizer, &job, &ctx, &runtime)
                     }
                     Event::NewBest(lm) => {
-                        best_key = Some(save_model(lm, &job, &ctx, BEST_MODEL, &runtime)?);
+                        best_key = save_model(lm, &job, &ctx, &[BEST_MODEL], &runtime)?.pop();
                         Ok(())
                     }
                 },
             )?;
             let test_loss = mean_loss(&run.lm, &test, spec.training.batch_size)?;
-            let final_key = save_model(&run.lm, &job, &ctx, FINAL_MODEL, &runtime)?;
             // With no validation split there is no best by validation loss: `best` is
-            // the final model, so that `group/job/best` always names a model.
-            if run.state.best.is_none() {
-                best_key = Some(save_model(&run.lm, &job, &ctx, BEST_MODEL, &runtime)?);
+            // the final model (saved once, uploaded twice), so that `group/job/best`
+            // always names a model.
+            let folders: &[&str] = if run.state.best.is_none() {
+                &[FINAL_MODEL, BEST_MODEL]
+            } else {
+                &[FINAL_MODEL]
+            };
+            let mut keys = save_model(&run.lm, &job, &ctx, folders, &runtime)?.into_iter();
+            let final_key = keys.next().expect("one key per folder");
+            if let Some(key) = keys.next() {
+                best_key = Some(key);
             }
             Ok::<_, JobFailure>(Trained {
                 train_examples: run.train.len(),
