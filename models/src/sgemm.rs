@@ -338,11 +338,22 @@ fn tile_portable<const R: usize>(
         }
     }
     for (r, sums) in sums.iter().enumerate() {
-        let at = r * tile.stride;
-        for j in 0..tile.columns {
-            let extra = residual.map_or(0.0, |res| res[at + j]);
-            out[at + j] = sums[j] + tile.bias[j] + extra;
-        }
+        write_row(tile, sums, r * tile.stride, out, residual);
+    }
+}
+
+/// Writes one row's panel sums at `out[at..]`, adding the bias and the residual, for
+/// the tile's real columns.
+fn write_row(
+    tile: &Tile,
+    sums: &[f32; PANEL],
+    at: usize,
+    out: &mut [f32],
+    residual: Option<&[f32]>,
+) {
+    for j in 0..tile.columns {
+        let extra = residual.map_or(0.0, |res| res[at + j]);
+        out[at + j] = sums[j] + tile.bias[j] + extra;
     }
 }
 
@@ -476,11 +487,7 @@ unsafe fn rows_avx2<const N: usize>(
             // SAFETY: `row` has PANEL = 4 × 8 lanes.
             unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * c), *s) };
         }
-        let at = (first + r) * tile.stride;
-        for j in 0..tile.columns {
-            let extra = residual.map_or(0.0, |res| res[at + j]);
-            out[at + j] = row[j] + tile.bias[j] + extra;
-        }
+        write_row(tile, &row, (first + r) * tile.stride, out, residual);
     }
 }
 
