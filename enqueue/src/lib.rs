@@ -17,15 +17,17 @@
 //!    unless `--replace` (queued) or `--rerun` (completed) says otherwise.
 //! 5. [`submit::submit`] registers every job on the job board and sends the ones whose
 //!    dependencies are already complete; the rest stay held.
-//! 6. Later, [`release`] sends held jobs once their dependencies complete: workers call
-//!    it after each job, and on start-up as a sweep.
+//! 6. Later, `labelfleet_schedule::release` sends held jobs once their dependencies
+//!    complete: workers call it after each job, and on start-up as a sweep.
+//!
+//! Ordering, cycle checks and dependency completion are `labelfleet_schedule`'s, which
+//! workers call too.
 
 #![warn(missing_docs)]
 
 pub mod folder;
 pub mod git;
 pub mod plan;
-pub mod release;
 pub mod submit;
 pub mod versions;
 

@@ -1,6 +1,6 @@
 //! Resolving `after` entries and ordering jobs so that dependencies come first.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use labelfleet_core::board::{BoardJob, BoardState, Dependency, JobBoard};
 use labelfleet_core::error::BackendResult;
@@ -165,8 +165,8 @@ pub fn plan(jobs: Vec<LoadedJob>, known: &Known) -> Result<Vec<PlannedJob>, Fold
     order(planned, &known.held)
 }
 
-/// Orders the folder's jobs so that dependencies come first (Kahn's algorithm, keeping
-/// file order among jobs that are ready together), over a graph that also holds the
+/// Orders the folder's jobs so that dependencies come first (see
+/// [`labelfleet_schedule::order`]), over a graph that also holds the
 /// jobs already held on the board: a folder job that waits, through them, on itself
 /// would never run, whichever enqueue made the loop. A held job that the folder
 /// registers again is the folder's.
@@ -181,153 +181,55 @@ fn order(planned: Vec<PlannedJob>, held: &[BoardJob]) -> Result<Vec<PlannedJob>,
             .filter(|h| !ours.contains(&h.key))
             .map(|h| (h.key.clone(), h.after.as_slice())),
     );
-    let index: HashMap<&JobKey, usize> =
-        nodes.iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
-    let mut by_group: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, (key, _)) in nodes.iter().enumerate() {
-        by_group.entry(key.group_id.as_str()).or_default().push(i);
-    }
-    let waits_on: Vec<BTreeSet<usize>> = nodes
-        .iter()
-        .map(|(_, after)| {
-            let mut deps = BTreeSet::new();
-            for dep in *after {
-                match dep {
-                    Dependency::Job(key) => deps.extend(index.get(key)),
-                    Dependency::Group(g) => {
-                        deps.extend(by_group.get(g.as_str()).into_iter().flatten())
-                    }
+    let sequence = match labelfleet_schedule::order::order(&nodes) {
+        Ok(sequence) => sequence,
+        Err(cycle) => {
+            let names: Vec<String> = cycle.path.iter().map(|&i| nodes[i].0.to_string()).collect();
+            let from_board: Vec<String> = cycle
+                .path
+                .iter()
+                .filter(|&&i| i >= planned.len())
+                .map(|&i| nodes[i].0.to_string())
+                .collect();
+            let loop_text = format!("{} → {}", names.join(" → "), names[0]);
+            let (first, message) = match cycle.path.iter().find(|&&i| i < planned.len()) {
+                Some(&first) if from_board.is_empty() => {
+                    (first, format!("the dependencies form a cycle: {loop_text}"))
                 }
-            }
-            deps
-        })
-        .collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-    for (i, deps) in waits_on.iter().enumerate() {
-        for &d in deps {
-            dependents[d].push(i);
-        }
-    }
-    let mut remaining: Vec<usize> = waits_on.iter().map(BTreeSet::len).collect();
-    let mut ready: VecDeque<usize> = (0..nodes.len()).filter(|&i| remaining[i] == 0).collect();
-    let mut sequence = Vec::with_capacity(nodes.len());
-    while let Some(i) = ready.pop_front() {
-        sequence.push(i);
-        for &d in &dependents[i] {
-            remaining[d] -= 1;
-            if remaining[d] == 0 {
-                ready.push_back(d);
-            }
-        }
-    }
-    if sequence.len() < nodes.len() {
-        let cycle = find_cycle(&waits_on, &remaining);
-        let names: Vec<String> = cycle.iter().map(|&i| nodes[i].0.to_string()).collect();
-        let from_board: Vec<String> = cycle
-            .iter()
-            .filter(|&&i| i >= planned.len())
-            .map(|&i| nodes[i].0.to_string())
-            .collect();
-        let loop_text = format!("{} → {}", names.join(" → "), names[0]);
-        let (first, message) = match cycle.iter().find(|&&i| i < planned.len()) {
-            Some(&first) if from_board.is_empty() => {
-                (first, format!("the dependencies form a cycle: {loop_text}"))
-            }
-            Some(&first) => (
-                first,
-                format!(
-                    "the dependencies form a cycle: {loop_text} ({} already held on the job board from an earlier enqueue)",
-                    from_board.join(", ")
+                Some(&first) => (
+                    first,
+                    format!(
+                        "the dependencies form a cycle: {loop_text} ({} already held on the job board from an earlier enqueue)",
+                        from_board.join(", ")
+                    ),
                 ),
-            ),
-            // A loop among held jobs alone predates this enqueue: name the folder's job
-            // that waits on it.
-            None => (
-                (0..planned.len())
-                    .find(|&i| remaining[i] > 0)
-                    .expect("a folder job waits on the loop"),
-                format!(
-                    "waits, through held jobs, on a dependency cycle already on the job board: {loop_text}"
+                // A loop among held jobs alone predates this enqueue: name the folder's
+                // job that waits on it.
+                None => (
+                    *cycle
+                        .stuck
+                        .iter()
+                        .find(|&&i| i < planned.len())
+                        .expect("a folder job waits on the loop"),
+                    format!(
+                        "waits, through held jobs, on a dependency cycle already on the job board: {loop_text}"
+                    ),
                 ),
-            ),
-        };
-        return Err(FolderErrors {
-            errors: vec![JobError {
-                file: planned[first].loaded.source.display().to_string(),
-                path: "after".into(),
-                message,
-            }],
-        });
-    }
+            };
+            return Err(FolderErrors {
+                errors: vec![JobError {
+                    file: planned[first].loaded.source.display().to_string(),
+                    path: "after".into(),
+                    message,
+                }],
+            });
+        }
+    };
     let mut slots: Vec<Option<PlannedJob>> = planned.into_iter().map(Some).collect();
     Ok(sequence
         .into_iter()
         .filter_map(|i| slots.get_mut(i).and_then(Option::take))
         .collect())
-}
-
-/// One cycle among the nodes Kahn's algorithm could not order (`remaining > 0`), as
-/// the path of nodes in waiting order: each waits for the next, the last for the first.
-fn find_cycle(waits_on: &[BTreeSet<usize>], remaining: &[usize]) -> Vec<usize> {
-    // Every stuck node waits on some stuck node, so walking from one stuck node to a
-    // stuck dependency must come back to a node already on the path.
-    let start = (0..remaining.len())
-        .find(|&i| remaining[i] > 0)
-        .expect("some node is stuck");
-    let mut path = vec![start];
-    let mut at: HashMap<usize, usize> = HashMap::from([(start, 0)]);
-    let mut node = start;
-    loop {
-        let next = *waits_on[node]
-            .iter()
-            .find(|&&d| remaining[d] > 0)
-            .expect("a stuck node waits on a stuck node");
-        if let Some(&position) = at.get(&next) {
-            return path.split_off(position);
-        }
-        at.insert(next, path.len());
-        path.push(next);
-        node = next;
-    }
-}
-
-/// Resolves an `after` entry against the live board and manifest (for jobs that did
-/// not come through [`plan`], such as hand-sent messages): `group/name` is a job; a
-/// plain name is a group only if a group of that name exists and no job of that name
-/// does, and otherwise a job of the same group (which may not have been enqueued yet).
-pub async fn resolve_live(
-    entry: &str,
-    own_group: &str,
-    board: &dyn JobBoard,
-    manifest: &dyn Manifest,
-) -> BackendResult<Dependency> {
-    if let Some((group_id, name)) = entry.split_once('/') {
-        return Ok(Dependency::Job(JobKey {
-            group_id: group_id.into(),
-            name: name.into(),
-        }));
-    }
-    let key = JobKey {
-        group_id: own_group.into(),
-        name: entry.into(),
-    };
-    let is_job = board
-        .group_jobs(own_group)
-        .await?
-        .iter()
-        .any(|job| job.name == entry)
-        || manifest
-            .get(&labelfleet_manifest::ManifestKey::from(&key))
-            .await?
-            .is_some();
-    let is_group = !is_job
-        && (board.groups().await?.iter().any(|g| g.group_id == entry)
-            || manifest.groups().await?.iter().any(|g| g.group_id == entry));
-    Ok(if is_group {
-        Dependency::Group(entry.to_string())
-    } else {
-        Dependency::Job(key)
-    })
 }
 
 #[cfg(test)]

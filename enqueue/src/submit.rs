@@ -4,8 +4,8 @@ use labelfleet_core::board::{BoardJob, BoardState, Dependency, JobBoard};
 use labelfleet_core::error::BackendResult;
 use labelfleet_core::job::{Job, JobKey};
 use labelfleet_core::queue::{Envelope, OutgoingMessage, Queue};
-use labelfleet_manifest::completion::incomplete;
 use labelfleet_manifest::{Manifest, ManifestKey};
+use labelfleet_schedule::completion::incomplete;
 
 use crate::plan::PlannedJob;
 use crate::versions::{Decision, short};

@@ -8,15 +8,12 @@
 //!   [`PutOutcome::AlreadyThere`], so a job delivered twice never leaves two entries.
 //!   A completed run is only ever replaced on purpose (`enqueue --rerun`):
 //!   [`Manifest::supersede`] moves it into the key's [`Manifest::history`] first.
-//! - [`completion`] decides whether a job's dependencies are complete, from the
-//!   manifest and the job board together.
 //!
 //! With the `conformance` feature, [`conformance`] holds the suite every manifest
 //! backend passes unchanged.
 
 #![warn(missing_docs)]
 
-pub mod completion;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod entry;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use labelfleet_core::error::{BackendError, BackendResult};
 use labelfleet_core::job::{Job, JobKey};
-use labelfleet_enqueue::release::release_dependents_of_many;
 use labelfleet_manifest::{ManifestEntry, PutOutcome};
+use labelfleet_schedule::release::release_dependents_of_many;
 use tokio_util::sync::CancellationToken;
 
 use crate::Backends;

@@ -14,10 +14,9 @@ use labelfleet_core::board::{BoardJob, BoardState};
 use labelfleet_core::error::BackendError;
 use labelfleet_core::job::Job;
 use labelfleet_core::queue::{Envelope, OutgoingMessage, Receipt, ReceivedMessage};
-use labelfleet_enqueue::plan::resolve_live;
-use labelfleet_enqueue::release::release_dependents_of_many;
-use labelfleet_manifest::completion::incomplete;
 use labelfleet_manifest::{ManifestEntry, ManifestKey};
+use labelfleet_schedule::release::release_dependents_of_many;
+use labelfleet_schedule::resolve::{Waiting, waiting};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
@@ -193,19 +192,8 @@ impl Inner {
         if job.after.is_empty() || registered {
             return Ok(false);
         }
-        let mut after = Vec::new();
-        for entry in &job.after {
-            after.push(
-                resolve_live(
-                    entry,
-                    &job.group_id,
-                    &*self.backends.board,
-                    &*self.backends.manifest,
-                )
-                .await?,
-            );
-        }
-        let pending = incomplete(&after, &*self.backends.manifest, &*self.backends.board).await?;
+        let Waiting { after, pending } =
+            waiting(job, &*self.backends.board, &*self.backends.manifest).await?;
         if pending.is_empty() {
             return Ok(false);
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use labelfleet_core::error::BackendError;
-use labelfleet_enqueue::release::release_all_ready;
+use labelfleet_schedule::release::release_all_ready;
 use tokio::sync::mpsc;
 
 use super::recorder::Finished;

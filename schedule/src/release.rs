@@ -7,7 +7,8 @@ use labelfleet_core::error::BackendResult;
 use labelfleet_core::job::JobKey;
 use labelfleet_core::queue::Queue;
 use labelfleet_manifest::Manifest;
-use labelfleet_manifest::completion::is_complete;
+
+use crate::completion::is_complete;
 
 /// Sends the held jobs that waited on `done` (as a job, or through its group) and
 /// whose other dependencies are complete too. Returns the jobs sent.

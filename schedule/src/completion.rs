@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use labelfleet_core::board::{Dependency, JobBoard};
 use labelfleet_core::error::BackendResult;
 
-use crate::{Manifest, ManifestKey, list_all};
+use labelfleet_manifest::{Manifest, ManifestKey, list_all};
 
 /// Whether one dependency is complete.
 pub async fn is_complete(
