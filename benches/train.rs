@@ -28,7 +28,7 @@ use labelfleet_models::train::{
     AdamW, AdamWConfig, completion_nll, optimizer_step, random_weights,
 };
 use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
-use labelfleet_worker::runners::retrain::render;
+use labelfleet_worker::runners::prompts::render;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -13,7 +13,7 @@ use labelfleet_core::job::PromptMode;
 use labelfleet_core::queue::Queue;
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Format, read_dataset};
-use labelfleet_worker::runners::retrain::render;
+use labelfleet_worker::runners::prompts::render;
 use serde_json::{Value, json};
 
 const SAMPLE: &str = "runs/sample-data/multiwoz21_val_sample.json";
@@ -616,4 +616,82 @@ fn a_stopping_worker_checkpoints_its_training_and_hands_it_over() {
         .first()
         .map(|e| e["fields"]["step"].as_u64().unwrap());
     assert_eq!(resumed, Some(saved));
+}
+
+/// One worker runs a 4-trial sweep whose trials are each evaluated (4 checkpoints to
+/// load) with `--model-memory` room for two of them: the worker's one model cache never
+/// holds more than two, lets the least recently used go, and every eval still scores.
+#[test]
+fn a_sweep_with_evals_keeps_its_models_within_the_memory_bound() {
+    let fleet = Fleet::new();
+    let model = tiny_model(fleet.dir.path());
+    let one_model = labelfleet_models::load_causal_lm(
+        &model,
+        labelfleet_models::WeightFormat::Stored,
+        &labelfleet_models::Device::Cpu,
+    )
+    .unwrap()
+    .model
+    .weight_bytes();
+    let dir = fleet.jobs_dir("memory");
+    let mut template = retrain_job("memory", &model, 4, 1000)["retrain"].clone();
+    template["prompt"] = json!("compact");
+    common::write_job(
+        &dir,
+        "tune.json",
+        &json!({
+            "kind": "tune",
+            "group_id": "memory",
+            "tune": {
+                "retrain": template,
+                "grid": {"training.learning_rate": [0.0001, 0.001, 0.003, 0.01]},
+                "metric": "eval.joint_goal_accuracy",
+                "goal": "maximize",
+                "eval": {
+                    "gold": {"path": SAMPLE, "format": "multiwoz21"},
+                    "max_dialogues": 1,
+                    "predictions": {"model": {
+                        "model": {"path": "set by the sweep"},
+                        "generation": {"max_new_tokens": 6},
+                        "max_tokens": 160
+                    }}
+                }
+            }
+        }),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let bound_gb = (2.5 * one_model as f64 / 1e9).to_string();
+    let mut worker = fleet.spawn_worker(
+        "w",
+        &[
+            "--wait",
+            "1",
+            "--idle-exit",
+            "5",
+            "--model-memory",
+            &bound_gb,
+        ],
+    );
+    assert!(worker.wait(Duration::from_secs(600)).success());
+
+    let entries = fleet.entries("memory");
+    let evals: Vec<_> = entries.iter().filter(|e| e.kind == "eval").collect();
+    assert_eq!(evals.len(), 4, "{entries:?}");
+    assert!(evals.iter().all(|e| e.counts["turns"] > 0));
+    let events = worker.events();
+    let held: Vec<u64> = common::find(&events, "model cache", None)
+        .iter()
+        .map(|e| e["fields"]["held_models"].as_u64().unwrap())
+        .collect();
+    assert_eq!(held.len(), 4, "one load per trial's checkpoint: {held:?}");
+    assert_eq!(held.iter().max(), Some(&2), "{held:?}");
+    assert_eq!(
+        common::find(
+            &events,
+            "model cache: let go of the least recently used model",
+            None
+        )
+        .len(),
+        2
+    );
 }

@@ -41,6 +41,7 @@ pub mod overrides;
 pub mod provenance;
 pub mod queue;
 mod retrain;
+pub mod rng;
 mod self_label;
 pub mod text;
 pub mod tune;

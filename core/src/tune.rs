@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use crate::job::{EvalSpec, Job, JobBody, JobError, PredictionSource, ProvenancePolicy};
 use crate::retrain::RetrainSpec;
+use crate::rng::SplitMix64;
 
 /// The most trial jobs one sweep may create.
 pub const MAX_TRIALS: usize = 1000;
@@ -265,46 +266,28 @@ impl TuneSpec {
         if !self.grid.is_empty() {
             return Ok((0..count).map(|i| self.grid_point(i)).collect());
         }
-        let mut rng = SplitMix(self.seed);
+        let mut rng = SplitMix64::new(self.seed);
         Ok((0..count)
             .map(|_| {
                 self.ranges
                     .iter()
-                    .map(|(name, range)| (name.clone(), rng.draw(range)))
+                    .map(|(name, range)| (name.clone(), draw(&mut rng, range)))
                     .collect()
             })
             .collect())
     }
 }
 
-/// A tiny deterministic generator: the same seed draws the same trials everywhere.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn draw(&mut self, range: &Range) -> Value {
-        match range {
-            Range::Uniform([a, b]) => Value::from(a + (b - a) * self.unit()),
-            Range::LogUniform([a, b]) => {
-                Value::from((a.ln() + (b.ln() - a.ln()) * self.unit()).exp())
-            }
-            Range::IntUniform([a, b]) => {
-                let span = (b - a) as u64 + 1;
-                Value::from(a + (self.next() % span) as i64)
-            }
-            Range::Choice(values) => values[(self.next() % values.len() as u64) as usize].clone(),
+/// A value drawn from a sweep's range.
+fn draw(rng: &mut SplitMix64, range: &Range) -> Value {
+    match range {
+        Range::Uniform([a, b]) => Value::from(a + (b - a) * rng.unit()),
+        Range::LogUniform([a, b]) => Value::from((a.ln() + (b.ln() - a.ln()) * rng.unit()).exp()),
+        Range::IntUniform([a, b]) => {
+            let span = (b - a) as u64 + 1;
+            Value::from(a + (rng.next_u64() % span) as i64)
         }
+        Range::Choice(values) => values[(rng.next_u64() % values.len() as u64) as usize].clone(),
     }
 }
 

@@ -101,6 +101,20 @@ pub struct Scores {
     pub per_domain: BTreeMap<String, DomainScores>,
 }
 
+impl Scores {
+    /// The headline figures a manifest entry carries: joint goal accuracy, turn
+    /// accuracy and slot precision, recall and F1.
+    pub fn headline(&self) -> serde_json::Value {
+        serde_json::json!({
+            "joint_goal_accuracy": self.joint_goal_accuracy,
+            "turn_accuracy": self.turn_accuracy,
+            "slot_precision": self.slots.precision,
+            "slot_recall": self.slots.recall,
+            "slot_f1": self.slots.f1,
+        })
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     turns: u64,

@@ -128,7 +128,29 @@ enum Linear {
     },
 }
 
+/// Bytes of memory a tensor's elements take.
+fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
+}
+
 impl Linear {
+    /// Bytes of memory its weights take (a shared quantized tensor counted once).
+    fn bytes(&self) -> u64 {
+        let quantized = |w: &QMatMul| match w {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
+        };
+        let bias = |b: &Option<Tensor>| b.as_ref().map_or(0, tensor_bytes);
+        match self {
+            Linear::Quantized(w, b) | Linear::Packed(_, w, b) => quantized(w) + bias(b),
+            Linear::Dense(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
+            Linear::PackedDense(p) => p.bytes(),
+            Linear::Lora { base, a, b, .. } => {
+                base.bytes() + tensor_bytes(a.weight()) + tensor_bytes(b.weight())
+            }
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Linear::Quantized(w, bias) => {
@@ -609,6 +631,28 @@ impl Llama {
     /// quantized).
     pub fn dtype(&self) -> DType {
         self.embeddings.dtype()
+    }
+
+    /// Bytes of memory the weights take, as held (quantized, packed or dense); an
+    /// output projection tied to the embeddings is counted once. What a model cache
+    /// weighs a loaded model by.
+    pub fn weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|w| w.bytes())
+                    .sum::<u64>()
+                    + tensor_bytes(&l.attn_norm)
+                    + tensor_bytes(&l.ffn_norm)
+            })
+            .sum();
+        let tied =
+            matches!(&self.lm_head, Linear::Dense(l) if l.weight().id() == self.embeddings.id());
+        let head = if tied { 0 } else { self.lm_head.bytes() };
+        tensor_bytes(&self.embeddings) + layers + tensor_bytes(&self.norm) + head
     }
 
     /// The model's shape.

@@ -37,6 +37,11 @@ pub(crate) struct PackedLinear {
 }
 
 impl PackedLinear {
+    /// Bytes of memory the packed weights and bias hold.
+    pub(crate) fn bytes(&self) -> u64 {
+        ((self.panels.len() + self.bias.len()) * std::mem::size_of::<f32>()) as u64
+    }
+
     /// Packs `weight` (`outputs × inputs`, row-major, as PyTorch stores a linear layer)
     /// and `bias` (`outputs`; none is zeros).
     pub(crate) fn new(

@@ -250,3 +250,30 @@ fn a_row_in_half_precision_needs_less_memory() {
         (kv * 2 + scores + activations * 2 + logits) as u64
     );
 }
+
+/// A loaded model weighs what its weights hold: two bytes a parameter in f16, at least
+/// four in f32 (packed for the CPU kernel, padded to whole panels), a tied output
+/// projection counted once.
+#[test]
+fn a_model_weighs_what_its_weights_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = (0..50)
+        .map(|i| format!("a train to cambridge at {i}:15 for {i} people"))
+        .collect();
+    labelfleet_models::tiny::write_tiny_model(dir.path(), &texts, 1).unwrap();
+    let stored =
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let parameters: usize = stored.values().map(Tensor::elem_count).sum();
+    let weigh = |format| {
+        labelfleet_models::load_causal_lm(dir.path(), format, &Device::Cpu)
+            .unwrap()
+            .model
+            .weight_bytes() as usize
+    };
+    assert_eq!(weigh(labelfleet_models::WeightFormat::F16), 2 * parameters);
+    let f32_bytes = weigh(labelfleet_models::WeightFormat::F32);
+    assert!(
+        f32_bytes >= 4 * parameters && f32_bytes < 5 * parameters,
+        "{f32_bytes} bytes for {parameters} parameters"
+    );
+}

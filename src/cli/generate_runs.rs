@@ -92,7 +92,7 @@ impl FormatArg {
     }
 
     fn reader(self) -> Format {
-        labelfleet_worker::runners::format_of(self.dataset())
+        labelfleet_worker::runners::data::format_of(self.dataset())
     }
 }
 

@@ -61,7 +61,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
         1,
         &worker_id,
         &backends,
-        &Runners::standard(),
+        &Runners::standard(Default::default()),
         CancellationToken::new(),
     )
     .await?;

@@ -1,9 +1,11 @@
 //! `labelfleet worker`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use labelfleet_worker::checks::{StartupFailure, check_at_startup};
 use labelfleet_worker::runner::Runners;
+use labelfleet_worker::runners::models::{GB, ModelCache, default_bound};
 use labelfleet_worker::shutdown::Shutdown;
 use labelfleet_worker::worker::{ExitReason, Worker, WorkerConfig, new_worker_id};
 
@@ -64,6 +66,23 @@ pub struct WorkerArgs {
     /// a GPU machine that lost its driver should not quietly train on its CPU.
     #[arg(long, env = "LABELFLEET_REQUIRE_GPU")]
     pub require_gpu: bool,
+    /// Gigabytes of models to keep loaded between jobs (default: half of the machine's
+    /// memory, or of the pinned GPU's free memory); the least recently used go first.
+    #[arg(long, env = "LABELFLEET_MODEL_MEMORY", value_name = "GB", value_parser = gigabytes)]
+    pub model_memory: Option<f64>,
+}
+
+/// A parser of `--model-memory`: a positive number of gigabytes.
+fn gigabytes(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of gigabytes"))?;
+    if value.is_finite() && value > 0.0 && value <= 1e6 {
+        Ok(value)
+    } else {
+        Err("must be more than 0 and at most 1000000 gigabytes".into())
+    }
 }
 
 /// How long a starting worker waits out unreachable backends before it gives up with
@@ -162,7 +181,16 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         })?;
     let shutdown = Shutdown::default();
     shutdown.listen_for_signals()?;
-    let summary = Worker::new(config, backends, Runners::standard(), shutdown, host)
+    let bound = args.model_memory.map_or_else(
+        || default_bound(config.device.as_deref()),
+        |gb| (gb * GB) as u64,
+    );
+    tracing::info!(
+        gb = bound as f64 / GB,
+        "models kept loaded between jobs, at most"
+    );
+    let models = Arc::new(ModelCache::new(bound));
+    let summary = Worker::new(config, backends, Runners::standard(models), shutdown, host)
         .run()
         .await;
     match summary.reason {

@@ -51,7 +51,7 @@ pub fn splits(
             dialogues.len()
         );
     }
-    labelfleet_worker::runners::self_label::shuffle(&mut dialogues, seed);
+    labelfleet_core::rng::shuffle(&mut dialogues, seed);
     let valid: HashSet<&String> = dialogues[..n].iter().collect();
     let (v, t): (Vec<TurnRow>, Vec<TurnRow>) = rows
         .into_iter()

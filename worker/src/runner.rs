@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
 
 use crate::heartbeat::Lease;
+use crate::runners::models::ModelCache;
 use labelfleet_core::job::{Job, JobKind, ModelRef};
 use labelfleet_manifest::{Manifest, ManifestEntry, ManifestKey};
 use serde_json::Value;
@@ -241,16 +242,16 @@ pub struct Runners {
 }
 
 impl Runners {
-    /// Every runner this build of labelfleet has: the one place runners are registered.
-    pub fn standard() -> Runners {
+    /// Every runner this build of labelfleet has, loading their models through the
+    /// worker's one cache: the one place runners are registered.
+    pub fn standard(models: Arc<ModelCache>) -> Runners {
+        use crate::runners::{eval, noop, retrain, self_label, tune};
         let mut runners = Runners::default();
-        runners.register(Arc::new(crate::runners::eval::EvalRunner::default()));
-        runners.register(Arc::new(crate::runners::noop::NoopRunner));
-        runners.register(Arc::new(crate::runners::retrain::RetrainRunner));
-        runners.register(Arc::new(crate::runners::tune::TuneRunner));
-        runners.register(Arc::new(
-            crate::runners::self_label::SelfLabelRunner::default(),
-        ));
+        runners.register(Arc::new(eval::EvalRunner::new(models.clone())));
+        runners.register(Arc::new(noop::NoopRunner));
+        runners.register(Arc::new(retrain::RetrainRunner));
+        runners.register(Arc::new(tune::TuneRunner));
+        runners.register(Arc::new(self_label::SelfLabelRunner::new(models)));
         runners
     }
 

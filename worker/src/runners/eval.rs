@@ -1,7 +1,8 @@
 //! `eval` jobs: score predicted belief states against gold. Predictions come from a
 //! file, a manifest group, a baseline, or a model (a `retrain` checkpoint, say) that
-//! labels the gold dialogues through `self_label`'s own code path; a model's loss and
-//! perplexity on the gold completions are measured as well.
+//! labels the gold dialogues as a `self_label` job would
+//! ([`crate::runners::labelling`]); a model's loss and perplexity on the gold
+//! completions of the same dialogues are measured as well.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use labelfleet_core::job::{
     Baseline, DatasetFormat, DialogueSelection, EvalSpec, Job, JobBody, JobKind, ModelPredictions,
     PredictionSource, SelfLabelSpec,
 };
-use labelfleet_dst::metrics::{Scores, ValueMatcher, score};
+use labelfleet_dst::metrics::{ValueMatcher, score};
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Dialogue, Prediction, read_dataset, read_predictions, read_predictions_file};
 use labelfleet_manifest::list_all;
@@ -22,19 +23,20 @@ use serde_json::json;
 
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::checkpoints;
-use crate::runners::format_of;
-use crate::runners::retrain::tokenized;
-use crate::runners::self_label::{SelfLabelRunner, select_dialogues};
+use crate::runners::data::{format_of, select_dialogues};
+use crate::runners::labelling::label;
+use crate::runners::models::ModelCache;
+use crate::runners::prompts::tokenized;
 
 /// How many dialogues a `--mini` job scores.
 pub const MINI_DIALOGUES: usize = 2;
 
-/// Runs `eval` jobs. Gold datasets are cached across jobs (keyed by path, format and
-/// modification time), since many jobs score against one gold set.
-#[derive(Default)]
+/// Runs `eval` jobs with the worker's models. Gold datasets are cached across jobs
+/// (keyed by path, format and modification time), since many jobs score against one
+/// gold set.
 pub struct EvalRunner {
     gold_cache: Mutex<HashMap<GoldKey, CachedGold>>,
-    labeller: SelfLabelRunner,
+    models: Arc<ModelCache>,
 }
 
 /// A gold file and its format.
@@ -43,6 +45,14 @@ type GoldKey = (PathBuf, String);
 type CachedGold = (Option<SystemTime>, Arc<Vec<Dialogue>>);
 
 impl EvalRunner {
+    /// A runner that loads the models it scores through `models`.
+    pub fn new(models: Arc<ModelCache>) -> EvalRunner {
+        EvalRunner {
+            gold_cache: Mutex::default(),
+            models,
+        }
+    }
+
     async fn gold(
         &self,
         path: &Path,
@@ -138,29 +148,26 @@ impl EvalRunner {
         let model = checkpoints::materialize(&ctx.place(&predictions.model), ctx).await?;
         let mode =
             checkpoints::prompt_for(predictions.prompt, &model, "eval.predictions.model.prompt")?;
-        let selection = selection(spec);
+        let labelling_spec = SelfLabelSpec {
+            data: spec.gold.clone(),
+            dialogues: selection(spec),
+            model: model.clone(),
+            prompt: Some(mode),
+            retriever: predictions.retriever.clone(),
+            generation: predictions.generation.clone(),
+            batch_size: Some(predictions.batch_size),
+            checkpoint_turns: 100,
+        };
         let labelling = Job {
-            body: JobBody::SelfLabel(Box::new(SelfLabelSpec {
-                data: spec.gold.clone(),
-                dialogues: selection.clone(),
-                model: model.clone(),
-                prompt: Some(mode),
-                retriever: predictions.retriever.clone(),
-                generation: predictions.generation.clone(),
-                batch_size: Some(predictions.batch_size),
-                checkpoint_turns: 100,
-            })),
+            body: JobBody::SelfLabel(Box::new(labelling_spec.clone())),
             after: Vec::new(),
             provenance: None,
             ..job.clone()
         };
-        let mut output = self.labeller.run(&labelling, ctx).await?;
-
-        let gold = self
-            .gold(Path::new(&spec.gold.path), spec.gold.format)
-            .await?;
-        let dialogues = select_dialogues((*gold).clone(), &selection, job.mini);
-        let models = self.labeller.models();
+        // The loss is measured on the very dialogues labelled, as they were read.
+        let labelled = label(&labelling, &labelling_spec, ctx, &self.models).await?;
+        let (mut output, dialogues) = (labelled.output, labelled.dialogues);
+        let models = self.models.clone();
         let (max_tokens, batch_size) = (predictions.max_tokens, predictions.batch_size);
         let progress = ctx.progress.clone();
         let (loss, scored) = tokio::task::spawn_blocking(move || {
@@ -220,17 +227,6 @@ fn subset(gold: &[Dialogue], spec: &EvalSpec, mini: bool) -> Vec<Dialogue> {
     dialogues
 }
 
-/// The headline metrics that go into the manifest entry.
-pub fn headline(scores: &Scores) -> serde_json::Value {
-    json!({
-        "joint_goal_accuracy": scores.joint_goal_accuracy,
-        "turn_accuracy": scores.turn_accuracy,
-        "slot_precision": scores.slots.precision,
-        "slot_recall": scores.slots.recall,
-        "slot_f1": scores.slots.f1,
-    })
-}
-
 #[async_trait]
 impl JobRunner for EvalRunner {
     fn kind(&self) -> JobKind {
@@ -268,7 +264,7 @@ impl JobRunner for EvalRunner {
                 ),
             ]
             .into(),
-            metrics: headline(&scores),
+            metrics: scores.headline(),
             artifacts: [("metrics".to_string(), key)].into(),
         })
     }

@@ -1,15 +1,15 @@
 //! A retrain job's examples: labelled turns from manifest groups (what `self_label`
-//! jobs labelled) and gold dataset files, grouped by dialogue and rendered into the
-//! prompt → completion form `self_label` prompts with.
+//! jobs labelled) and gold dataset files, grouped by dialogue (rendered into prompt →
+//! completion pairs by [`crate::runners::prompts`]).
 
 use std::collections::BTreeMap;
 
-use labelfleet_core::job::{DataSource, PromptMode};
-use labelfleet_dst::prompt::{Example, build_compact_prompt, build_prompt, target_completion};
-use labelfleet_models::{ModelError, TextTokenizer, TokenizedExample};
+use labelfleet_core::job::DataSource;
+use labelfleet_dst::prompt::Example;
 
 use crate::runner::{JobContext, JobFailure};
-use crate::runners::self_label::{group_examples, read_data};
+use crate::runners::data::read_data;
+use crate::runners::labelling::group_examples;
 
 /// Dialogues a `--mini` retrain job takes from each source.
 pub const MINI_DIALOGUES: usize = 4;
@@ -30,29 +30,6 @@ impl LabelledDialogue {
     pub fn key(&self) -> (&str, &str) {
         (&self.dialogue_id, &self.source)
     }
-}
-
-/// The prompt and the completion a model is trained to write for `example`: the
-/// prompt `self_label` builds for the turn in `mode` (without retrieved examples) and
-/// the update calls with the closing bracket.
-pub fn render(example: &Example, mode: PromptMode) -> (String, String) {
-    let prompt = match mode {
-        PromptMode::InContext => build_prompt(&[], &example.context),
-        PromptMode::Compact => build_compact_prompt(&example.context),
-    };
-    (prompt, target_completion(&example.update))
-}
-
-/// `example` rendered by [`render`] and tokenized for training or scoring, at most
-/// `max_tokens` long.
-pub fn tokenized(
-    tokenizer: &TextTokenizer,
-    example: &Example,
-    mode: PromptMode,
-    max_tokens: usize,
-) -> Result<TokenizedExample, ModelError> {
-    let (prompt, completion) = render(example, mode);
-    TokenizedExample::new(tokenizer, &prompt, &completion, max_tokens)
 }
 
 /// Reads every source's labelled dialogues.

@@ -22,13 +22,14 @@ use labelfleet_models::train::{AdamW, AdamWConfig, safetensors_bytes, tensors_fr
 use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
 use serde_json::json;
 
-pub use self::data::{LabelledDialogue, render, tokenized};
+pub use self::data::LabelledDialogue;
 pub use self::splits::{Splits, split};
 pub use self::trainer::{CurvePoint, RunState, ValidPoint};
 use self::trainer::{Event, TrainingRun, mean_loss};
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::checkpoints::{self, BEST_MODEL, FINAL_MODEL, ModelMetadata};
-use crate::runners::self_label::models::resolve;
+use crate::runners::models::resolve;
+use crate::runners::prompts::tokenized;
 
 /// The run state of the latest resumable checkpoint.
 pub const CHECKPOINT_STATE: &str = "checkpoint/state.json";

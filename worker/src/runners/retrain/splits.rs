@@ -6,7 +6,7 @@ use labelfleet_core::job::{SplitPolicy, SplitSpec, SplitUse};
 use sha2::{Digest, Sha256};
 
 use super::data::LabelledDialogue;
-use crate::runners::self_label::shuffle;
+use labelfleet_core::rng::shuffle;
 
 /// The three sets.
 #[derive(Debug, Default)]

@@ -16,7 +16,7 @@ use labelfleet_models::train::{
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{JobFailure, Progress};
-use crate::runners::self_label::shuffle;
+use labelfleet_core::rng::shuffle;
 
 /// One optimizer step on the training curve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -82,6 +82,10 @@ pub(super) struct RunningLog {
     /// Whether every turn has been labelled.
     pub(super) complete: bool,
     pub(super) turns: Vec<LabelledTurn>,
+    /// Seconds spent labelling so far, over every delivery of the job (absent in logs
+    /// written before labelfleet recorded it).
+    #[serde(default)]
+    pub(super) seconds: f64,
 }
 
 /// What the in-context prompt retrieves its examples with.
@@ -327,11 +331,17 @@ fn in_order(
         .collect()
 }
 
-pub(super) fn log_bytes(hash: &str, complete: bool, turns: Vec<LabelledTurn>) -> Vec<u8> {
+pub(super) fn log_bytes(
+    hash: &str,
+    complete: bool,
+    turns: Vec<LabelledTurn>,
+    seconds: f64,
+) -> Vec<u8> {
     serde_json::to_vec(&RunningLog {
         config_hash: hash.to_string(),
         complete,
         turns,
+        seconds,
     })
     .expect("the running log serialises")
 }
