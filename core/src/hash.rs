@@ -8,9 +8,20 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
 /// The SHA-256 of `bytes` as 64 lowercase hex digits.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    hex(&sha256(bytes))
+}
+
+/// The first `digits` (even, at most 64) hex digits of the SHA-256 of `bytes`: a
+/// short, stable name.
+pub fn short_sha256_hex(bytes: &[u8], digits: usize) -> String {
+    hex(&sha256(bytes)[..digits.min(64) / 2])
 }
 
 #[cfg(test)]
@@ -24,5 +35,6 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert_eq!(short_sha256_hex(b"abc", 12), "ba7816bf8f01");
     }
 }

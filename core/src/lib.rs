@@ -9,7 +9,7 @@
 //!   job came from (git commit, dirty tree, resolved config, version, time). Each
 //!   kind's settings are checked past serde too (`SelfLabelSpec::check`,
 //!   `RetrainSpec::check`, `TuneSpec::check`, all re-exported from [`job`]); a `tune`
-//!   job is a sweep that [`tune::expand`] turns into its trial jobs at enqueue time.
+//!   job is a sweep that [`job::tune::expand`] turns into its trial jobs at enqueue time.
 //! - [`queue::Queue`] carries jobs to workers with SQS FIFO semantics: a message is
 //!   received with a visibility timeout, kept alive with [`queue::Queue::extend`]
 //!   (heartbeats), and then acknowledged, released or dead-lettered.
@@ -27,8 +27,27 @@
 //!
 //! [`hash`] spells every SHA-256 the workspace uses as text the same way.
 //!
-//! With the `conformance` feature, [`conformance`] holds the test suites that every
+//! With the `conformance` feature, `conformance` holds the test suites that every
 //! backend of these contracts must pass unchanged.
+//!
+//! # Example
+//!
+//! A job file is parsed strictly: a misspelt field is an error that names the file and
+//! the JSON path.
+//!
+//! ```
+//! use labelfleet_core::job::{Job, ProvenancePolicy};
+//!
+//! let text = r#"{"kind": "noop", "group_id": "demo", "noop": {"sleep_ms": 0}}"#;
+//! let value = serde_json::from_str(text).unwrap();
+//! let job = Job::parse(value, "runs/demo/job_0.json", Some("job_0"), ProvenancePolicy::Reject).unwrap();
+//! assert_eq!(job.key().to_string(), "demo/job_0");
+//!
+//! let typo = serde_json::json!({"kind": "noop", "group_id": "demo", "noop": {"sleep_msec": 0}});
+//! let error = Job::parse(typo, "runs/demo/job_1.json", Some("job_1"), ProvenancePolicy::Reject).unwrap_err();
+//! assert_eq!(error.file, "runs/demo/job_1.json");
+//! assert_eq!(error.path, "noop.sleep_msec");
+//! ```
 
 #![warn(missing_docs)]
 
@@ -40,11 +59,8 @@ pub mod job;
 pub mod overrides;
 pub mod provenance;
 pub mod queue;
-mod retrain;
 pub mod rng;
-mod self_label;
 pub mod text;
-pub mod tune;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -109,7 +109,7 @@ pub fn load_folder(
     for path in files {
         // A tune file becomes its trial jobs and itself.
         let loaded = load_file(&path, overrides, mini)
-            .and_then(|job| labelfleet_core::tune::expand(job, &path.display().to_string()));
+            .and_then(|job| labelfleet_core::job::tune::expand(job, &path.display().to_string()));
         match loaded {
             Ok(expanded) => {
                 for job in expanded {

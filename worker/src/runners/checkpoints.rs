@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::job::{ModelRef, PromptMode};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::runner::{JobContext, JobFailure};
 
@@ -94,22 +93,22 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
     let Some(checkpoint) = &model.checkpoint else {
         return Ok(model.clone());
     };
-    let parts: Vec<&str> = checkpoint.split('/').collect();
-    let folder = if parts.get(2) == Some(&"best") {
+    let (group, job) = (checkpoint.group_id.as_str(), checkpoint.job.as_str());
+    let folder = if checkpoint.best {
         BEST_MODEL
     } else {
         FINAL_MODEL
     };
     // The entry says which run of the job is current: a rerun's files are under
     // `rerun-N/`.
-    let entry = ctx.manifest_entry(parts[0], parts[1]).await?;
+    let entry = ctx.manifest_entry(group, job).await?;
     let rerun = entry
         .as_ref()
         .and_then(|e| e.provenance.as_ref())
         .map_or(0, |p| p.rerun);
     let prefix = match rerun {
-        0 => format!("{}/{}/{folder}", parts[0], parts[1]),
-        n => format!("{}/{}/rerun-{n}/{folder}", parts[0], parts[1]),
+        0 => format!("{group}/{job}/{folder}"),
+        n => format!("{group}/{job}/rerun-{n}/{folder}"),
     };
     let keys = ctx
         .artifacts
@@ -118,8 +117,7 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
         .map_err(|e| JobFailure::new(format!("listing checkpoint {prefix}: {e}")))?;
     if keys.is_empty() {
         return Err(JobFailure::new(format!(
-            "checkpoint `{checkpoint}` has no files under {prefix}; is {}/{} a finished retrain job? (list it in `after`)",
-            parts[0], parts[1]
+            "checkpoint `{checkpoint}` has no files under {prefix}; is {group}/{job} a finished retrain job? (list it in `after`)"
         )));
     }
     // A folder per store and per finished run of the job: two fleets on one machine may
@@ -139,7 +137,7 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
     resolved.checkpoint = None;
     resolved.path = Some(local.display().to_string());
     if entry.is_some() && complete.exists() {
-        tracing::info!(checkpoint, folder = %local.display(), "checkpoint already fetched");
+        tracing::info!(checkpoint = %checkpoint, folder = %local.display(), "checkpoint already fetched");
         return Ok(resolved);
     }
     std::fs::create_dir_all(&local)
@@ -163,13 +161,13 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
         std::fs::write(&complete, b"")
             .map_err(|e| JobFailure::new(format!("writing {}: {e}", complete.display())))?;
     }
-    tracing::info!(checkpoint, folder = %local.display(), "checkpoint fetched");
+    tracing::info!(checkpoint = %checkpoint, folder = %local.display(), "checkpoint fetched");
     Ok(resolved)
 }
 
 /// 12 hex digits of the SHA-256 of `text`: a short, stable folder name.
 fn short_hash(text: &str) -> String {
-    labelfleet_core::hash::hex(&Sha256::digest(text.as_bytes())[..6])
+    labelfleet_core::hash::short_sha256_hex(text.as_bytes(), 12)
 }
 
 async fn fetch(key: &ArtifactKey, ctx: &JobContext) -> Result<Vec<u8>, JobFailure> {

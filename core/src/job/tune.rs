@@ -23,8 +23,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::retrain::RetrainSpec;
+use super::self_label::CheckpointRef;
 use crate::job::{EvalSpec, Job, JobBody, JobError, PredictionSource, ProvenancePolicy};
-use crate::retrain::RetrainSpec;
 use crate::rng::SplitMix64;
 
 /// The most trial jobs one sweep may create.
@@ -358,7 +359,7 @@ pub fn expand(job: Job, file: &str) -> Result<Vec<Job>, JobError> {
                 if let PredictionSource::Model(m) = &mut eval.predictions {
                     m.model.path = None;
                     m.model.id = None;
-                    m.model.checkpoint = Some(format!("{}/{name}", job.group_id));
+                    m.model.checkpoint = Some(CheckpointRef::final_of(&job.group_id, &name));
                 }
                 let en = format!("{name}_eval");
                 jobs.push(Job {

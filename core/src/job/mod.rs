@@ -16,26 +16,45 @@
 //! ```
 //!
 //! [`Job::parse`] rejects unknown keys, wrong types and missing fields with a
-//! [`JobError`] that names the file, the JSON path and what was expected.
+//! [`JobError`] that names the file, the JSON path and what was expected, then asks
+//! each kind's settings to check what serde cannot (`EvalSpec::check`,
+//! `SelfLabelSpec::check`, …).
+//!
+//! One file per kind's settings (`eval`, `noop`, `self_label`, `retrain`, `tune`), with
+//! [`DatasetRef`] (which they share), [`JobError`] and the JSON helpers beside them.
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
+mod dataset;
+mod error;
+mod eval;
+mod json;
+mod noop;
+mod retrain;
+mod self_label;
+pub mod tune;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::artifacts::ArtifactKey;
-use crate::provenance::Provenance;
-pub use crate::retrain::{
+pub use self::dataset::{DatasetFormat, DatasetRef};
+pub use self::error::JobError;
+pub use self::eval::{Baseline, EvalSpec, ModelPredictions, PredictionSource};
+pub use self::json::{canonical_json, parse_json, type_name};
+use self::json::{deserialize_at, expect_string, quote_list};
+pub use self::noop::NoopSpec;
+pub use self::retrain::{
     CheckpointSpec, DataSource, GoldData, LORA_TARGETS, LoraSpec, RetrainSpec, Schedule,
     SplitPolicy, SplitSpec, SplitUse, TrainingData, TrainingSpec,
 };
-pub use crate::self_label::{
-    DialogueSelection, GenerationSpec, ModelRef, PromptMode, RetrieverSpec, SelfLabelSpec,
-    WeightFormat, check_retriever,
+pub use self::self_label::{
+    CheckpointRef, DialogueSelection, GenerationSpec, ModelRef, PromptMode, RetrieverSpec,
+    SelfLabelSpec, WeightFormat, check_retriever,
 };
-use crate::text::{capped, quoted};
-pub use crate::tune::{Goal, PlannedTrial, Range, TrialRun, TuneSpec};
+pub use self::tune::{Goal, PlannedTrial, Range, TrialRun, TuneSpec};
+use crate::artifacts::ArtifactKey;
+use crate::provenance::Provenance;
+use crate::text::quoted;
 
 /// The kinds of job labelfleet knows about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,132 +144,6 @@ impl JobBody {
     }
 }
 
-/// Settings of an `eval` job: score predicted belief states against gold.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalSpec {
-    /// The gold dialogues.
-    pub gold: DatasetRef,
-    /// Where the predicted states come from.
-    pub predictions: PredictionSource,
-    /// Score only the first N dialogues of the gold set (in file order, or after the
-    /// shuffle).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_dialogues: Option<usize>,
-    /// Shuffle the gold dialogues with this seed before taking `max_dialogues`: a fixed
-    /// sample of a larger set, the same in every job that names the seed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shuffle_seed: Option<u64>,
-    /// Values whose normalised similarity (1 − edit distance / length) reaches this
-    /// threshold count as equal; 1.0 asks for exact matches after normalisation.
-    #[serde(default = "default_fuzzy_threshold")]
-    pub fuzzy_threshold: f64,
-}
-
-fn default_fuzzy_threshold() -> f64 {
-    0.95
-}
-
-/// A dataset file and its format.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetRef {
-    /// Path to the file, relative to the worker's working directory unless absolute.
-    /// A `.zip` holding one JSON file is read as that file.
-    pub path: String,
-    /// The file's format.
-    pub format: DatasetFormat,
-}
-
-/// The dialogue dataset formats labelfleet reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DatasetFormat {
-    /// MultiWOZ 2.1 `data.json`: `{dialogue_id: {goal, log: [turn…]}}`.
-    Multiwoz21,
-    /// IC-DST's turn-level list of turns.
-    Icdst,
-    /// Schema-Guided Dialogue / MultiWOZ 2.2 schema format.
-    Sgd,
-}
-
-/// Where an `eval` job's predicted states come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum PredictionSource {
-    /// A predictions file: a JSON list of `{dialogue_id, turn_id, slot_values}`.
-    File(String),
-    /// The `predictions.json` artifacts of every entry of a manifest group.
-    Group(String),
-    /// A trivial predictor, as a floor that any labeller must beat.
-    Baseline(Baseline),
-    /// Label the gold dialogues with a model (as `self_label` does) and score those
-    /// labels; the model's loss and perplexity on the gold completions are reported
-    /// too. This is how a `retrain` checkpoint is evaluated.
-    Model(Box<ModelPredictions>),
-}
-
-/// A model that labels an `eval` job's gold dialogues.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelPredictions {
-    /// The causal LM, e.g. `{"checkpoint": "group/retrain_job"}`.
-    pub model: ModelRef,
-    /// The prompt (as `self_label.prompt`: by default the one the model was trained
-    /// with).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt: Option<PromptMode>,
-    /// How in-context examples are retrieved (examples never come from the gold
-    /// dialogues being scored unless `gold_examples` names them); for the
-    /// `in_context` prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retriever: Option<RetrieverSpec>,
-    /// How tokens are picked.
-    #[serde(default)]
-    pub generation: GenerationSpec,
-    /// Dialogues labelled together.
-    #[serde(default = "default_label_batch")]
-    pub batch_size: usize,
-    /// Longest scored example in tokens for the loss (longer prompts lose their start).
-    #[serde(default = "default_loss_tokens")]
-    pub max_tokens: usize,
-}
-
-fn default_label_batch() -> usize {
-    8
-}
-fn default_loss_tokens() -> usize {
-    512
-}
-
-/// Trivial predictors for `eval`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Baseline {
-    /// Predicts the empty state at every turn.
-    Empty,
-    /// Predicts the gold state of the previous turn: a labeller one turn late.
-    LastTurn,
-}
-
-/// Settings of a `noop` job.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoopSpec {
-    /// How long the job takes, in milliseconds.
-    #[serde(default)]
-    pub sleep_ms: u64,
-    /// After the sleep, write an artifact `noop.txt` of this many bytes (at most
-    /// 1 GiB), whose first line names the delivery that wrote it: load for an artifact
-    /// store, and a witness of which delivery wrote last.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub write_bytes: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// One unit of work.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -281,33 +174,6 @@ pub struct JobKey {
 impl fmt::Display for JobKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.group_id, self.name)
-    }
-}
-
-/// A job file that failed validation: which file, where in it, and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: at `{path}`: {message}")]
-pub struct JobError {
-    /// The file (or message) the job came from.
-    pub file: String,
-    /// The JSON path of the offending value (`(top level)` for the document itself).
-    pub path: String,
-    /// What is wrong and what was expected.
-    pub message: String,
-}
-
-impl JobError {
-    fn new(file: &str, path: impl Into<String>, message: impl Into<String>) -> JobError {
-        let path = path.into();
-        JobError {
-            file: file.to_string(),
-            path: if path.is_empty() {
-                "(top level)".to_string()
-            } else {
-                quoted(&path)
-            },
-            message: capped(&message.into()),
-        }
     }
 }
 
@@ -421,7 +287,12 @@ impl Job {
             ));
         }
         let body = match kind {
-            JobKind::Eval => JobBody::Eval(deserialize_at(body_value, file, "eval")?),
+            JobKind::Eval => {
+                let spec: EvalSpec = deserialize_at(body_value, file, "eval")?;
+                spec.check()
+                    .map_err(|(path, message)| JobError::new(file, path, message))?;
+                JobBody::Eval(spec)
+            }
             JobKind::Noop => JobBody::Noop(deserialize_at(body_value, file, "noop")?),
             JobKind::SelfLabel => {
                 let spec: SelfLabelSpec = deserialize_at(body_value, file, "self_label")?;
@@ -449,29 +320,6 @@ impl Job {
                 JobBody::Retrain(Box::new(spec))
             }
         };
-        if let JobBody::Eval(spec) = &body {
-            if !(0.0..=1.0).contains(&spec.fuzzy_threshold) {
-                return Err(JobError::new(
-                    file,
-                    "eval.fuzzy_threshold",
-                    "expected a number between 0 and 1",
-                ));
-            }
-            if let PredictionSource::Model(m) = &spec.predictions {
-                let at = "eval.predictions.model";
-                m.model
-                    .check(&format!("{at}.model"))
-                    .and_then(|_| check_retriever(m.prompt, m.retriever.as_ref(), at))
-                    .map_err(|(path, message)| JobError::new(file, path, message))?;
-                if m.batch_size == 0 || m.max_tokens < 16 {
-                    return Err(JobError::new(
-                        file,
-                        at,
-                        "batch_size must be at least 1 and max_tokens at least 16",
-                    ));
-                }
-            }
-        }
         Ok(Job {
             name,
             group_id,
@@ -559,45 +407,6 @@ impl Job {
     }
 }
 
-/// Serialises a JSON value with object keys sorted at every level, so that equal values
-/// always give equal text (and equal hashes).
-pub fn canonical_json(value: &Value) -> String {
-    fn sorted(value: &Value) -> Value {
-        match value {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                Value::Object(
-                    keys.into_iter()
-                        .map(|k| (k.clone(), sorted(&map[k])))
-                        .collect(),
-                )
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    sorted(value).to_string()
-}
-
-/// Parses JSON text, turning syntax errors into a [`JobError`] with line and column.
-pub fn parse_json(text: &str, file: &str) -> Result<Value, JobError> {
-    serde_json::from_str(text).map_err(|e| {
-        let position = format!(" at line {} column {}", e.line(), e.column());
-        let text = e.to_string();
-        let what = text.strip_suffix(&position).unwrap_or(&text);
-        JobError::new(
-            file,
-            "",
-            format!(
-                "not valid JSON (line {}, column {}): {what}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
-}
-
 fn parse_kind(map: &Map<String, Value>, file: &str) -> Result<JobKind, JobError> {
     let names: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
     let name = match map.get("kind") {
@@ -660,17 +469,6 @@ fn parse_after(value: Value, file: &str) -> Result<Vec<String>, JobError> {
     Ok(after)
 }
 
-fn expect_string(value: Value, file: &str, path: &str) -> Result<String, JobError> {
-    match value {
-        Value::String(s) => Ok(s),
-        other => Err(JobError::new(
-            file,
-            path,
-            format!("expected a string, found {}", type_name(&other)),
-        )),
-    }
-}
-
 /// Checks that a name or group id is usable in artifact keys and queue group ids.
 fn check_id(id: &str, file: &str, path: &str) -> Result<(), JobError> {
     if is_valid_id(id) {
@@ -695,42 +493,6 @@ pub fn is_valid_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-fn deserialize_at<T: DeserializeOwned>(
-    value: Value,
-    file: &str,
-    prefix: &str,
-) -> Result<T, JobError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let path = if inner == "." || inner.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{prefix}.{inner}")
-        };
-        JobError::new(file, path, e.into_inner().to_string())
-    })
-}
-
-/// A short description of a JSON value's type, for error messages.
-pub fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn quote_list(items: &[&str]) -> String {
-    items
-        .iter()
-        .map(|i| format!("`{i}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
@@ -850,7 +612,7 @@ mod tests {
         let JobBody::SelfLabel(spec) = &job.body else {
             panic!("a self_label body")
         };
-        assert_eq!(spec.model.weights, crate::self_label::WeightFormat::Bf16);
+        assert_eq!(spec.model.weights, WeightFormat::Bf16);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::DatasetRef;
+use super::dataset::DatasetRef;
 
 /// Settings of a `self_label` job: label dialogues with a causal LM prompted with
 /// examples retrieved from earlier labels.
@@ -102,6 +102,68 @@ pub struct DialogueSelection {
     pub max_turns: Option<usize>,
 }
 
+/// The model a `retrain` job saved, named in a job file as `group/job` (its final
+/// model) or `group/job/best` (its best by validation loss). Parsed once, when the job
+/// file is read; written back in the same form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CheckpointRef {
+    /// The retrain job's group.
+    pub group_id: String,
+    /// The retrain job.
+    pub job: String,
+    /// Its best model by validation loss, rather than its final one.
+    pub best: bool,
+}
+
+impl CheckpointRef {
+    /// The final model of `group_id/job`.
+    pub fn final_of(group_id: &str, job: &str) -> CheckpointRef {
+        CheckpointRef {
+            group_id: group_id.to_string(),
+            job: job.to_string(),
+            best: false,
+        }
+    }
+}
+
+impl TryFrom<String> for CheckpointRef {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<CheckpointRef, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        match parts[..] {
+            [group, job] if !group.is_empty() && !job.is_empty() => {
+                Ok(CheckpointRef::final_of(group, job))
+            }
+            [group, job, "best"] if !group.is_empty() && !job.is_empty() => Ok(CheckpointRef {
+                best: true,
+                ..CheckpointRef::final_of(group, job)
+            }),
+            _ => Err(format!(
+                "`{}` is not a checkpoint: expected `group/job` (a retrain job's final model) or `group/job/best`",
+                crate::text::capped(&text)
+            )),
+        }
+    }
+}
+
+impl From<CheckpointRef> for String {
+    fn from(reference: CheckpointRef) -> String {
+        reference.to_string()
+    }
+}
+
+impl std::fmt::Display for CheckpointRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.group_id, self.job)?;
+        if self.best {
+            f.write_str("/best")?;
+        }
+        Ok(())
+    }
+}
+
 /// Where a model is: a local `path`, or an `id` (and `revision`) in the Hugging Face
 /// cache; plus where it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -122,7 +184,7 @@ pub struct ModelRef {
     /// The model a `retrain` job saved, as `group/job` (its final model) or
     /// `group/job/best` (its best by validation loss); fetched from the artifact store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<String>,
+    pub checkpoint: Option<CheckpointRef>,
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
@@ -232,20 +294,8 @@ impl ModelRef {
     /// Checks the fields' combination; errors name the field under `at`.
     pub fn check(&self, at: &str) -> Result<(), (String, String)> {
         let err = |field: &str, message: &str| Err((format!("{at}.{field}"), message.to_string()));
-        if let Some(checkpoint) = &self.checkpoint {
-            if self.path.is_some() || self.id.is_some() {
-                return err("checkpoint", "give one of `path`, `id` and `checkpoint`");
-            }
-            let parts: Vec<&str> = checkpoint.split('/').collect();
-            let shape_ok = matches!(parts.len(), 2 | 3)
-                && parts.iter().all(|p| !p.is_empty())
-                && (parts.len() == 2 || parts[2] == "best");
-            if !shape_ok {
-                return err(
-                    "checkpoint",
-                    "expected `group/job` (a retrain job's final model) or `group/job/best`",
-                );
-            }
+        if self.checkpoint.is_some() && (self.path.is_some() || self.id.is_some()) {
+            return err("checkpoint", "give one of `path`, `id` and `checkpoint`");
         }
         match (&self.path, &self.id) {
             (Some(_), Some(_)) => return err("id", "give `path` or `id`, not both"),
@@ -414,6 +464,12 @@ mod tests {
                 "self_label.retriever.k",
                 "unknown field",
             ),
+            (
+                "/model/checkpoint",
+                json!("g/train/worst"),
+                "self_label.model.checkpoint",
+                "group/job/best",
+            ),
         ];
         for (pointer, value, path, words) in cases {
             let mut body = valid();
@@ -427,6 +483,35 @@ mod tests {
             assert_eq!(err.file, "runs/x/job_0.json");
             assert_eq!(err.path, path, "{pointer}: {err}");
             assert!(err.message.contains(words), "{pointer}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_reference_is_parsed_once_and_written_back_as_it_was() {
+        let mut body = valid();
+        body["model"] = json!({"checkpoint": "g/train/best"});
+        let job = parse(body).unwrap();
+        let JobBody::SelfLabel(spec) = &job.body else {
+            panic!("not a self_label body")
+        };
+        let reference = spec.model.checkpoint.as_ref().unwrap();
+        assert_eq!(
+            (
+                reference.group_id.as_str(),
+                reference.job.as_str(),
+                reference.best
+            ),
+            ("g", "train", true)
+        );
+        assert_eq!(
+            job.config_value()["self_label"]["model"]["checkpoint"],
+            "g/train/best"
+        );
+        for bad in ["train", "g/", "/train", "g/train/final", "a/b/c/d"] {
+            let mut body = valid();
+            body["model"] = json!({"checkpoint": bad});
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.path, "self_label.model.checkpoint", "{bad}: {err}");
         }
     }
 }

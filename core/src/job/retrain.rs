@@ -17,8 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::DatasetRef;
-use crate::self_label::ModelRef;
+use super::dataset::DatasetRef;
+use super::self_label::ModelRef;
 
 /// Settings of a `retrain` job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub struct RetrainSpec {
     /// `self_label` and `eval` of the model use it: `compact` for a model that labels
     /// without examples, a few dozen tokens a turn.
     #[serde(default)]
-    pub prompt: crate::self_label::PromptMode,
+    pub prompt: super::self_label::PromptMode,
     /// Where the training examples come from.
     pub data: TrainingData,
     /// How examples are split into train, validation and test sets.
@@ -80,7 +80,7 @@ pub struct GoldData {
     /// Path to the file, relative to the worker's working directory unless absolute.
     pub path: String,
     /// The file's format.
-    pub format: crate::job::DatasetFormat,
+    pub format: super::dataset::DatasetFormat,
     /// Use only the first N dialogues (file order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_dialogues: Option<usize>,
@@ -328,7 +328,7 @@ impl RetrainSpec {
         self.model.check(&at("model"))?;
         if matches!(
             self.model.weights,
-            crate::self_label::WeightFormat::F16 | crate::self_label::WeightFormat::Bf16
+            super::self_label::WeightFormat::F16 | super::self_label::WeightFormat::Bf16
         ) {
             return fail(
                 "model.weights",
