@@ -13,6 +13,7 @@ use labelfleet_enqueue::versions::{VersionPolicy, reconcile};
 
 use super::GlobalArgs;
 use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
+use super::identity::who;
 
 /// Arguments of `enqueue`.
 #[derive(clap::Args, Debug)]
@@ -82,24 +83,6 @@ impl JobOptions {
         }
         Ok(git)
     }
-}
-
-/// `user@host`, when known.
-pub fn who() -> Option<String> {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()?;
-    Some(format!("{user}@{}", hostname()))
-}
-
-/// This machine's name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Runs `enqueue`.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use labelfleet_worker::gpu::visible_gpus;
 use tokio::process::{Child, Command};
 
-use super::enqueue::hostname;
+use super::identity::hostname;
 use super::worker::seconds_in;
 use super::{Exit, GlobalArgs};
 

@@ -3,6 +3,7 @@
 mod backends;
 mod enqueue;
 mod generate_runs;
+mod identity;
 mod ingest;
 mod launch;
 mod logging;

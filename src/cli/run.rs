@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::GlobalArgs;
 use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
-use super::enqueue::{JobOptions, hostname, who};
+use super::enqueue::JobOptions;
+use super::identity::{hostname, who};
 
 /// Arguments of `run`.
 #[derive(clap::Args, Debug)]

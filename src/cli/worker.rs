@@ -10,7 +10,7 @@ use labelfleet_worker::shutdown::Shutdown;
 use labelfleet_worker::worker::{ExitReason, Worker, WorkerConfig, new_worker_id};
 
 use super::backends::{self, Access, Opened};
-use super::enqueue::hostname;
+use super::identity::hostname;
 use super::{Exit, GlobalArgs};
 
 /// Arguments of `worker`.

@@ -1,6 +1,6 @@
 //! Exporting a manifest group's self-labelled turns as a Hugging Face dataset: turn
 //! rows with the columns the seed pipeline publishes ([`rows`]), a stable name
-//! ([`name`]), dialogue-level splits, parquet files and a dataset card ([`write`]);
+//! ([`name`]), dialogue-level splits, parquet files and a dataset card ([`mod@write`]);
 //! the Hugging Face Hub's upload API ([`hub`]); and raw interaction logs turned into a
 //! de-duplicated dataset ([`ingest`]).
 
@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 
 use labelfleet_core::job::canonical_json;
 use labelfleet_manifest::ManifestEntry;
-use sha2::{Digest, Sha256};
 
 pub use rows::{TurnRow, rows_of_log};
 pub use write::write_dataset;
@@ -26,7 +25,7 @@ pub fn name(owner: &str, group: &str, dialogues: usize, entries: &[ManifestEntry
     let mut sorted: Vec<&ManifestEntry> = entries.iter().collect();
     sorted.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     let value = serde_json::to_value(&sorted).expect("entries serialise");
-    let digest = Sha256::digest(canonical_json(&value).as_bytes());
+    let digest = labelfleet_core::hash::sha256(canonical_json(&value).as_bytes());
     let hash: String = base64_url(&digest)
         .chars()
         .take(12)

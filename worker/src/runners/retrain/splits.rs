@@ -3,7 +3,6 @@
 //! Splits are by dialogue, so turns of one dialogue never sit in two splits.
 
 use labelfleet_core::job::{SplitPolicy, SplitSpec, SplitUse};
-use sha2::{Digest, Sha256};
 
 use super::data::LabelledDialogue;
 use labelfleet_core::rng::shuffle;
@@ -22,7 +21,7 @@ pub struct Splits {
 /// A number in [0, 1) fixed by the dialogue id alone: old data's split never moves,
 /// whatever the seed or the other dialogues.
 fn stable_fraction(dialogue_id: &str) -> f64 {
-    let digest = Sha256::digest(dialogue_id.as_bytes());
+    let digest = labelfleet_core::hash::sha256(dialogue_id.as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
