@@ -21,6 +21,25 @@
 //!
 //! Data flows one way: a job names a [`ModelSource`] → the worker resolves and loads
 //! it once (and keeps it across jobs) → prompts go in, [`Completion`]s come out.
+//!
+//! # Example
+//!
+//! A tiny llama (random weights, a tokenizer trained on a few sentences) generates for
+//! two prompts in one batch.
+//!
+//! ```
+//! use labelfleet_models::{Device, GenerationParams, WeightFormat, load_causal_lm};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let texts: Vec<String> = (0..30).map(|i| format!("a table for {i} at the golden curry")).collect();
+//! labelfleet_models::tiny::write_tiny_model(dir.path(), &texts, 7).unwrap();
+//! let lm = load_causal_lm(dir.path(), WeightFormat::F32, &Device::Cpu).unwrap();
+//! let params = GenerationParams { max_new_tokens: 4, ..GenerationParams::default() };
+//! let prompts = ["a table for".to_string(), "at the golden".to_string()];
+//! let (completions, _timing) = lm.generate(&prompts, &params).unwrap();
+//! assert_eq!(completions.len(), 2);
+//! assert!(completions.iter().all(|c| c.new_tokens <= 4));
+//! ```
 
 #![warn(missing_docs)]
 

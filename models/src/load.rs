@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::ModelError;
 use crate::generate::CausalLm;
 use crate::llama::{Llama, LlamaConfig, WeightFormat};
+use crate::lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};
 use crate::tokenizer::TextTokenizer;
 
 /// The fields of a Hugging Face `config.json` that a llama-family model needs.
@@ -65,7 +66,7 @@ pub(crate) fn load_unpacked(
     device: &Device,
 ) -> Result<CausalLm, ModelError> {
     if path.join(ADAPTER_CONFIG).exists() {
-        return crate::lora::load_with_adapter(path, device);
+        return load_with_adapter(path, device);
     }
     if let Some(gguf) = find_gguf(path)? {
         let tokenizer = gguf_tokenizer(&gguf)?;
@@ -79,7 +80,7 @@ pub(crate) fn load_unpacked(
         &weights,
         config,
         tie_embeddings,
-        format.dense_dtype(),
+        crate::llama::dense_dtype(format),
         device,
     )?;
     Ok(CausalLm { model, tokenizer })
@@ -184,4 +185,43 @@ fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, Mod
         .collect();
     found.sort();
     Ok(found)
+}
+
+/// Loads the base model an adapter folder names (with f32 weights) and merges the
+/// adapter into it.
+pub(crate) fn load_with_adapter(dir: &Path, device: &Device) -> Result<CausalLm, ModelError> {
+    let config_path = dir.join(ADAPTER_CONFIG);
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let config: AdapterConfig = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))?;
+    let base = PathBuf::from(&config.base_model_name_or_path);
+    if !base.exists() {
+        return Err(ModelError::NotFound(format!(
+            "{}: the base model {} is not on this machine; put it there or retrain without LoRA",
+            config_path.display(),
+            base.display()
+        )));
+    }
+    let mut lm = load_unpacked(&base, WeightFormat::F32, device)?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS);
+    let tensors = candle_core::safetensors::load(&weights_path, device)?;
+    let lora = LoraConfig {
+        rank: config.r,
+        alpha: config.lora_alpha,
+        targets: config.target_modules.clone(),
+    };
+    for layer in 0..lm.model.config().num_layers {
+        for target in &lora.targets {
+            let get = |matrix: char| {
+                let name = crate::lora::tensor_name(layer, target, matrix);
+                tensors.get(&name).cloned().ok_or_else(|| {
+                    ModelError::Format(format!("{}: no tensor `{name}`", weights_path.display()))
+                })
+            };
+            lm.model
+                .merge_lora(layer, target, &get('A')?, &get('B')?, lora.scale())?;
+        }
+    }
+    Ok(lm)
 }

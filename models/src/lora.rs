@@ -2,16 +2,15 @@
 //! (`adapter_config.json` + `adapter_model.safetensors`, tensor names as PEFT writes
 //! them) and merged into the base model when a job loads the adapter folder.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::generate::CausalLm;
-use crate::llama::{Llama, WeightFormat};
+use crate::llama::Llama;
 
 /// The adapter weights' file name.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -28,7 +27,7 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
-    fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }
 }
@@ -67,7 +66,7 @@ impl AdapterConfig {
 }
 
 /// The PEFT name of an adapter matrix (`A` or `B`) of `target` in layer `layer`.
-fn tensor_name(layer: usize, target: &str, matrix: char) -> String {
+pub(crate) fn tensor_name(layer: usize, target: &str, matrix: char) -> String {
     let block = if matches!(target, "gate_proj" | "up_proj" | "down_proj") {
         "mlp"
     } else {
@@ -117,43 +116,4 @@ pub(crate) fn attach_new(
         }
     }
     Ok(())
-}
-
-/// Loads the base model an adapter folder names (with f32 weights) and merges the
-/// adapter into it.
-pub(crate) fn load_with_adapter(dir: &Path, device: &Device) -> Result<CausalLm, ModelError> {
-    let config_path = dir.join(crate::load::ADAPTER_CONFIG);
-    let text =
-        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
-    let config: AdapterConfig = serde_json::from_str(&text)
-        .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))?;
-    let base = PathBuf::from(&config.base_model_name_or_path);
-    if !base.exists() {
-        return Err(ModelError::NotFound(format!(
-            "{}: the base model {} is not on this machine; put it there or retrain without LoRA",
-            config_path.display(),
-            base.display()
-        )));
-    }
-    let mut lm = crate::load::load_unpacked(&base, WeightFormat::F32, device)?;
-    let weights_path = dir.join(ADAPTER_WEIGHTS);
-    let tensors = candle_core::safetensors::load(&weights_path, device)?;
-    let lora = LoraConfig {
-        rank: config.r,
-        alpha: config.lora_alpha,
-        targets: config.target_modules.clone(),
-    };
-    for layer in 0..lm.model.config().num_layers {
-        for target in &lora.targets {
-            let get = |matrix: char| {
-                let name = tensor_name(layer, target, matrix);
-                tensors.get(&name).cloned().ok_or_else(|| {
-                    ModelError::Format(format!("{}: no tensor `{name}`", weights_path.display()))
-                })
-            };
-            lm.model
-                .merge_lora(layer, target, &get('A')?, &get('B')?, lora.scale())?;
-        }
-    }
-    Ok(lm)
 }

@@ -122,16 +122,6 @@ pub(crate) fn resolve(model: &ModelRef) -> Result<PathBuf, JobFailure> {
     source.resolve().map_err(|e| JobFailure::new(e.to_string()))
 }
 
-fn weight_format(format: WeightFormat) -> labelfleet_models::WeightFormat {
-    match format {
-        WeightFormat::Stored => labelfleet_models::WeightFormat::Stored,
-        WeightFormat::Q8_0 => labelfleet_models::WeightFormat::Q8_0,
-        WeightFormat::F32 => labelfleet_models::WeightFormat::F32,
-        WeightFormat::F16 => labelfleet_models::WeightFormat::F16,
-        WeightFormat::Bf16 => labelfleet_models::WeightFormat::Bf16,
-    }
-}
-
 /// Bytes of the weight files at `path` (a folder's `*.safetensors` and `*.gguf`, or the
 /// file itself): what a model is expected to take before it is loaded.
 fn size_on_disk(path: &Path) -> u64 {
@@ -240,7 +230,7 @@ impl ModelCache {
             let device =
                 parse_device(&model.device).map_err(|e| JobFailure::new(e.to_string()))?;
             let started = std::time::Instant::now();
-            let lm = load_causal_lm(&path, weight_format(model.weights), &device).map_err(|e| {
+            let lm = load_causal_lm(&path, model.weights, &device).map_err(|e| {
                 JobFailure::new(format!("loading the model at {}: {e}", path.display()))
             })?;
             tracing::info!(model = %path.display(), device = %model.device, seconds = started.elapsed().as_secs_f64(), "causal LM loaded");

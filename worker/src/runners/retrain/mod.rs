@@ -447,14 +447,3 @@ impl JobRunner for RetrainRunner {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn job_files_accept_exactly_the_projections_the_models_can_adapt() {
-        assert_eq!(
-            labelfleet_core::job::LORA_TARGETS,
-            labelfleet_models::LORA_TARGETS
-        );
-    }
-}

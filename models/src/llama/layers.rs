@@ -1,0 +1,117 @@
+//! One decoder layer's parts: projections in every form they are held in (quantized,
+//! packed for the CPU kernels, dense, with a LoRA update), and the RMS norm.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Tensor};
+
+use crate::qmatmul::PackedWeights;
+use crate::sgemm::PackedLinear;
+
+pub(super) enum Linear {
+    Quantized(QMatMul, Option<Tensor>),
+    /// Quantized weights with our few-rows kernel for decoding, and candle's
+    /// quantized matmul for long prompts.
+    Packed(PackedWeights, QMatMul, Option<Tensor>),
+    Dense(candle_nn::Linear),
+    /// Dense f32 weights on the CPU, packed for our register-tile matmul; inference
+    /// only (no gradients flow through it).
+    PackedDense(PackedLinear),
+    /// A frozen projection plus a low-rank update: `base(x) + scale · B(A(x))`.
+    Lora {
+        base: Box<Linear>,
+        a: candle_nn::Linear,
+        b: candle_nn::Linear,
+        scale: f64,
+    },
+}
+
+/// Bytes of memory a tensor's elements take.
+pub(super) fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
+}
+
+impl Linear {
+    /// Bytes of memory its weights take (a shared quantized tensor counted once).
+    pub(super) fn bytes(&self) -> u64 {
+        let quantized = |w: &QMatMul| match w {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
+        };
+        let bias = |b: &Option<Tensor>| b.as_ref().map_or(0, tensor_bytes);
+        match self {
+            Linear::Quantized(w, b) | Linear::Packed(_, w, b) => quantized(w) + bias(b),
+            Linear::Dense(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
+            Linear::PackedDense(p) => p.bytes(),
+            Linear::Lora { base, a, b, .. } => {
+                base.bytes() + tensor_bytes(a.weight()) + tensor_bytes(b.weight())
+            }
+        }
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Quantized(w, bias) => {
+                let y = x.apply(w)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Packed(packed, w, bias) => {
+                let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+                let y = if packed.is_faster_for(rows) {
+                    packed.forward(x)?
+                } else {
+                    x.apply(w)?
+                };
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Linear::Dense(l) => crate::positions::over_positions(l, x),
+            Linear::PackedDense(packed) => packed.forward_tensor(x),
+            Linear::Lora { base, a, b, scale } => {
+                base.forward(x)? + (b.forward(&a.forward(x)?)? * *scale)?
+            }
+        }
+    }
+}
+
+pub(super) struct Layer {
+    pub(super) attn_norm: Tensor,
+    pub(super) wq: Linear,
+    pub(super) wk: Linear,
+    pub(super) wv: Linear,
+    pub(super) wo: Linear,
+    pub(super) ffn_norm: Tensor,
+    pub(super) gate: Linear,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
+}
+
+/// What every layer of one forward pass shares about the positions it computes.
+pub(super) struct Positions<'a> {
+    /// `(rows, 1, len, total)`: 0 where a query sees a key, -inf elsewhere.
+    pub(super) mask: &'a Tensor,
+    /// For a decoding step, per row and cached position, whether the new query sees it.
+    pub(super) visible: Option<&'a [Vec<bool>]>,
+    /// Rotary tables for the new positions.
+    pub(super) cos: &'a Tensor,
+    pub(super) sin: &'a Tensor,
+}
+
+/// RMS norm: candle's fused kernel for inference, the composite (differentiable) form
+/// for training.
+pub(super) fn rms_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    training: bool,
+) -> candle_core::Result<Tensor> {
+    if training {
+        candle_nn::ops::rms_norm_slow(x, weight, eps)
+    } else {
+        candle_nn::ops::rms_norm(x, weight, eps)
+    }
+}

@@ -1,0 +1,135 @@
+//! Changing a loaded model's projections: LoRA updates attached or merged, and dense
+//! f32 weights packed for the CPU kernel.
+
+use candle_core::{DType, Tensor};
+
+use super::layers::Linear;
+use super::{LORA_TARGETS, Llama};
+use crate::ModelError;
+use crate::sgemm::PackedLinear;
+
+impl Llama {
+    /// Wraps projection `target` (`q_proj`, `v_proj`, … see [`LORA_TARGETS`]) of
+    /// layer `layer` with a low-rank update `scale · B·A`, `a: (rank, in)`,
+    /// `b: (out, rank)`. The base stays as it is (frozen when it is not a variable).
+    pub fn attach_lora(
+        &mut self,
+        layer: usize,
+        target: &str,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+    ) -> Result<(), ModelError> {
+        let slot = self.projection(layer, target)?;
+        let base = std::mem::replace(slot, Linear::Dense(candle_nn::Linear::new(a.clone(), None)));
+        *slot = Linear::Lora {
+            base: Box::new(base),
+            a: candle_nn::Linear::new(a, None),
+            b: candle_nn::Linear::new(b, None),
+            scale,
+        };
+        Ok(())
+    }
+
+    /// Folds a low-rank update into projection `target` of layer `layer`:
+    /// `W ← W + scale · B·A`. The projection must hold dense weights.
+    pub fn merge_lora(
+        &mut self,
+        layer: usize,
+        target: &str,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+    ) -> Result<(), ModelError> {
+        let slot = self.projection(layer, target)?;
+        let Linear::Dense(dense) = slot else {
+            return Err(ModelError::Invalid(format!(
+                "layer {layer} `{target}` is not dense; load the base model with f32 weights to merge an adapter"
+            )));
+        };
+        let merged = (dense.weight() + (b.matmul(a)? * scale)?)?;
+        *slot = Linear::Dense(candle_nn::Linear::new(merged, dense.bias().cloned()));
+        Ok(())
+    }
+
+    /// Repacks every layer's dense f32 projections, on the CPU, for the register-tile
+    /// matmul of [`crate::sgemm`], which beats candle's on these shapes and adds the
+    /// bias as it writes. Inference only: packed layers carry no gradients,
+    /// and adapters can no longer be merged into them, so [`crate::load_causal_lm`]
+    /// calls this last. The output projection stays as it is (it often shares the
+    /// embedding matrix, which packing would copy).
+    pub(crate) fn pack_for_cpu(&mut self) -> Result<(), ModelError> {
+        if !self.device.is_cpu() {
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            let slots = [
+                &mut layer.wq,
+                &mut layer.wk,
+                &mut layer.wv,
+                &mut layer.wo,
+                &mut layer.gate,
+                &mut layer.up,
+                &mut layer.down,
+            ];
+            for slot in slots {
+                let Linear::Dense(dense) = slot else {
+                    continue;
+                };
+                if dense.weight().dtype() != DType::F32 {
+                    continue;
+                }
+                let (outputs, inputs) = dense.weight().dims2()?;
+                let weight: Vec<f32> = dense.weight().flatten_all()?.to_vec1()?;
+                let bias: Option<Vec<f32>> = dense.bias().map(|b| b.to_vec1()).transpose()?;
+                *slot = Linear::PackedDense(PackedLinear::new(
+                    &weight,
+                    bias.as_deref(),
+                    outputs,
+                    inputs,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn projection(&mut self, layer: usize, target: &str) -> Result<&mut Linear, ModelError> {
+        let count = self.layers.len();
+        let l = self.layers.get_mut(layer).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "layer {layer} does not exist; the model has {count}"
+            ))
+        })?;
+        Ok(match target {
+            "q_proj" => &mut l.wq,
+            "k_proj" => &mut l.wk,
+            "v_proj" => &mut l.wv,
+            "o_proj" => &mut l.wo,
+            "gate_proj" => &mut l.gate,
+            "up_proj" => &mut l.up,
+            "down_proj" => &mut l.down,
+            other => {
+                return Err(ModelError::Invalid(format!(
+                    "`{other}` is not a projection LoRA can adapt; use one of {LORA_TARGETS:?}"
+                )));
+            }
+        })
+    }
+
+    /// The `(out, in)` shape of projection `target`.
+    pub fn projection_shape(&self, target: &str) -> Result<(usize, usize), ModelError> {
+        let c = &self.config;
+        let kv = c.num_kv_heads * c.head_dim();
+        Ok(match target {
+            "q_proj" | "o_proj" => (c.hidden_size, c.hidden_size),
+            "k_proj" | "v_proj" => (kv, c.hidden_size),
+            "gate_proj" | "up_proj" => (c.intermediate_size, c.hidden_size),
+            "down_proj" => (c.hidden_size, c.intermediate_size),
+            other => {
+                return Err(ModelError::Invalid(format!(
+                    "`{other}` is not a projection LoRA can adapt; use one of {LORA_TARGETS:?}"
+                )));
+            }
+        })
+    }
+}
