@@ -22,6 +22,19 @@
 //! callers retry with backoff; a missing resource or a missing permission says which,
 //! and what to do. Credentials come from the standard AWS chain and never appear in
 //! logs, errors, the manifest or artifacts.
+//!
+//! # Example
+//!
+//! The command line's AWS flags name a queue, a table and a bucket with a prefix.
+//!
+//! ```
+//! use labelfleet_aws::AwsTarget;
+//!
+//! let target = AwsTarget::parse("labelfleet", "dynamodb://runs", "s3://lab-bucket/fleet/").unwrap();
+//! assert_eq!(target.queue_name(), "labelfleet.fifo");
+//! assert_eq!((target.table.as_str(), target.bucket.as_str(), target.prefix.as_str()), ("runs", "lab-bucket", "fleet"));
+//! assert!(AwsTarget::parse("labelfleet", "runs", "s3://lab-bucket").is_err());
+//! ```
 
 #![warn(missing_docs)]
 

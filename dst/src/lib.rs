@@ -14,6 +14,31 @@
 //!   per domain.
 //! - [`prompt`] renders the code-style prompt of `self_label` and parses completions
 //!   back into state updates.
+//!
+//! # Example
+//!
+//! Gold states scored against themselves are right on every turn.
+//!
+//! ```
+//! use std::path::Path;
+//!
+//! use labelfleet_dst::metrics::{ValueMatcher, score};
+//! use labelfleet_dst::{Format, Prediction, read_dataset};
+//!
+//! let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../runs/sample-data/multiwoz21_val_sample.json");
+//! let dialogues = read_dataset(Path::new(sample), Format::Multiwoz21).unwrap();
+//! let predictions: Vec<Prediction> = dialogues
+//!     .iter()
+//!     .flat_map(|d| &d.turns)
+//!     .map(|t| Prediction {
+//!         dialogue_id: t.dialogue_id.clone(),
+//!         turn_id: t.turn_id,
+//!         slot_values: t.slot_values.clone(),
+//!     })
+//!     .collect();
+//! let scores = score(&dialogues, &predictions, ValueMatcher { threshold: 0.95 });
+//! assert_eq!(scores.joint_goal_accuracy, 1.0);
+//! ```
 
 #![warn(missing_docs)]
 

@@ -22,6 +22,41 @@
 //!
 //! Ordering, cycle checks and dependency completion are `labelfleet_schedule`'s, which
 //! workers call too.
+//!
+//! # Example
+//!
+//! The bootstrap loop's job folder loads, validates and plans without a backend.
+//!
+//! ```
+//! use std::path::Path;
+//!
+//! use labelfleet_core::board::Dependency;
+//! use labelfleet_enqueue::folder::load_folder;
+//! use labelfleet_enqueue::plan::{Known, plan};
+//!
+//! let folder = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../runs/bootstrap"));
+//! let jobs = load_folder(folder, &[], true).unwrap();
+//! let mut known = Known::default();
+//! for loaded in &jobs {
+//!     known.jobs.insert(loaded.job.key());
+//!     known.groups.insert(loaded.job.group_id.clone());
+//! }
+//! let planned = plan(jobs, &known).unwrap();
+//! // Every job comes after the jobs it waits for.
+//! let position = |key: &labelfleet_core::job::JobKey| {
+//!     planned.iter().position(|p| p.loaded.job.key() == *key).unwrap()
+//! };
+//! let mut waits = 0;
+//! for (i, job) in planned.iter().enumerate() {
+//!     for dependency in &job.after {
+//!         if let Dependency::Job(key) = dependency {
+//!             assert!(position(key) < i);
+//!             waits += 1;
+//!         }
+//!     }
+//! }
+//! assert!(waits > 0, "the loop's steps wait on each other");
+//! ```
 
 #![warn(missing_docs)]
 

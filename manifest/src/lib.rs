@@ -9,8 +9,21 @@
 //!   A completed run is only ever replaced on purpose (`enqueue --rerun`):
 //!   [`Manifest::supersede`] moves it into the key's [`Manifest::history`] first.
 //!
-//! With the `conformance` feature, [`conformance`] holds the suite every manifest
+//! With the `conformance` feature, `conformance` holds the suite every manifest
 //! backend passes unchanged.
+//!
+//! # Example
+//!
+//! A manifest entry is keyed by its job: the job's group and its name as the run.
+//!
+//! ```
+//! use labelfleet_core::job::JobKey;
+//! use labelfleet_manifest::ManifestKey;
+//!
+//! let job = JobKey { group_id: "demo".into(), name: "job_0".into() };
+//! let key = ManifestKey::from(&job);
+//! assert_eq!((key.group_id.as_str(), key.run_id.as_str()), ("demo", "job_0"));
+//! ```
 
 #![warn(missing_docs)]
 

@@ -27,6 +27,25 @@
 //! - [`shutdown::Shutdown`] turns SIGINT/SIGTERM into "stop receiving, let the running
 //!   job save its progress and stop (or finish) within the grace period, or release
 //!   it".
+//!
+//! # Example
+//!
+//! The failure policy is a pure function: a job's own error is retried with backoff
+//! until its last delivery, then dead-lettered with the reason.
+//!
+//! ```
+//! use labelfleet_worker::runner::JobFailure;
+//! use labelfleet_worker::worker::{AfterFailure, WorkerConfig, after_failure};
+//!
+//! let mut config = WorkerConfig::new("w1".into());
+//! config.max_receives = 3;
+//! let failure = JobFailure::new("the dataset is missing");
+//! assert!(matches!(after_failure(&failure, false, 1, &config), AfterFailure::Retry(_)));
+//! assert!(matches!(after_failure(&failure, false, 3, &config), AfterFailure::DeadLetter(_)));
+//! // A job stopped for the worker's shutdown goes to another worker at once.
+//! let stopped = JobFailure::interrupted("saved its progress");
+//! assert_eq!(after_failure(&stopped, false, 1, &config), AfterFailure::HandOver);
+//! ```
 
 #![warn(missing_docs)]
 
