@@ -694,4 +694,7 @@ fn a_sweep_with_evals_keeps_its_models_within_the_memory_bound() {
         .len(),
         2
     );
+    // The worker says how much memory it held at most, for sizing machines.
+    let stopped = common::find(&events, "worker stopped", None);
+    assert!(stopped[0]["fields"]["peak_resident_mib"].as_u64().unwrap() > 0);
 }

@@ -1,16 +1,16 @@
 //! The worker process: a loop that receives messages and runs their jobs.
 //!
-//! A worker has `concurrency` job slots (a semaphore). The loop ([`poll`]) receives at
+//! A worker has `concurrency` job slots (a semaphore). The loop (`poll`) receives at
 //! most as many messages as there are free slots — a worker with one slot never holds
-//! more than one message, so long GPU jobs are never hoarded — and [`admit`] checks the
+//! more than one message, so long GPU jobs are never hoarded — and `admit` checks the
 //! received batch at once: poison messages are dead-lettered, superseded versions and
 //! jobs already in the manifest are acknowledged, jobs with incomplete dependencies are
-//! held. Every other job runs in its own task under its own heartbeat ([`job`]); what
-//! happens after a failure is one pure decision, [`job::after_failure`]. A finished job
-//! goes to the [`recorder`], which writes the manifest entries of everything that
+//! held. Every other job runs in its own task under its own heartbeat (`job`); what
+//! happens after a failure is one pure decision, [`after_failure`]. A finished job
+//! goes to the `recorder`, which writes the manifest entries of everything that
 //! finished together in one call, releases their dependents, and acknowledges their
 //! messages in one call; the heartbeat of a job stops only once its message is
-//! acknowledged. [`report`] keeps the worker's line in `status` up to date.
+//! acknowledged. `report` keeps the worker's line in `status` up to date.
 //!
 //! Backend trouble is the worker's, not the job's: when a backend fails while the
 //! worker serves a message, the message goes back at once and the worker receives
@@ -311,6 +311,7 @@ impl Worker {
                 done = summary.done,
                 failed = summary.failed,
                 queue_calls = summary.queue_calls,
+                peak_resident_mib = peak_resident_bytes().map(|b| b >> 20),
                 "worker stopped"
             ),
             Some(why) => tracing::error!(
@@ -322,6 +323,15 @@ impl Worker {
         }
         summary
     }
+}
+
+/// The most memory this process has held resident (`VmHWM`), where Linux says: what a
+/// machine must have for this worker's jobs and the models it kept.
+pub fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Inner {
