@@ -9,7 +9,7 @@ use labelfleet_core::job::{PromptMode, RetrieverSpec, SelfLabelSpec};
 use labelfleet_dst::prompt::{
     Example, apply_update, build_compact_prompt, build_prompt, parse_update, retrieval_text,
 };
-use labelfleet_dst::{Dialogue, SlotValues};
+use labelfleet_dst::{Dialogue, Turn};
 use labelfleet_models::{CausalLm, GenerationParams, SentenceEmbedder};
 use serde::{Deserialize, Serialize};
 
@@ -22,30 +22,11 @@ const EMBED_BATCH: usize = 32;
 /// One labelled turn: what the model saw and said, and the state that follows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelledTurn {
-    /// The dialogue.
-    pub dialogue_id: String,
-    /// The user turn, from 0.
-    pub turn_id: u32,
-    /// The system utterance before the user's.
-    pub system_utterance: String,
-    /// That utterance's dialogue acts, where the data has them (see
-    /// [`labelfleet_dst::format_act`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub system_acts: Vec<String>,
-    /// The user utterance.
-    pub user_utterance: String,
-    /// What the system said next, where the data has it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub system_response: String,
-    /// That response's dialogue acts, where annotated.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub system_response_acts: Vec<String>,
-    /// The predicted state before the turn.
-    pub last_slot_values: SlotValues,
-    /// The predicted state after the turn.
-    pub slot_values: SlotValues,
-    /// What the turn changed, as predicted.
-    pub turn_slot_values: SlotValues,
+    /// The turn's text as the data has it, with the states as *predicted*:
+    /// `last_slot_values` before the turn, `slot_values` after it, `turn_slot_values`
+    /// what it changed. (Flattened: a running log's turn reads as the data's turn.)
+    #[serde(flatten)]
+    pub turn: Turn,
     /// The prompt the model completed.
     pub prompt: String,
     /// The model's completion, as generated.
@@ -66,10 +47,10 @@ impl LabelledTurn {
     /// The turn as an in-context example: its context and what it changed.
     pub(super) fn example(&self) -> Example {
         example_of(
-            &self.last_slot_values,
-            &self.system_utterance,
-            &self.user_utterance,
-            &self.turn_slot_values,
+            &self.turn.last_slot_values,
+            &self.turn.system_utterance,
+            &self.turn.user_utterance,
+            &self.turn.turn_slot_values,
         )
     }
 }
@@ -200,7 +181,7 @@ impl Labelling {
                     let turn = &d.turns[done.len()];
                     let last = done
                         .last()
-                        .map(|t| t.slot_values.clone())
+                        .map(|t| t.turn.slot_values.clone())
                         .unwrap_or_default();
                     let context = context_of(&last, &turn.system_utterance, &turn.user_utterance);
                     (turn, last, context)
@@ -264,16 +245,12 @@ impl Labelling {
                     Err(_) => (last.clone(), false),
                 };
                 let labelled = LabelledTurn {
-                    dialogue_id: turn.dialogue_id.clone(),
-                    turn_id: turn.turn_id,
-                    system_utterance: turn.system_utterance.clone(),
-                    system_acts: turn.system_acts.clone(),
-                    user_utterance: turn.user_utterance.clone(),
-                    system_response: turn.system_response.clone(),
-                    system_response_acts: turn.system_response_acts.clone(),
-                    turn_slot_values: labelfleet_dst::delta(&last, &state),
-                    last_slot_values: last,
-                    slot_values: state,
+                    turn: Turn {
+                        turn_slot_values: labelfleet_dst::delta(&last, &state),
+                        last_slot_values: last,
+                        slot_values: state,
+                        ..turn.clone()
+                    },
                     prompt,
                     completion: completion.text,
                     valid,
@@ -286,9 +263,9 @@ impl Labelling {
                     r.index.push(IndexedTurn {
                         source: format!(
                             "{}:{}#{}",
-                            self.source, labelled.dialogue_id, labelled.turn_id
+                            self.source, labelled.turn.dialogue_id, labelled.turn.turn_id
                         ),
-                        dialogue_id: labelled.dialogue_id.clone(),
+                        dialogue_id: labelled.turn.dialogue_id.clone(),
                         example: labelled.example(),
                         embedding: embeddings[i].clone(),
                     });
@@ -297,7 +274,7 @@ impl Labelling {
                 step.labelled_now += 1;
                 step.new_tokens_now += labelled.new_tokens;
                 self.done
-                    .entry(labelled.dialogue_id.clone())
+                    .entry(labelled.turn.dialogue_id.clone())
                     .or_default()
                     .push(labelled);
                 since_checkpoint += 1;
@@ -344,4 +321,29 @@ pub(super) fn log_bytes(
         seconds,
     })
     .expect("the running log serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A running log's turn keeps the flat shape earlier versions wrote (and the data's
+    /// turn has), so logs written before read back, and new ones read as before.
+    #[test]
+    fn a_labelled_turn_reads_and_writes_the_flat_running_log_shape() {
+        let written_before = serde_json::json!({
+            "dialogue_id": "PMUL1234", "turn_id": 2,
+            "system_utterance": "What area?", "user_utterance": "The north, please.",
+            "last_slot_values": {"hotel-type": "guesthouse"},
+            "slot_values": {"hotel-type": "guesthouse", "hotel-area": "north"},
+            "turn_slot_values": {"hotel-area": "north"},
+            "prompt": "p", "completion": "c", "valid": true, "examples": ["gold:X#0"],
+            "prompt_tokens": 10, "new_tokens": 4, "batch_seconds": 0.5
+        });
+        let turn: LabelledTurn = serde_json::from_value(written_before.clone()).unwrap();
+        assert_eq!(turn.turn.dialogue_id, "PMUL1234");
+        assert_eq!(turn.turn.turn_slot_values["hotel-area"], "north");
+        assert_eq!(turn.example().update.len(), 1);
+        assert_eq!(serde_json::to_value(&turn).unwrap(), written_before);
+    }
 }

@@ -95,9 +95,9 @@ pub(crate) async fn group_examples(
             out.push((
                 format!(
                     "{}/{}:{}#{}",
-                    entry.group_id, entry.run_id, t.dialogue_id, t.turn_id
+                    entry.group_id, entry.run_id, t.turn.dialogue_id, t.turn.turn_id
                 ),
-                t.dialogue_id.clone(),
+                t.turn.dialogue_id.clone(),
                 t.example(),
             ));
         }
@@ -130,7 +130,7 @@ async fn resume(job: &Job, ctx: &JobContext, hash: &str) -> Resumed {
     }
     let mut done: HashMap<String, Vec<LabelledTurn>> = HashMap::new();
     for t in log.turns {
-        done.entry(t.dialogue_id.clone()).or_default().push(t);
+        done.entry(t.turn.dialogue_id.clone()).or_default().push(t);
     }
     let turns: usize = done.values().map(Vec::len).sum();
     tracing::info!(job = %job.key(), turns, "resuming from the running log");
@@ -307,9 +307,9 @@ pub async fn label(
     let predictions: Vec<Prediction> = turns
         .iter()
         .map(|t| Prediction {
-            dialogue_id: t.dialogue_id.clone(),
-            turn_id: t.turn_id,
-            slot_values: t.slot_values.clone(),
+            dialogue_id: t.turn.dialogue_id.clone(),
+            turn_id: t.turn.turn_id,
+            slot_values: t.turn.slot_values.clone(),
         })
         .collect();
     let scores = score(
