@@ -53,6 +53,20 @@ fn retrain_job(group: &str, model: &Path, steps: usize, checkpoint_every: usize)
     })
 }
 
+/// The settings of an eval of `model` (a compact-prompt model: no retriever) on the
+/// sample's first dialogue.
+fn compact_eval(model: Value, max_new_tokens: usize) -> Value {
+    json!({
+        "gold": {"path": SAMPLE, "format": "multiwoz21"},
+        "max_dialogues": 1,
+        "predictions": {"model": {
+            "model": model,
+            "generation": {"max_new_tokens": max_new_tokens},
+            "max_tokens": 160
+        }}
+    })
+}
+
 fn artifact(fleet: &Fleet, key: &str) -> Value {
     let path = fleet.home().join("artifacts").join(key);
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
@@ -231,15 +245,7 @@ fn a_compact_model_labels_without_examples_and_refuses_another_prompt() {
             "kind": "eval",
             "group_id": "compact",
             "after": ["train"],
-            "eval": {
-                "gold": {"path": SAMPLE, "format": "multiwoz21"},
-                "max_dialogues": 1,
-                "predictions": {"model": {
-                    "model": {"checkpoint": "compact/train"},
-                    "generation": {"max_new_tokens": 8},
-                    "max_tokens": 160
-                }}
-            }
+            "eval": compact_eval(json!({"checkpoint": "compact/train"}), 8)
         }),
     );
     fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
@@ -647,15 +653,7 @@ fn a_sweep_with_evals_keeps_its_models_within_the_memory_bound() {
                 "grid": {"training.learning_rate": [0.0001, 0.001, 0.003, 0.01]},
                 "metric": "eval.joint_goal_accuracy",
                 "goal": "maximize",
-                "eval": {
-                    "gold": {"path": SAMPLE, "format": "multiwoz21"},
-                    "max_dialogues": 1,
-                    "predictions": {"model": {
-                        "model": {"path": "set by the sweep"},
-                        "generation": {"max_new_tokens": 6},
-                        "max_tokens": 160
-                    }}
-                }
+                "eval": compact_eval(json!({"path": "set by the sweep"}), 6)
             }
         }),
     );
