@@ -15,9 +15,10 @@
 //!   [`LoraConfig`]) on [`TokenizedExample`]s with the [`train`] module's AdamW,
 //!   schedule and clipping, and saves it where [`load_causal_lm`] reads it back.
 //!
-//! Behind both, the CPU kernels that candle lacks or runs slowly for these shapes:
-//! `sgemm` (f32 against weights packed at load), `qmatmul` (8-bit integer products
-//! straight on GGUF blocks) and `attention` (one decoding step, fused).
+//! Behind both, the CPU kernels (`kernels/`, a layer of their own) that candle lacks or
+//! runs slowly for these shapes: `sgemm` (f32 against weights packed at load),
+//! `qmatmul` (8-bit integer products straight on GGUF blocks) and `attention` (one
+//! decoding step, fused).
 //!
 //! Data flows one way: a job names a [`ModelSource`] → the worker resolves and loads
 //! it once (and keeps it across jobs) → prompts go in, [`Completion`]s come out.
@@ -43,20 +44,16 @@
 
 #![warn(missing_docs)]
 
-mod attention;
 mod bert;
-mod buffers;
 mod device;
 mod embed;
 mod error;
-mod fastmath;
 mod generate;
+mod kernels;
 pub mod llama;
 mod load;
 mod lora;
 mod positions;
-mod qmatmul;
-mod sgemm;
 mod source;
 pub mod tiny;
 mod tokenizer;

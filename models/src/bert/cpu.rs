@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::{BertConfig, kernels};
-use crate::sgemm::PackedLinear;
+use crate::kernels::sgemm::PackedLinear;
 
 struct Norm {
     weight: Vec<f32>,

@@ -1,13 +1,13 @@
 //! The elementwise and per-sentence steps of the CPU encoder, over plain slices.
 //!
 //! Each is written as loops the compiler vectorises, and compiled twice (see
-//! [`crate::fastmath`]): once for AVX-512, picked at run time, and once for the
+//! [`crate::kernels::fastmath`]): once for AVX-512, picked at run time, and once for the
 //! baseline instruction set.
 
 use rayon::prelude::*;
 
-use crate::fastmath::{exp, lane_sum, softmax, vectorized};
-use crate::sgemm::PackedLinear;
+use crate::kernels::fastmath::{exp, lane_sum, softmax, vectorized};
+use crate::kernels::sgemm::PackedLinear;
 
 /// Rows (or elements) per parallel task for the elementwise steps.
 const TASK_ELEMENTS: usize = 16 * 1024;

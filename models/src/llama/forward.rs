@@ -7,7 +7,7 @@ use super::cache::{KvCache, LayerKv};
 use super::layers::{Layer, Positions, rms_norm};
 use super::{Llama, LlamaConfig};
 use crate::ModelError;
-use crate::attention;
+use crate::kernels::attention;
 
 pub(super) fn rope_tables(
     config: &LlamaConfig,

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use super::layers::{Layer, Linear};
 use super::{Llama, LlamaConfig, WeightFormat};
 use crate::ModelError;
-use crate::qmatmul::PackedWeights;
+use crate::kernels::qmatmul::PackedWeights;
 
 fn gguf_u32(content: &gguf_file::Content, key: &str) -> Result<usize, ModelError> {
     content

@@ -4,8 +4,8 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 
-use crate::qmatmul::PackedWeights;
-use crate::sgemm::PackedLinear;
+use crate::kernels::qmatmul::PackedWeights;
+use crate::kernels::sgemm::PackedLinear;
 
 pub(super) enum Linear {
     Quantized(QMatMul, Option<Tensor>),

@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 use super::layers::Linear;
 use super::{LORA_TARGETS, Llama};
 use crate::ModelError;
-use crate::sgemm::PackedLinear;
+use crate::kernels::sgemm::PackedLinear;
 
 impl Llama {
     /// Wraps projection `target` (`q_proj`, `v_proj`, … see [`LORA_TARGETS`]) of
@@ -53,7 +53,7 @@ impl Llama {
     }
 
     /// Repacks every layer's dense f32 projections, on the CPU, for the register-tile
-    /// matmul of [`crate::sgemm`], which beats candle's on these shapes and adds the
+    /// matmul of [`crate::kernels::sgemm`], which beats candle's on these shapes and adds the
     /// bias as it writes. Inference only: packed layers carry no gradients,
     /// and adapters can no longer be merged into them, so [`crate::load_causal_lm`]
     /// calls this last. The output projection stays as it is (it often shares the

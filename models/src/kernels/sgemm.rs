@@ -15,7 +15,7 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::buffers::{SharedOut, contiguous_f32};
+use crate::kernels::buffers::{SharedOut, contiguous_f32};
 
 /// Output columns per packed panel: two 16-lane vectors.
 const PANEL: usize = 32;

@@ -11,7 +11,7 @@
 use half::f16;
 
 use super::{BLOCK, Format};
-use crate::buffers::SharedOut;
+use crate::kernels::buffers::SharedOut;
 
 /// Whether this CPU runs the integer kernel.
 pub fn available() -> bool {
@@ -138,7 +138,7 @@ mod x86 {
     use std::ops::Range;
 
     use super::{BLOCK, Format, Q8Rows};
-    use crate::buffers::SharedOut;
+    use crate::kernels::buffers::SharedOut;
 
     /// Input rows held in registers at a time: eight accumulators per weight row.
     const TILE: usize = 8;

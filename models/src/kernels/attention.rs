@@ -11,15 +11,15 @@
 //!   Padding keys are skipped, not masked, so a row's result does not depend on how
 //!   much padding its batch gave it.
 //! - [`prompt`]: many new positions per row. Each (row, key/value head) packs its keys
-//!   and values once for the register-tile matmul of [`crate::sgemm`], and each query
+//!   and values once for the register-tile matmul of [`crate::kernels::sgemm`], and each query
 //!   head sharing them computes its scores, masked softmax (vectorised) and output.
 
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::buffers::contiguous_f32;
-use crate::fastmath::{softmax, vectorized};
-use crate::sgemm::PackedLinear;
+use crate::kernels::buffers::contiguous_f32;
+use crate::kernels::fastmath::{softmax, vectorized};
+use crate::kernels::sgemm::PackedLinear;
 
 /// `softmax(q · kᵀ · scale + mask) · v` for the new positions of a prompt.
 ///
@@ -223,7 +223,7 @@ pub(crate) fn fits_prompt(q: &Tensor) -> bool {
 
 /// The inner loop of [`decode_step`].
 mod kernels {
-    use crate::fastmath::{exp, vectorized};
+    use crate::kernels::fastmath::{exp, vectorized};
 
     vectorized! {
         /// Scores of the visible keys, their softmax, and the weighted sum of values, in
