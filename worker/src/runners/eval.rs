@@ -148,24 +148,23 @@ impl EvalRunner {
         let model = checkpoints::materialize(&ctx.place(&predictions.model), ctx).await?;
         let mode =
             checkpoints::prompt_for(predictions.prompt, &model, "eval.predictions.model.prompt")?;
-        let labelling_spec = SelfLabelSpec {
-            data: spec.gold.clone(),
-            dialogues: selection(spec),
-            model: model.clone(),
-            prompt: Some(mode),
-            retriever: predictions.retriever.clone(),
-            generation: predictions.generation.clone(),
-            batch_size: Some(predictions.batch_size),
-            checkpoint_turns: 100,
-        };
         let labelling = Job {
-            body: JobBody::SelfLabel(Box::new(labelling_spec.clone())),
+            body: JobBody::SelfLabel(Box::new(SelfLabelSpec {
+                data: spec.gold.clone(),
+                dialogues: selection(spec),
+                model: model.clone(),
+                prompt: Some(mode),
+                retriever: predictions.retriever.clone(),
+                generation: predictions.generation.clone(),
+                batch_size: Some(predictions.batch_size),
+                checkpoint_turns: 100,
+            })),
             after: Vec::new(),
             provenance: None,
             ..job.clone()
         };
         // The loss is measured on the very dialogues labelled, as they were read.
-        let labelled = label(&labelling, &labelling_spec, ctx, &self.models).await?;
+        let labelled = label(&labelling, ctx, &self.models).await?;
         let (mut output, dialogues) = (labelled.output, labelled.dialogues);
         let models = self.models.clone();
         let (max_tokens, batch_size) = (predictions.max_tokens, predictions.batch_size);

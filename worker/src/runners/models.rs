@@ -96,15 +96,7 @@ pub fn default_bound(device: Option<&str>) -> u64 {
     {
         return free / 2;
     }
-    total_memory().map_or(8_000_000_000, |total| total / 2)
-}
-
-/// The machine's memory (`MemTotal` of `/proc/meminfo`), where Linux says.
-fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::memory::total_memory().map_or(8_000_000_000, |total| total / 2)
 }
 
 /// The local folder (or file) `model` names, fetched from the Hugging Face cache when it

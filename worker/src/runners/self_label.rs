@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use labelfleet_core::job::{Job, JobBody, JobKind};
+use labelfleet_core::job::{Job, JobKind};
 
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 use crate::runners::labelling::label;
@@ -29,9 +29,6 @@ impl JobRunner for SelfLabelRunner {
     }
 
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
-        let JobBody::SelfLabel(spec) = &job.body else {
-            return Err(JobFailure::new("not a self_label job"));
-        };
-        Ok(label(job, spec, ctx, &self.models).await?.output)
+        Ok(label(job, ctx, &self.models).await?.output)
     }
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use labelfleet_core::job::{Job, JobKind, PromptMode, SelfLabelSpec};
+use labelfleet_core::job::{Job, JobBody, JobKind, PromptMode};
 use labelfleet_dst::metrics::{ValueMatcher, score};
 use labelfleet_dst::prompt::Example;
 use labelfleet_dst::{Dialogue, Prediction};
@@ -140,16 +140,18 @@ async fn resume(job: &Job, ctx: &JobContext, hash: &str) -> Resumed {
     }
 }
 
-/// Labels the dialogues `spec` selects as job `job`, resuming from the job's running
-/// log, with models from `models`. The running log, predictions and (where the data
+/// Labels the dialogues the `self_label` job `job` selects, resuming from the job's
+/// running log, with models from `models`. The running log, predictions and (where the data
 /// has gold states) metrics are written as the job's artifacts.
 pub async fn label(
     job: &Job,
-    spec: &SelfLabelSpec,
     ctx: &JobContext,
     models: &Arc<ModelCache>,
 ) -> Result<Labelled, JobFailure> {
-    let mut spec = spec.clone();
+    let JobBody::SelfLabel(spec) = &job.body else {
+        return Err(JobFailure::new("not a self_label job"));
+    };
+    let mut spec = (**spec).clone();
     let hash = job.config_hash();
     spec.model = crate::runners::checkpoints::materialize(&ctx.place(&spec.model), ctx).await?;
     let mode = prompt_for(spec.prompt, &spec.model, "self_label.prompt")?;
