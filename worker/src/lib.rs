@@ -22,6 +22,8 @@
 //!   heartbeats ([`heartbeat`]). Jobs that finish together are recorded and
 //!   acknowledged together; a failed job is released with backoff or dead-lettered
 //!   with its reason. A job's error never stops the worker.
+//! - [`memory`] reads this machine's and this process's memory from `/proc`: the model
+//!   cache's default bound and the peak a stopping worker reports.
 //! - [`checks`] checks that the queue, table and bucket exist and are usable before a
 //!   worker receives anything, and while it waits out backend trouble.
 //! - [`shutdown::Shutdown`] turns SIGINT/SIGTERM into "stop receiving, let the running
@@ -53,6 +55,7 @@ pub mod checks;
 pub mod execute;
 pub mod gpu;
 pub mod heartbeat;
+pub mod memory;
 pub mod runner;
 pub mod runners;
 pub mod shutdown;

@@ -311,7 +311,7 @@ impl Worker {
                 done = summary.done,
                 failed = summary.failed,
                 queue_calls = summary.queue_calls,
-                peak_resident_mib = peak_resident_bytes().map(|b| b >> 20),
+                peak_resident_mib = crate::memory::peak_resident_bytes().map(|b| b >> 20),
                 "worker stopped"
             ),
             Some(why) => tracing::error!(
@@ -323,15 +323,6 @@ impl Worker {
         }
         summary
     }
-}
-
-/// The most memory this process has held resident (`VmHWM`), where Linux says: what a
-/// machine must have for this worker's jobs and the models it kept.
-pub fn peak_resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 impl Inner {
