@@ -38,3 +38,5 @@ echo "==> cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
 echo "==> cargo test"
 cargo test --workspace --locked
+# Disk use, for the next time a machine runs short (test binaries are large).
+echo "==> target/ uses $(du -sh target | cut -f1); $(df -h . | awk 'NR==2 {print $4}') free"
