@@ -10,7 +10,8 @@ use candle_core::{Device, Tensor};
 use labelfleet_dst::{Format, read_dataset};
 use labelfleet_models::tiny::{tiny_config, train_tokenizer};
 use labelfleet_models::train::{
-    AdamW, AdamWConfig, Schedule, completion_nll, learning_rate, optimizer_step, random_weights,
+    AdamW, AdamWConfig, Schedule, completion_nll, learning_rate, mean_completion_loss,
+    optimizer_step, random_weights,
 };
 use labelfleet_models::{
     HfWeights, Llama, LoraConfig, TokenizedExample, TrainableLm, WeightFormat, load_causal_lm,
@@ -147,6 +148,37 @@ fn the_training_forward_pass_equals_the_inference_one() {
         let b = inference.get(r).unwrap().narrow(0, pad, len - pad).unwrap();
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "row {r}");
+    }
+}
+
+/// The loss pass of `eval` and of validation runs the inference kernels on batches
+/// sorted by length; it must measure what the differentiable pass measures, on a
+/// packed inference model as on a trainable one, and report its progress.
+#[test]
+fn the_scoring_loss_equals_the_training_loss() {
+    let (lm, examples) = tiny(12, None);
+    let mut sum = 0f64;
+    let mut count = 0;
+    for batch in examples.chunks(5) {
+        let refs: Vec<&TokenizedExample> = batch.iter().collect();
+        let (nll, n) = completion_nll(&lm.model, &refs).unwrap();
+        sum += nll.to_scalar::<f32>().unwrap() as f64;
+        count += n;
+    }
+    let expected = sum / count as f64;
+    let dir = tempfile::tempdir().unwrap();
+    lm.save(dir.path()).unwrap();
+    let packed = load_causal_lm(dir.path(), WeightFormat::F32, &Device::Cpu).unwrap();
+    for model in [&lm.model, &packed.model] {
+        let mut reports = Vec::new();
+        let loss = mean_completion_loss(model, &examples, 5, &mut |done, total| {
+            reports.push((done, total))
+        })
+        .unwrap()
+        .unwrap();
+        assert!((loss - expected).abs() < 1e-4, "{loss} vs {expected}");
+        assert_eq!(reports.len(), examples.len().div_ceil(5));
+        assert_eq!(reports.last(), Some(&(examples.len(), examples.len())));
     }
 }
 

@@ -44,7 +44,7 @@ impl Llama {
         padding: &[usize],
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
-        let hidden = self.forward_hidden(tokens, padding, Some(cache), true)?;
+        let hidden = self.forward_hidden(tokens, padding, Some(cache), true, false)?;
         Ok(self
             .lm_head
             .forward(&hidden)?
@@ -60,7 +60,7 @@ impl Llama {
         padding: &[usize],
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
-        let hidden = self.forward_hidden(tokens, padding, Some(cache), false)?;
+        let hidden = self.forward_hidden(tokens, padding, Some(cache), false, false)?;
         Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
     }
 
@@ -73,7 +73,19 @@ impl Llama {
         tokens: &[Vec<u32>],
         padding: &[usize],
     ) -> Result<Tensor, ModelError> {
-        self.forward_hidden(tokens, padding, None, false)
+        self.forward_hidden(tokens, padding, None, false, true)
+    }
+
+    /// The same hidden states as [`Llama::hidden_for_training`], computed with the
+    /// inference kernels (fused norm, rotary and attention; packed matmuls where the
+    /// model has them): what measuring a loss needs, at prefill speed. No gradient
+    /// flows back through them.
+    pub fn hidden_for_scoring(
+        &self,
+        tokens: &[Vec<u32>],
+        padding: &[usize],
+    ) -> Result<Tensor, ModelError> {
+        self.forward_hidden(tokens, padding, None, false, false)
     }
 
     /// Projects hidden states to vocabulary logits.
@@ -87,6 +99,7 @@ impl Llama {
         padding: &[usize],
         mut cache: Option<&mut KvCache>,
         last_only: bool,
+        differentiable: bool,
     ) -> Result<Tensor, ModelError> {
         let rows = tokens.len();
         let len = tokens.first().map_or(0, Vec::len);
@@ -107,7 +120,6 @@ impl Llama {
         }
         let new_keys =
             |pad: usize| (0..len).map(move |i| if i < pad { f32::NEG_INFINITY } else { 0.0 });
-        let training = cache.is_none();
         let uncached: Vec<Vec<f32>>;
         let key_mask: &[Vec<f32>] = match cache.as_deref_mut() {
             Some(cache) => {
@@ -150,7 +162,7 @@ impl Llama {
         let sin = self.sin.narrow(0, start, len)?;
         // A decoding step (one new position per row, none of them padding) takes the
         // fused attention, which walks each row's real keys.
-        let decoding = len == 1 && !training && padding.iter().all(|&p| p == 0);
+        let decoding = len == 1 && !differentiable && padding.iter().all(|&p| p == 0);
         let visible: Option<Vec<Vec<bool>>> = decoding.then(|| {
             key_mask
                 .iter()
@@ -162,6 +174,7 @@ impl Llama {
             visible: visible.as_deref(),
             cos: &cos,
             sin: &sin,
+            differentiable,
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -174,7 +187,7 @@ impl Llama {
             &x,
             &self.norm,
             self.config.rms_norm_eps as f32,
-            training,
+            differentiable,
         )?)
     }
 
@@ -190,9 +203,9 @@ impl Llama {
             visible,
             cos,
             sin,
+            differentiable: training,
         } = *positions;
         let c = &self.config;
-        let training = cache.is_none();
         let (rows, len, _) = x.dims3()?;
         let head_dim = c.head_dim();
         let eps = c.rms_norm_eps as f32;

@@ -99,6 +99,9 @@ pub(super) struct Positions<'a> {
     /// Rotary tables for the new positions.
     pub(super) cos: &'a Tensor,
     pub(super) sin: &'a Tensor,
+    /// Whether gradients must flow back: candle's composite (differentiable) ops
+    /// instead of the fused inference kernels, which have no backward pass.
+    pub(super) differentiable: bool,
 }
 
 /// RMS norm: candle's fused kernel for inference, the composite (differentiable) form

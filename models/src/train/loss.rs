@@ -57,6 +57,15 @@ pub fn completion_nll(
     model: &Llama,
     batch: &[&TokenizedExample],
 ) -> Result<(Tensor, usize), ModelError> {
+    batch_nll(model, batch, true)
+}
+
+/// [`completion_nll`], through differentiable operations or the inference kernels.
+fn batch_nll(
+    model: &Llama,
+    batch: &[&TokenizedExample],
+    differentiable: bool,
+) -> Result<(Tensor, usize), ModelError> {
     let len = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
     let mut tokens = Vec::with_capacity(batch.len());
     let mut padding = Vec::with_capacity(batch.len());
@@ -80,7 +89,11 @@ pub fn completion_nll(
         ));
     }
     let device = model.device();
-    let hidden = model.hidden_for_training(&tokens, &padding)?;
+    let hidden = if differentiable {
+        model.hidden_for_training(&tokens, &padding)?
+    } else {
+        model.hidden_for_scoring(&tokens, &padding)?
+    };
     let hidden = hidden.reshape((batch.len() * len, model.config().hidden_size))?;
     let positions = Tensor::new(positions, device)?;
     let logits = model.logits(&hidden.index_select(&positions, 0)?)?;
@@ -91,18 +104,24 @@ pub fn completion_nll(
 }
 
 /// The mean loss per completion token of `model` over `examples`, in batches of
-/// `batch_size`; `None` when there is nothing to score.
+/// `batch_size`; `None` when there is nothing to score. It runs the inference kernels
+/// (no gradients), on batches of examples of similar length so that little is padding,
+/// and calls `progress(scored, total)` after every batch.
 pub fn mean_completion_loss(
     model: &Llama,
     examples: &[TokenizedExample],
     batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Option<f64>, ModelError> {
-    let (mut sum, mut tokens) = (0f64, 0usize);
-    for batch in examples.chunks(batch_size.max(1)) {
-        let refs: Vec<&TokenizedExample> = batch.iter().collect();
-        let (nll, count) = completion_nll(model, &refs)?;
+    let mut by_length: Vec<&TokenizedExample> = examples.iter().collect();
+    by_length.sort_by_key(|e| e.tokens.len());
+    let (mut sum, mut tokens, mut scored) = (0f64, 0usize, 0usize);
+    for batch in by_length.chunks(batch_size.max(1)) {
+        let (nll, count) = batch_nll(model, batch, false)?;
         sum += nll.to_scalar::<f32>()? as f64;
         tokens += count;
+        scored += batch.len();
+        progress(scored, examples.len());
     }
     Ok((tokens > 0).then(|| sum / tokens as f64))
 }

@@ -188,7 +188,21 @@ impl EvalRunner {
                 examples.len()
             ));
             tracing::info!(turns = examples.len(), "measuring the loss");
-            let loss = mean_completion_loss(&lm.model, &examples, batch_size)
+            let pass = std::time::Instant::now();
+            let mut logged = pass;
+            let mut report = |done: usize, total: usize| {
+                let rate = done as f64 / pass.elapsed().as_secs_f64().max(1e-9);
+                let eta = (total - done) as f64 / rate.max(1e-9);
+                progress.set(format!(
+                    "measuring the loss: {done}/{total} gold turns, {rate:.1} turns/s, ETA {eta:.0} s"
+                ));
+                // The log gets a line every half minute, as labelling's does.
+                if logged.elapsed().as_secs() >= 30 || done == total {
+                    logged = std::time::Instant::now();
+                    tracing::info!(turns = done, total, turns_per_second = format!("{rate:.2}"), eta_seconds = eta.round(), "loss progress");
+                }
+            };
+            let loss = mean_completion_loss(&lm.model, &examples, batch_size, &mut report)
                 .map_err(|e| JobFailure::new(format!("measuring the loss: {e}")))?;
             Ok::<_, JobFailure>((
                 loss,

@@ -124,7 +124,8 @@ pub fn mean_loss(
     examples: &[TokenizedExample],
     batch_size: usize,
 ) -> Result<Option<f64>, JobFailure> {
-    train::mean_completion_loss(&lm.model, examples, batch_size).map_err(model_error)
+    train::mean_completion_loss(&lm.model, examples, batch_size, &mut |_, _| {})
+        .map_err(model_error)
 }
 
 impl TrainingRun {
