@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod allowed_commands;
 mod backends;
 mod enqueue;
 mod generate_runs;

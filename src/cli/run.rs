@@ -10,6 +10,7 @@ use labelfleet_worker::runner::Runners;
 use tokio_util::sync::CancellationToken;
 
 use super::GlobalArgs;
+use super::allowed_commands::AllowedCommands;
 use super::backends::{self, Access, DEFAULT_MAX_RECEIVES};
 use super::enqueue::JobOptions;
 use super::identity::{hostname, who};
@@ -21,11 +22,14 @@ pub struct RunArgs {
     pub job: PathBuf,
     #[command(flatten)]
     pub options: JobOptions,
+    #[command(flatten)]
+    pub commands: AllowedCommands,
 }
 
 /// Runs `run`.
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
     let overrides = args.options.overrides()?;
+    let commands = args.commands.allow_list()?;
     let job = load_file(&args.job, &overrides, args.options.mini)?;
     let folder = args
         .job
@@ -62,7 +66,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
         1,
         &worker_id,
         &backends,
-        &Runners::standard(Default::default()),
+        &Runners::standard(Default::default(), commands),
         CancellationToken::new(),
     )
     .await?;

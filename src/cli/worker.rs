@@ -9,6 +9,7 @@ use labelfleet_worker::runners::models::{GB, ModelCache, default_bound};
 use labelfleet_worker::shutdown::Shutdown;
 use labelfleet_worker::worker::{ExitReason, Worker, WorkerConfig, new_worker_id};
 
+use super::allowed_commands::AllowedCommands;
 use super::backends::{self, Access, Opened};
 use super::identity::hostname;
 use super::{Exit, GlobalArgs};
@@ -70,6 +71,8 @@ pub struct WorkerArgs {
     /// memory, or of the pinned GPU's free memory); the least recently used go first.
     #[arg(long, env = "LABELFLEET_MODEL_MEMORY", value_name = "GB", value_parser = gigabytes)]
     pub model_memory: Option<f64>,
+    #[command(flatten)]
+    pub commands: AllowedCommands,
 }
 
 /// A parser of `--model-memory`: a positive number of gigabytes.
@@ -155,6 +158,10 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     config.idle_exit = args.idle_exit.map(Duration::from_secs_f64);
     config.once = args.once;
     config.concurrency = args.concurrency as usize;
+    let commands = args.commands.allow_list()?;
+    if !commands.names().is_empty() {
+        tracing::info!(programs = ?commands.names(), "command jobs may run these programs");
+    }
     config.device = checked_device(args.device, args.require_gpu)
         .map_err(|e| Exit::new(Exit::CONFIG, format!("{e:#}")))?;
     if let Some(device) = &config.device {
@@ -190,9 +197,15 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
         "models kept loaded between jobs, at most"
     );
     let models = Arc::new(ModelCache::new(bound));
-    let summary = Worker::new(config, backends, Runners::standard(models), shutdown, host)
-        .run()
-        .await;
+    let summary = Worker::new(
+        config,
+        backends,
+        Runners::standard(models, commands),
+        shutdown,
+        host,
+    )
+    .run()
+    .await;
     match summary.reason {
         ExitReason::Unreachable(why) => Err(Exit::new(Exit::TEMPFAIL, why).into()),
         ExitReason::Lost(why) => Err(anyhow::anyhow!(why)),

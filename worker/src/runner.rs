@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use labelfleet_core::artifacts::{ArtifactKey, ArtifactStore};
 
 use crate::heartbeat::Lease;
+use crate::runners::command::AllowList;
 use crate::runners::models::ModelCache;
 use labelfleet_core::job::{Job, JobKind, ModelRef};
 use labelfleet_manifest::{Manifest, ManifestEntry, ManifestKey};
@@ -188,6 +189,13 @@ pub struct JobFailure {
     /// the worker's trouble, not the job's; the worker gives the job back and stops
     /// receiving until its backends answer again.
     pub backend: bool,
+    /// Retrying cannot help (the job names a program this worker does not allow): the
+    /// job is dead-lettered at once.
+    pub permanent: bool,
+    /// The job's program said its failure is temporary (exit status 75, EX_TEMPFAIL):
+    /// retried with backoff like any failure, but not counted against the job in the
+    /// worker's figures.
+    pub transient: bool,
 }
 
 impl JobFailure {
@@ -197,6 +205,24 @@ impl JobFailure {
             message: labelfleet_core::text::capped(&message.into()),
             interrupted: false,
             backend: false,
+            permanent: false,
+            transient: false,
+        }
+    }
+
+    /// A failure that no retry can mend: the job is dead-lettered at once.
+    pub fn permanent(message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            permanent: true,
+            ..JobFailure::new(message)
+        }
+    }
+
+    /// A failure its program called temporary.
+    pub fn transient(message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            transient: true,
+            ..JobFailure::new(message)
         }
     }
 
@@ -243,10 +269,12 @@ pub struct Runners {
 
 impl Runners {
     /// Every runner this build of labelfleet has, loading their models through the
-    /// worker's one cache: the one place runners are registered.
-    pub fn standard(models: Arc<ModelCache>) -> Runners {
-        use crate::runners::{eval, noop, retrain, self_label, tune};
+    /// worker's one cache and running the programs `commands` allows: the one place
+    /// runners are registered.
+    pub fn standard(models: Arc<ModelCache>, commands: AllowList) -> Runners {
+        use crate::runners::{command, eval, noop, retrain, self_label, tune};
         let mut runners = Runners::default();
+        runners.register(Arc::new(command::CommandRunner::new(commands)));
         runners.register(Arc::new(eval::EvalRunner::new(models.clone())));
         runners.register(Arc::new(noop::NoopRunner));
         runners.register(Arc::new(retrain::RetrainRunner));

@@ -20,11 +20,13 @@
 //! each kind's settings to check what serde cannot (`EvalSpec::check`,
 //! `SelfLabelSpec::check`, …).
 //!
-//! One file per kind's settings (`eval`, `noop`, `self_label`, `retrain`, `tune`), with
+//! One file per kind's settings (`eval`, `noop`, `self_label`, `retrain`, `tune`,
+//! `command`), with
 //! [`DatasetRef`] (which they share), [`JobError`] and the JSON helpers beside them.
 
 use std::fmt;
 
+mod command;
 mod dataset;
 mod error;
 mod eval;
@@ -37,6 +39,7 @@ pub mod tune;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use self::command::{CommandInput, CommandSpec, MAX_TIMEOUT_S, is_plain_relative_path};
 pub use self::dataset::{DatasetFormat, DatasetRef};
 pub use self::error::JobError;
 pub use self::eval::{Baseline, EvalSpec, ModelPredictions, PredictionSource};
@@ -70,16 +73,19 @@ pub enum JobKind {
     Noop,
     /// Pick the best of a sweep's trials (`enqueue` expands a tune file into them).
     Tune,
+    /// Run a program from the worker's allow-list.
+    Command,
 }
 
 impl JobKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::SelfLabel,
         JobKind::Retrain,
         JobKind::Eval,
         JobKind::Noop,
         JobKind::Tune,
+        JobKind::Command,
     ];
 
     /// The kind's name as it appears in job files.
@@ -90,6 +96,7 @@ impl JobKind {
             JobKind::Eval => "eval",
             JobKind::Noop => "noop",
             JobKind::Tune => "tune",
+            JobKind::Command => "command",
         }
     }
 
@@ -118,6 +125,8 @@ pub enum JobBody {
     Noop(NoopSpec),
     /// Settings of a `tune` job.
     Tune(Box<TuneSpec>),
+    /// Settings of a `command` job.
+    Command(Box<CommandSpec>),
 }
 
 impl JobBody {
@@ -129,6 +138,7 @@ impl JobBody {
             JobBody::Eval(_) => JobKind::Eval,
             JobBody::Noop(_) => JobKind::Noop,
             JobBody::Tune(_) => JobKind::Tune,
+            JobBody::Command(_) => JobKind::Command,
         }
     }
 
@@ -139,6 +149,7 @@ impl JobBody {
             JobBody::Eval(spec) => serde_json::to_value(spec),
             JobBody::Noop(spec) => serde_json::to_value(spec),
             JobBody::Tune(spec) => serde_json::to_value(spec),
+            JobBody::Command(spec) => serde_json::to_value(spec),
         }
         .expect("job bodies serialise to JSON")
     }
@@ -312,6 +323,12 @@ impl Job {
                     ));
                 }
                 JobBody::Tune(Box::new(spec))
+            }
+            JobKind::Command => {
+                let spec: CommandSpec = deserialize_at(body_value, file, "command")?;
+                spec.check()
+                    .map_err(|(path, message)| JobError::new(file, path, message))?;
+                JobBody::Command(Box::new(spec))
             }
             JobKind::Retrain => {
                 let spec: RetrainSpec = deserialize_at(body_value, file, "retrain")?;

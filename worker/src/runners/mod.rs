@@ -1,5 +1,5 @@
-//! The job runners, one module per kind (`eval`, `noop`, `retrain`, `self_label`,
-//! `tune`), and the toolbox they share; no runner imports another.
+//! The job runners, one module per kind (`command`, `eval`, `noop`, `retrain`,
+//! `self_label`, `tune`), and the toolbox they share; no runner imports another.
 //!
 //! - [`models`]: the worker's one model cache, bounded by memory.
 //! - [`data`]: dialogue files and the dialogues a job selects.
@@ -10,6 +10,7 @@
 //! - [`checkpoints`]: the models `retrain` saves, fetched for the jobs that name them.
 
 pub mod checkpoints;
+pub mod command;
 pub mod data;
 pub mod eval;
 pub mod labelling;

@@ -31,9 +31,10 @@ pub enum AfterFailure {
 }
 
 /// The failure policy, in one place: a lost lease touches nothing; a stop or a backend
-/// failure hands the job over at once; a job's own failure is retried with a doubling
-/// delay until the message has been received `max_receives` times, then dead-lettered
-/// with the last error.
+/// failure hands the job over at once; a failure no retry can mend is dead-lettered at
+/// once; a job's own failure (temporary or not) is retried with a doubling delay until
+/// the message has been received `max_receives` times, then dead-lettered with the
+/// last error.
 pub fn after_failure(
     failure: &JobFailure,
     lease_lost: bool,
@@ -45,6 +46,11 @@ pub fn after_failure(
         AfterFailure::LeaveIt
     } else if failure.interrupted || (failure.backend && !last) {
         AfterFailure::HandOver
+    } else if failure.permanent {
+        AfterFailure::DeadLetter(format!(
+            "failed on attempt {receive_count}, and retrying cannot help: {}",
+            failure.message
+        ))
     } else if last {
         let cause = if failure.backend {
             "the last because a backend failed"
@@ -150,7 +156,7 @@ impl Inner {
             Err(failure) => failure,
         };
         let lease_lost = heartbeat.stop();
-        if !failure.interrupted && !lease_lost {
+        if !failure.interrupted && !failure.transient && !lease_lost {
             self.failed.fetch_add(1, Ordering::Relaxed);
             self.report.lock().expect("report lock").last_error =
                 Some(format!("{key}: {}", failure.message));
@@ -226,6 +232,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_failure_no_retry_can_mend_is_dead_lettered_at_once_and_a_temporary_one_retried() {
+        let unknown = JobFailure::permanent("no program `x` here");
+        let AfterFailure::DeadLetter(reason) = after_failure(&unknown, false, 1, &config()) else {
+            panic!("not dead-lettered");
+        };
+        assert!(reason.contains("no program `x` here"), "{reason}");
+        let temporary = JobFailure::transient("exit 75");
+        assert_eq!(
+            after_failure(&temporary, false, 1, &config()),
+            AfterFailure::Retry(Duration::from_secs(2))
+        );
+        assert!(matches!(
+            after_failure(&temporary, false, 3, &config()),
+            AfterFailure::DeadLetter(_)
+        ));
     }
 
     #[test]
