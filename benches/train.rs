@@ -2,11 +2,13 @@
 //! (after `scripts/fetch-models.sh`).
 //!
 //! For each model, optimizer steps (forward, backward, clipping, AdamW) over batches of
-//! rendered MultiWOZ turns, in tokens per second, against the baseline of the same
-//! model's forward pass alone over the same batches, measured in the same run. A
-//! training step costs about three forward passes in theory (forward, and a backward
-//! twice its price), so a ratio near 1/3 means the backward pass and the optimizer add
-//! nothing beyond that.
+//! rendered MultiWOZ turns, in tokens per second, against two baselines measured in the
+//! same run over the same batches: the training model's forward pass alone, and, for
+//! SmolLM2, the packed `f32` prefill that labelling runs (`load_causal_lm`: our
+//! register-tile matmuls and fused attention). A training step costs about three
+//! forward passes in theory (forward, and a backward twice its price; with LoRA about
+//! two, as frozen weights need no gradient), so a ratio near 1/3 (1/2) means the
+//! backward pass and the optimizer add nothing beyond that.
 //!
 //! 1. The tiny llama the tests train (2 layers, width 64), full fine-tune, batch 8.
 //! 2. SmolLM2-135M from its GGUF, dequantized, full fine-tune, batch 4.
@@ -27,7 +29,9 @@ use labelfleet_dst::{Format, read_dataset};
 use labelfleet_models::train::{
     AdamW, AdamWConfig, completion_nll, optimizer_step, random_weights,
 };
-use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device};
+use labelfleet_models::{
+    LoraConfig, TokenizedExample, TrainableLm, WeightFormat, load_causal_lm, parse_device,
+};
 use labelfleet_worker::runners::prompts::render;
 
 fn repo() -> PathBuf {
@@ -101,11 +105,47 @@ fn measure(lm: &TrainableLm, batches: &[Vec<TokenizedExample>]) -> (f64, f64) {
     (train, forward)
 }
 
-fn report(name: &str, lm: &TrainableLm, batches: &[Vec<TokenizedExample>]) {
+/// Tokens/s of the packed inference model's prefill over `batches` (each row's whole
+/// prompt and completion, left-padded, from an empty cache), after one warm-up batch.
+fn prefill(model: &std::path::Path, batches: &[Vec<TokenizedExample>]) -> f64 {
+    let lm = load_causal_lm(model, WeightFormat::F32, &labelfleet_models::Device::Cpu).unwrap();
+    let run = |batch: &[TokenizedExample]| {
+        let len = batch.iter().map(|e| e.tokens.len()).max().unwrap();
+        let (mut rows, mut padding) = (Vec::new(), Vec::new());
+        for e in batch {
+            let mut row = vec![0u32; len - e.tokens.len()];
+            row.extend(&e.tokens);
+            padding.push(len - e.tokens.len());
+            rows.push(row);
+        }
+        let mut cache = lm.model.new_cache(rows.len());
+        lm.model.forward(&rows, &padding, &mut cache).unwrap();
+    };
+    run(&batches[0]);
+    let started = Instant::now();
+    for batch in batches {
+        run(batch);
+    }
+    tokens(batches) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn report(
+    name: &str,
+    lm: &TrainableLm,
+    batches: &[Vec<TokenizedExample>],
+    packed: Option<&std::path::Path>,
+) {
     let (train, forward) = measure(lm, batches);
     let per_batch = tokens(batches) / batches.len();
+    let baseline = packed.map_or(String::new(), |model| {
+        let prefill = prefill(model, batches);
+        format!(
+            "  packed prefill {prefill:>8.0} tok/s  train/prefill {:.2}",
+            train / prefill
+        )
+    });
     println!(
-        "{name:<34} {:>11} params  {per_batch:>5} tok/batch  train {train:>8.0} tok/s  forward {forward:>8.0} tok/s  ratio {:.2}",
+        "{name:<34} {:>11} params  {per_batch:>5} tok/batch  train {train:>8.0} tok/s  forward {forward:>8.0} tok/s  ratio {:.2}{baseline}",
         lm.trainable_count(),
         train / forward
     );
@@ -134,13 +174,18 @@ fn main() {
         let weights = random_weights(config, true, 1, &device).unwrap();
         let lm = TrainableLm::new(weights, tokenizer, None, 1, &device).unwrap();
         let b = batches(&lm, 8, 256, steps(10));
-        report("tiny llama, full", &lm, &b);
+        report("tiny llama, full", &lm, &b, None);
     }
     let smollm2 = repo().join(".models/SmolLM2-135M-Instruct");
     if parts.contains('2') {
         let lm = TrainableLm::load(&smollm2, None, 1, &device).unwrap();
         let b = batches(&lm, 4, 256, steps(3));
-        report("SmolLM2-135M, full", &lm, &b);
+        report(
+            "SmolLM2-135M, full",
+            &lm,
+            &b,
+            device.is_cpu().then_some(&*smollm2),
+        );
     }
     if parts.contains('3') {
         let lora = LoraConfig {
@@ -150,6 +195,11 @@ fn main() {
         };
         let lm = TrainableLm::load(&smollm2, Some(lora), 1, &device).unwrap();
         let b = batches(&lm, 4, 256, steps(3));
-        report("SmolLM2-135M, LoRA r8 q/v", &lm, &b);
+        report(
+            "SmolLM2-135M, LoRA r8 q/v",
+            &lm,
+            &b,
+            device.is_cpu().then_some(&*smollm2),
+        );
     }
 }
