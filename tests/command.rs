@@ -55,7 +55,16 @@ fn a_program_the_worker_does_not_allow_is_dead_lettered_at_once() {
         "j.json",
         &command_job("refuse", "j", json!({"program": "rm-everything"}), &[]),
     );
-    enqueue(&fleet, &dir);
+    // No worker has said it allows the program: enqueue warns, and sends the job.
+    let out = fleet.run(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "j.json: no worker seen in the last 10 minutes allows the program `rm-everything`"
+        ),
+        "{stderr}"
+    );
     let tool = script(&fleet, "tool", "exit 0\n");
     let mut worker = fleet.spawn_worker(
         "w",
@@ -171,6 +180,20 @@ echo '{"accuracy": 0.75}' > "$LABELFLEET_OUTPUT_DIR/metrics.json"
     let seen = std::fs::read_to_string(fleet.home().join("artifacts/env/consume/output/seen.txt"))
         .unwrap();
     assert_eq!(seen, "weights of run-7\n");
+    // The worker reported what it allows: enqueue has nothing to warn about.
+    let more = fleet.jobs_dir("more");
+    write_job(
+        &more,
+        "again.json",
+        &command_job("env2", "again", json!({"program": "produce"}), &[]),
+    );
+    let out = fleet.run(&["enqueue", more.to_str().unwrap(), "--allow-dirty"]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -279,7 +279,7 @@ impl JobBoard for DynamoBoard {
                     "host": report.host, "pid": report.pid, "state": report.state.as_str(), "job": report.job,
                     "jobs_done": report.jobs_done, "jobs_failed": report.jobs_failed,
                     "last_error": report.last_error, "started_at": report.started_at, "last_seen": report.last_seen,
-                    "progress": report.progress, "device": report.device,
+                    "progress": report.progress, "device": report.device, "commands": report.commands,
                 })),
             ))
             .await
@@ -307,6 +307,15 @@ impl JobBoard for DynamoBoard {
                     last_error: d["last_error"].as_str().map(str::to_string),
                     progress: d["progress"].as_str().map(str::to_string),
                     device: d["device"].as_str().map(str::to_string),
+                    commands: d["commands"]
+                        .as_array()
+                        .map(|names| {
+                            names
+                                .iter()
+                                .filter_map(|n| n.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     started_at: d["started_at"].as_i64().unwrap_or(0),
                     last_seen: d["last_seen"].as_i64().unwrap_or(0),
                 }

@@ -178,6 +178,8 @@ pub struct WorkerReport {
     pub progress: Option<String>,
     /// The device it runs models on (`cuda:0`, `cpu`), when it was pinned to one.
     pub device: Option<String>,
+    /// The programs its allow-list lets `command` jobs run, sorted.
+    pub commands: Vec<String>,
     /// When it started (seconds since the Unix epoch).
     pub started_at: i64,
     /// When it last reported (seconds since the Unix epoch).

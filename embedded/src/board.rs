@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS worker_progress (
     progress  TEXT,
     device    TEXT
 );
+-- Likewise: the programs a worker allows, as a JSON list.
+CREATE TABLE IF NOT EXISTS worker_commands (
+    worker_id TEXT PRIMARY KEY,
+    programs  TEXT NOT NULL
+);
 ";
 
 /// Workers not seen for this long are forgotten.
@@ -303,14 +308,24 @@ impl JobBoard for SqliteBoard {
                     "INSERT OR REPLACE INTO worker_progress (worker_id, progress, device) VALUES (?1, ?2, ?3)",
                     params![w.worker_id, w.progress, w.device],
                 )?;
+                let programs =
+                    serde_json::to_string(&w.commands).expect("a list of names serialises");
+                conn.execute(
+                    "INSERT OR REPLACE INTO worker_commands (worker_id, programs) VALUES (?1, ?2)",
+                    params![w.worker_id, programs],
+                )?;
                 conn.execute(
                     "DELETE FROM workers WHERE last_seen < ?1",
                     params![w.last_seen - FORGET_WORKERS_AFTER_SECS],
                 )?;
-                conn.execute(
-                    "DELETE FROM worker_progress WHERE worker_id NOT IN (SELECT worker_id FROM workers)",
-                    [],
-                )?;
+                for table in ["worker_progress", "worker_commands"] {
+                    conn.execute(
+                        &format!(
+                            "DELETE FROM {table} WHERE worker_id NOT IN (SELECT worker_id FROM workers)"
+                        ),
+                        [],
+                    )?;
+                }
                 Ok(())
             })
             .await
@@ -320,8 +335,9 @@ impl JobBoard for SqliteBoard {
         self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT w.worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen, p.progress, p.device
+                    "SELECT w.worker_id, host, pid, state, job, jobs_done, jobs_failed, last_error, started_at, last_seen, p.progress, p.device, c.programs
                      FROM workers w LEFT JOIN worker_progress p ON p.worker_id = w.worker_id
+                     LEFT JOIN worker_commands c ON c.worker_id = w.worker_id
                      WHERE last_seen >= ?1 ORDER BY last_seen DESC, w.worker_id",
                 )?;
                 let rows = stmt
@@ -340,6 +356,10 @@ impl JobBoard for SqliteBoard {
                             last_seen: r.get(9)?,
                             progress: r.get(10)?,
                             device: r.get(11)?,
+                            commands: r
+                                .get::<_, Option<String>>(12)?
+                                .and_then(|json| serde_json::from_str(&json).ok())
+                                .unwrap_or_default(),
                         })
                     })?
                     .collect::<Result<_, _>>()?;

@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use labelfleet_core::board::JobBoard;
+use labelfleet_core::job::JobBody;
 use labelfleet_core::overrides::Override;
 use labelfleet_enqueue::folder::load_folder;
 use labelfleet_enqueue::git::GitState;
-use labelfleet_enqueue::plan::{Known, plan};
+use labelfleet_enqueue::plan::{Known, PlannedJob, plan};
 use labelfleet_enqueue::stamp_provenance;
 use labelfleet_enqueue::submit::submit;
 use labelfleet_enqueue::versions::{VersionPolicy, reconcile};
@@ -194,8 +196,50 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
+    warn_of_unknown_programs(&planned, &*backends.board).await;
     println!("next: start workers with `labelfleet worker`, and watch with `labelfleet status`");
     Ok(())
+}
+
+/// How recently a worker must have reported for its allow-list to count.
+const WORKERS_SEEN_WITHIN_SECS: i64 = 600;
+
+/// Warns (on stderr) about each program that `command` jobs name and no worker seen
+/// lately allows: such jobs are dead-lettered by the first worker that receives them.
+async fn warn_of_unknown_programs(planned: &[PlannedJob], board: &dyn JobBoard) {
+    let mut programs: Vec<(&str, &std::path::Path)> = planned
+        .iter()
+        .filter_map(|p| match &p.loaded.job.body {
+            JobBody::Command(spec) => Some((spec.program.as_str(), p.loaded.source.as_path())),
+            _ => None,
+        })
+        .collect();
+    if programs.is_empty() {
+        return;
+    }
+    programs.sort();
+    programs.dedup_by_key(|(program, _)| *program);
+    let since = chrono::Utc::now().timestamp() - WORKERS_SEEN_WITHIN_SECS;
+    let workers = match board.workers(since).await {
+        Ok(workers) => workers,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the workers' reports to check their allowed programs");
+            return;
+        }
+    };
+    for (program, file) in programs {
+        if !workers
+            .iter()
+            .any(|w| w.commands.iter().any(|c| c == program))
+        {
+            eprintln!(
+                "warning: {}: no worker seen in the last {} minutes allows the program `{program}`; \
+                 start workers with `--allow-command {program}=/path/to/executable`, or its jobs are dead-lettered",
+                file.display(),
+                WORKERS_SEEN_WITHIN_SECS / 60
+            );
+        }
+    }
 }
 
 fn plural(n: usize) -> &'static str {

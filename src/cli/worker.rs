@@ -162,6 +162,7 @@ pub async fn run(global: &GlobalArgs, args: WorkerArgs) -> anyhow::Result<()> {
     if !commands.names().is_empty() {
         tracing::info!(programs = ?commands.names(), "command jobs may run these programs");
     }
+    config.commands = commands.names().into_iter().map(str::to_string).collect();
     config.device = checked_device(args.device, args.require_gpu)
         .map_err(|e| Exit::new(Exit::CONFIG, format!("{e:#}")))?;
     if let Some(device) = &config.device {

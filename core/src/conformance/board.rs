@@ -166,6 +166,7 @@ pub async fn worker_reports(b: &dyn JobBoard) {
         last_error: None,
         progress: None,
         device: Some("cuda:1".into()),
+        commands: vec!["evaluate".into(), "train".into()],
         started_at: 1_000,
         last_seen: 2_000_000_000,
     };

@@ -76,6 +76,9 @@ pub struct WorkerConfig {
     /// Where this worker's jobs run their models (`cuda:1`), whatever the jobs say;
     /// `None` leaves each job's own `device`.
     pub device: Option<String>,
+    /// The programs its `command` runner allows, for its reports (`enqueue` warns
+    /// about a program no worker allows).
+    pub commands: Vec<String>,
 }
 
 impl WorkerConfig {
@@ -98,6 +101,7 @@ impl WorkerConfig {
             concurrency: 1,
             record_linger: Duration::from_millis(20),
             device: None,
+            commands: Vec::new(),
         }
     }
 
@@ -232,6 +236,7 @@ impl Worker {
             last_error: None,
             progress: None,
             device: config.device.clone(),
+            commands: config.commands.clone(),
             started_at: now_secs(),
             last_seen: now_secs(),
         };
