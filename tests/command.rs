@@ -291,28 +291,44 @@ done
 echo "$n" > "$LABELFLEET_OUTPUT_DIR/count"
 "#;
 
-#[test]
-fn a_stopped_worker_s_program_checkpoints_and_the_next_attempt_resumes() {
-    let fleet = Fleet::new();
+/// Enqueues group `group`'s job `count`, which runs [`COUNTER`] writing its pid to the
+/// file returned; returns the `--allow-command` value and that file.
+fn enqueue_counter(fleet: &Fleet, group: &str) -> (String, PathBuf) {
     let dir = fleet.jobs_dir("jobs");
-    let counter = script(&fleet, "counter", COUNTER);
+    let counter = script(fleet, "counter", COUNTER);
     let pid_file = fleet.dir.path().join("pid");
     write_job(
         &dir,
         "count.json",
         &command_job(
-            "stop",
+            group,
             "count",
             json!({"program": "counter", "args": [pid_file.to_str().unwrap()]}),
             &[],
         ),
     );
-    enqueue(&fleet, &dir);
-    let allowed = allow("counter", &counter);
-    let mut first = fleet.spawn_worker("first", &["--wait", "0.2", "--allow-command", &allowed]);
+    enqueue(fleet, &dir);
+    (allow("counter", &counter), pid_file)
+}
+
+/// Waits until [`COUNTER`] has written its pid.
+fn wait_for_pid(pid_file: &Path) -> i32 {
     wait_until(Duration::from_secs(30), "the program starts", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+        std::fs::read_to_string(pid_file).is_ok_and(|p| p.ends_with('\n'))
     });
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_stopped_worker_s_program_checkpoints_and_the_next_attempt_resumes() {
+    let fleet = Fleet::new();
+    let (allowed, pid_file) = enqueue_counter(&fleet, "stop");
+    let mut first = fleet.spawn_worker("first", &["--wait", "0.2", "--allow-command", &allowed]);
+    wait_for_pid(&pid_file);
     std::thread::sleep(Duration::from_secs(1));
     first.signal("TERM");
     assert!(first.wait(Duration::from_secs(20)).success());
@@ -349,21 +365,7 @@ fn a_stopped_worker_s_program_checkpoints_and_the_next_attempt_resumes() {
 #[test]
 fn a_killed_worker_leaves_no_orphan_and_its_job_runs_again() {
     let fleet = Fleet::new();
-    let dir = fleet.jobs_dir("jobs");
-    let counter = script(&fleet, "counter", COUNTER);
-    let pid_file = fleet.dir.path().join("pid");
-    write_job(
-        &dir,
-        "count.json",
-        &command_job(
-            "kill",
-            "count",
-            json!({"program": "counter", "args": [pid_file.to_str().unwrap()]}),
-            &[],
-        ),
-    );
-    enqueue(&fleet, &dir);
-    let allowed = allow("counter", &counter);
+    let (allowed, pid_file) = enqueue_counter(&fleet, "kill");
     let common = [
         "--wait",
         "0.2",
@@ -373,14 +375,7 @@ fn a_killed_worker_leaves_no_orphan_and_its_job_runs_again() {
         &allowed,
     ];
     let mut first = fleet.spawn_worker("first", &common);
-    wait_until(Duration::from_secs(30), "the program starts", || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
-    });
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = wait_for_pid(&pid_file);
     assert!(pid_alive(pid));
     first.signal("KILL");
     first.wait(Duration::from_secs(10));
