@@ -418,3 +418,46 @@ fn a_bad_allow_list_stops_the_worker_before_it_receives() {
         assert!(stderr.contains(flag) && stderr.contains(says), "{stderr}");
     }
 }
+
+/// A program's 300 MB output goes to S3 (moto) in parts, read from its file one part
+/// at a time: the worker's peak resident memory stays far below the output's size.
+#[test]
+fn a_large_output_streams_to_s3_in_parts() {
+    let fleet = Fleet::on_aws(labelfleet_aws::testing::MotoServer::shared(), 3);
+    let dir = fleet.jobs_dir("jobs");
+    let big = script(
+        &fleet,
+        "big",
+        "head -c 300000000 /dev/zero > \"$LABELFLEET_OUTPUT_DIR/big.bin\"\n",
+    );
+    write_job(
+        &dir,
+        "big.json",
+        &command_job("big", "big", json!({"program": "big"}), &[]),
+    );
+    enqueue(&fleet, &dir);
+    let mut worker = fleet.spawn_worker(
+        "w",
+        &[
+            "--wait",
+            "1",
+            "--idle-exit",
+            "3",
+            "--allow-command",
+            &allow("big", &big),
+        ],
+    );
+    assert!(worker.wait(Duration::from_secs(300)).success());
+    let entries = fleet.entries("big");
+    assert_eq!(entries.len(), 1, "{}", worker.log_text());
+    assert_eq!(entries[0].counts["output_bytes"], 300_000_000);
+    assert_eq!(entries[0].artifacts["big.bin"], "big/big/output/big.bin");
+    let events = worker.events();
+    let stopped = find(&events, "worker stopped", None);
+    let peak = stopped[0]["fields"]["peak_resident_mib"].as_u64().unwrap();
+    eprintln!("worker peak resident memory: {peak} MiB");
+    assert!(
+        peak < 150,
+        "the worker peaked at {peak} MiB for a 286 MiB output"
+    );
+}

@@ -68,7 +68,64 @@ impl S3ArtifactStore {
         }
     }
 
+    /// Uploads `bytes` in parts.
     async fn put_multipart(&self, object: &str, bytes: &[u8], checksum: &str) -> BackendResult<()> {
+        let chunks: Vec<&[u8]> = bytes.chunks(self.part_size).collect();
+        self.upload_parts(object, chunks.len(), checksum, |i| {
+            let part = chunks[i].to_vec();
+            async move { Ok(part) }
+        })
+        .await
+    }
+
+    /// Uploads the `size` bytes of the file at `path` in parts, reading one part at a
+    /// time.
+    async fn put_file_multipart(
+        &self,
+        object: &str,
+        path: &std::path::Path,
+        size: u64,
+        checksum: &str,
+    ) -> BackendResult<()> {
+        let part_size = self.part_size as u64;
+        let parts = size.div_ceil(part_size) as usize;
+        let file = std::sync::Arc::new(
+            std::fs::File::open(path)
+                .map_err(|e| BackendError::Other(format!("reading {}: {e}", path.display())))?,
+        );
+        self.upload_parts(object, parts, checksum, |i| {
+            let file = file.clone();
+            let offset = i as u64 * part_size;
+            let len = part_size.min(size - offset) as usize;
+            let shown = path.display().to_string();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut part = vec![0u8; len];
+                    file.read_exact_at(&mut part, offset).map(|_| part)
+                })
+                .await
+                .map_err(|e| BackendError::Other(format!("reading {shown}: {e}")))?
+                .map_err(|e| BackendError::Other(format!("reading {shown}: {e}")))
+            }
+        })
+        .await
+    }
+
+    /// A multipart upload of `parts` parts, each read by `read_part(index)` when it is
+    /// sent: only one part is in memory at a time. The upload is aborted if any step
+    /// fails.
+    async fn upload_parts<F, Fut>(
+        &self,
+        object: &str,
+        parts: usize,
+        checksum: &str,
+        mut read_part: F,
+    ) -> BackendResult<()>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = BackendResult<Vec<u8>>>,
+    {
         let op = format!("S3 multipart upload of s3://{}/{object}", self.bucket);
         let upload = self
             .client
@@ -81,8 +138,9 @@ impl S3ArtifactStore {
             .map_err(|e| classify(&op, e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
         let result = async {
-            let mut parts = Vec::new();
-            for (i, chunk) in bytes.chunks(self.part_size).enumerate() {
+            let mut done = Vec::with_capacity(parts);
+            for i in 0..parts {
+                let chunk = read_part(i).await?;
                 let number = i as i32 + 1;
                 let part = self
                     .client
@@ -91,11 +149,11 @@ impl S3ArtifactStore {
                     .key(object)
                     .upload_id(&upload_id)
                     .part_number(number)
-                    .body(ByteStream::from(chunk.to_vec()))
+                    .body(ByteStream::from(chunk))
                     .send()
                     .await
                     .map_err(|e| classify(&op, e))?;
-                parts.push(
+                done.push(
                     CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(part.e_tag().map(str::to_string))
@@ -109,7 +167,7 @@ impl S3ArtifactStore {
                 .upload_id(&upload_id)
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
+                        .set_parts(Some(done))
                         .build(),
                 )
                 .send()
@@ -174,6 +232,25 @@ impl ArtifactStore for S3ArtifactStore {
             .await
             .map_err(|e| classify(&format!("S3 PutObject s3://{}/{object}", self.bucket), e))?;
         Ok(())
+    }
+
+    async fn put_file(&self, key: &ArtifactKey, path: &std::path::Path) -> BackendResult<()> {
+        let unreadable =
+            |e: std::io::Error| BackendError::Other(format!("reading {}: {e}", path.display()));
+        let size = std::fs::metadata(path).map_err(unreadable)?.len();
+        if size < self.part_size as u64 {
+            let bytes = tokio::fs::read(path).await.map_err(unreadable)?;
+            return self.put(key, bytes).await;
+        }
+        let owned = path.to_path_buf();
+        let checksum =
+            tokio::task::spawn_blocking(move || labelfleet_core::hash::sha256_file_hex(&owned))
+                .await
+                .map_err(|e| BackendError::Other(format!("hashing {}: {e}", path.display())))?
+                .map_err(unreadable)?;
+        let object = self.object_key(key.as_str());
+        self.put_file_multipart(&object, path, size, &checksum)
+            .await
     }
 
     async fn get(&self, key: &ArtifactKey) -> BackendResult<Option<Vec<u8>>> {

@@ -70,6 +70,15 @@ pub trait ArtifactStore: Send + Sync {
     /// part. An existing artifact is replaced.
     async fn put(&self, key: &ArtifactKey, bytes: Vec<u8>) -> BackendResult<()>;
 
+    /// Writes the file at `path` as an artifact, as [`ArtifactStore::put`] does. Stores
+    /// that can stream do, so a large file never sits in memory whole; the default reads
+    /// it whole.
+    async fn put_file(&self, key: &ArtifactKey, path: &std::path::Path) -> BackendResult<()> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| BackendError::Other(format!("reading {}: {e}", path.display())))?;
+        self.put(key, bytes).await
+    }
+
     /// Reads an artifact; `None` if there is none under the key.
     async fn get(&self, key: &ArtifactKey) -> BackendResult<Option<Vec<u8>>>;
 

@@ -55,6 +55,29 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> BackendResult<()> {
     Ok(())
 }
 
+/// As [`write_atomically`], streaming from the file at `source`.
+fn copy_atomically(source: &Path, path: &Path) -> BackendResult<()> {
+    let dir = path.parent().expect("artifact paths have a parent");
+    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("artifact");
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rng().random::<u64>()));
+    let mut input = std::fs::File::open(source).map_err(|e| io_error("read", source, e))?;
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::copy(&mut input, &mut file)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error("write", path, e));
+    }
+    Ok(())
+}
+
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<ArtifactKey>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -104,6 +127,14 @@ impl ArtifactStore for FileArtifactStore {
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
             .await
             .map_err(|e| BackendError::Other(format!("artifact write task failed: {e}")))?
+    }
+
+    async fn put_file(&self, key: &ArtifactKey, source: &Path) -> BackendResult<()> {
+        let path = self.path_of(key);
+        let source = source.to_path_buf();
+        tokio::task::spawn_blocking(move || copy_atomically(&source, &path))
+            .await
+            .map_err(|e| BackendError::Other(format!("artifact copy task failed: {e}")))?
     }
 
     async fn get(&self, key: &ArtifactKey) -> BackendResult<Option<Vec<u8>>> {

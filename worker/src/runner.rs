@@ -89,6 +89,29 @@ impl JobContext {
         Ok(key.as_str().to_string())
     }
 
+    /// As [`JobContext::write_artifact`], from the file at `path`, which stores that can
+    /// stream (S3, the embedded files) never hold in memory whole.
+    pub async fn write_artifact_file(
+        &self,
+        job: &Job,
+        file: &str,
+        path: &std::path::Path,
+    ) -> Result<String, JobFailure> {
+        let key = job
+            .artifact_key(file)
+            .map_err(|e| JobFailure::new(format!("artifact {file}: {e}")))?;
+        if !self.holds_lease() {
+            return Err(JobFailure::new(format!(
+                "not writing artifact {key}: this worker lost the job's lease, and another may hold it now"
+            )));
+        }
+        self.artifacts
+            .put_file(&key, path)
+            .await
+            .map_err(|e| JobFailure::backend(format!("writing artifact {key}: {e}")))?;
+        Ok(key.as_str().to_string())
+    }
+
     /// The manifest entry of `group/run`, if that job has completed.
     pub async fn manifest_entry(
         &self,

@@ -114,11 +114,8 @@ pub async fn upload(
 ) -> Result<BTreeMap<String, String>, JobFailure> {
     let mut stored = BTreeMap::new();
     for relative in files_under(dir)? {
-        let bytes = tokio::fs::read(dir.join(&relative))
-            .await
-            .map_err(|e| io_failure("reading the output", &dir.join(&relative), e))?;
         let key = ctx
-            .write_artifact(job, &format!("{prefix}/{relative}"), bytes)
+            .write_artifact_file(job, &format!("{prefix}/{relative}"), &dir.join(&relative))
             .await?;
         stored.insert(relative, key);
     }
