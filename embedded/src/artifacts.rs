@@ -34,6 +34,21 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> BackendError {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> BackendResult<()> {
+    replace_atomically(path, |file| file.write_all(bytes))
+}
+
+/// As [`write_atomically`], streaming from the file at `source`.
+fn copy_atomically(source: &Path, path: &Path) -> BackendResult<()> {
+    let mut input = std::fs::File::open(source).map_err(|e| io_error("read", source, e))?;
+    replace_atomically(path, |file| std::io::copy(&mut input, file).map(|_| ()))
+}
+
+/// Writes `path` through a hidden temporary file that `fill` writes, synced, then
+/// renamed into place: readers see the old content or the new, never a part.
+fn replace_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> BackendResult<()> {
     let dir = path.parent().expect("artifact paths have a parent");
     std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
     let name = path
@@ -44,30 +59,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> BackendResult<()> {
     let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rng().random::<u64>()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_error("write", path, e));
-    }
-    Ok(())
-}
-
-/// As [`write_atomically`], streaming from the file at `source`.
-fn copy_atomically(source: &Path, path: &Path) -> BackendResult<()> {
-    let dir = path.parent().expect("artifact paths have a parent");
-    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("artifact");
-    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::rng().random::<u64>()));
-    let mut input = std::fs::File::open(source).map_err(|e| io_error("read", source, e))?;
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::copy(&mut input, &mut file)?;
+        fill(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

@@ -66,14 +66,9 @@ impl JobContext {
         self.lease.as_ref().is_none_or(Lease::held)
     }
 
-    /// Writes an artifact of `job` named `file`; returns its key. Refused once the
-    /// lease is lost, so that two workers never write the same keys.
-    pub async fn write_artifact(
-        &self,
-        job: &Job,
-        file: &str,
-        bytes: Vec<u8>,
-    ) -> Result<String, JobFailure> {
+    /// The key of `job`'s artifact `file`, refused once the lease is lost, so that two
+    /// workers never write the same keys.
+    fn writable_key(&self, job: &Job, file: &str) -> Result<ArtifactKey, JobFailure> {
         let key = job
             .artifact_key(file)
             .map_err(|e| JobFailure::new(format!("artifact {file}: {e}")))?;
@@ -82,6 +77,18 @@ impl JobContext {
                 "not writing artifact {key}: this worker lost the job's lease, and another may hold it now"
             )));
         }
+        Ok(key)
+    }
+
+    /// Writes an artifact of `job` named `file`; returns its key. Refused once the
+    /// lease is lost, so that two workers never write the same keys.
+    pub async fn write_artifact(
+        &self,
+        job: &Job,
+        file: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, JobFailure> {
+        let key = self.writable_key(job, file)?;
         self.artifacts
             .put(&key, bytes)
             .await
@@ -97,14 +104,7 @@ impl JobContext {
         file: &str,
         path: &std::path::Path,
     ) -> Result<String, JobFailure> {
-        let key = job
-            .artifact_key(file)
-            .map_err(|e| JobFailure::new(format!("artifact {file}: {e}")))?;
-        if !self.holds_lease() {
-            return Err(JobFailure::new(format!(
-                "not writing artifact {key}: this worker lost the job's lease, and another may hold it now"
-            )));
-        }
+        let key = self.writable_key(job, file)?;
         self.artifacts
             .put_file(&key, path)
             .await

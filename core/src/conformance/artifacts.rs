@@ -50,12 +50,14 @@ pub async fn large_artifacts_round_trip(s: &dyn ArtifactStore) {
     assert!(s.get(&k).await.unwrap() == Some(bytes));
 }
 
-/// Files stored with `put_file` read back byte for byte, small and larger than an S3
-/// part (8 MiB), and replace what was there.
+/// Files stored with `put_file` read back byte for byte and replace what was there.
+/// Small files only: a multi-megabyte upload here, beside the AWS suite's queue cases
+/// on one moto server, made one of them see a message twice in 1 run of 5 (the 300 MB
+/// command test in `tests/command.rs` sends a file in parts on a server of its own).
 pub async fn files_round_trip(s: &dyn ArtifactStore) {
     let dir = std::env::temp_dir().join(super::unique("artifact-files"));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, size) in [("small.bin", 1_000usize), ("large.bin", 9_000_000)] {
+    for (name, size) in [("small.bin", 1_000usize), ("larger.bin", 300_000)] {
         let k = key(&format!("{}/{name}", super::unique("file")));
         s.put(&k, b"old".to_vec()).await.unwrap();
         let bytes: Vec<u8> = (0..size as u32).map(|i| (i * 17 % 253) as u8).collect();
