@@ -88,7 +88,7 @@ pub async fn store_checkpoint(
     ctx: &JobContext,
     dir: &Path,
 ) -> Result<usize, JobFailure> {
-    let files = upload(
+    let (files, _) = upload(
         job,
         ctx,
         dir,
@@ -105,21 +105,26 @@ pub async fn store_checkpoint(
 }
 
 /// Stores every file under `dir` as an artifact of the job under `prefix`; returns
-/// each file's path in `dir` → its key. Links and other special files are refused.
+/// each file's path in `dir` → its key, and their bytes in all. Links and other
+/// special files are refused.
 pub async fn upload(
     job: &Job,
     ctx: &JobContext,
     dir: &Path,
     prefix: &str,
-) -> Result<BTreeMap<String, String>, JobFailure> {
-    let mut stored = BTreeMap::new();
+) -> Result<(BTreeMap<String, String>, u64), JobFailure> {
+    let (mut stored, mut bytes) = (BTreeMap::new(), 0);
     for relative in files_under(dir)? {
+        let path = dir.join(&relative);
+        bytes += std::fs::metadata(&path)
+            .map_err(|e| io_failure("reading", &path, e))?
+            .len();
         let key = ctx
-            .write_artifact_file(job, &format!("{prefix}/{relative}"), &dir.join(&relative))
+            .write_artifact_file(job, &format!("{prefix}/{relative}"), &path)
             .await?;
         stored.insert(relative, key);
     }
-    Ok(stored)
+    Ok((stored, bytes))
 }
 
 /// The files under `dir`, as `/`-separated relative paths, sorted.

@@ -142,11 +142,15 @@ impl JobRunner for CommandRunner {
         })?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(program = %spec.program, ?ended, seconds, "the command ended");
-        if ended != Ended::Cancelled && ctx.holds_lease() {
-            // The log helps most when the run failed: keep it whatever the outcome.
-            ctx.write_artifact(job, "command.log", out.log.into_bytes())
-                .await?;
-        }
+        // The log helps most when the run failed: keep it whatever the outcome.
+        let log = if ended != Ended::Cancelled && ctx.holds_lease() {
+            Some(
+                ctx.write_artifact(job, "command.log", out.log.into_bytes())
+                    .await?,
+            )
+        } else {
+            None
+        };
         let reason = |what: String| {
             if out.stderr_tail.is_empty() {
                 what
@@ -158,7 +162,7 @@ impl JobRunner for CommandRunner {
             }
         };
         match ended {
-            Ended::Exited(0) => finish(job, spec, ctx, &output, seconds).await,
+            Ended::Exited(0) => finish(job, spec, ctx, &output, seconds, log).await,
             Ended::Exited(EXIT_TEMPFAIL) => Err(JobFailure::transient(reason(format!(
                 "`{}` exited with status 75 (temporary failure)",
                 spec.program
@@ -204,6 +208,7 @@ async fn finish(
     ctx: &JobContext,
     output: &std::path::Path,
     seconds: f64,
+    log: Option<String>,
 ) -> Result<JobOutput, JobFailure> {
     let metrics = match std::fs::read(output.join("metrics.json")) {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
@@ -219,27 +224,20 @@ async fn finish(
         Err(e) => return Err(JobFailure::new(format!("reading metrics.json: {e}"))),
     };
     ctx.progress.set("storing outputs");
-    let artifacts = files::upload(job, ctx, output, "output").await?;
-    let bytes: u64 = files::files_under(output)?
-        .iter()
-        .filter_map(|f| std::fs::metadata(output.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
+    let (mut artifacts, bytes) = files::upload(job, ctx, output, "output").await?;
+    let files = artifacts.len() as u64;
+    artifacts.extend(log.map(|key| ("command.log".to_string(), key)));
     let mut metrics = metrics;
     if let Value::Object(map) = &mut metrics {
         map.entry("seconds").or_insert(Value::from(seconds));
     }
-    let mut all = artifacts;
-    if let Ok(log) = job.artifact_key("command.log") {
-        all.insert("command.log".into(), log.as_str().to_string());
-    }
     Ok(JobOutput {
         counts: [
-            ("output_files".to_string(), all.len() as u64 - 1),
+            ("output_files".to_string(), files),
             ("output_bytes".to_string(), bytes),
         ]
         .into(),
         metrics,
-        artifacts: all,
+        artifacts,
     })
 }
