@@ -178,6 +178,7 @@ pub async fn run(_global: &GlobalArgs, args: GenerateRunsArgs) -> anyhow::Result
                 vec!["job_0".to_string()]
             },
             mini: false,
+            params_from: None,
             body: JobBody::SelfLabel(Box::new(spec)),
             provenance: None,
         };

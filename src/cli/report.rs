@@ -55,16 +55,28 @@ fn format_value(v: &Value) -> String {
     }
 }
 
-/// Each trial run's parameters, from the group's tune entries' plans.
+/// Each trial run's parameters, from the group's tune entries' plans (and, for the
+/// trials of a model-based round, from what its round job proposed).
 fn trial_params(entries: &[ManifestEntry]) -> BTreeMap<String, String> {
+    let proposed: BTreeMap<&str, &Value> = entries
+        .iter()
+        .filter(|e| e.kind == "tune")
+        .filter_map(|e| e.metrics.get("proposals")?.as_object())
+        .flatten()
+        .map(|(trial, params)| (trial.as_str(), params))
+        .collect();
     let mut out = BTreeMap::new();
     for e in entries.iter().filter(|e| e.kind == "tune") {
         let Some(config) = e.provenance.as_ref().map(|p| &p.config) else {
             continue;
         };
+        if !config["tune"]["round"].is_null() {
+            continue;
+        }
         for trial in config["tune"]["planned"].as_array().into_iter().flatten() {
-            let params = trial["params"]
-                .as_object()
+            let planned = trial["params"].as_object().filter(|m| !m.is_empty());
+            let params = planned
+                .or_else(|| proposed.get(trial["trial"].as_str()?)?.as_object())
                 .map(|m| {
                     m.iter()
                         .map(|(k, v)| format!("{k}={}", format_value(v)))
@@ -73,7 +85,7 @@ fn trial_params(entries: &[ManifestEntry]) -> BTreeMap<String, String> {
                 })
                 .unwrap_or_default();
             for run in trial["runs"].as_array().into_iter().flatten() {
-                for name in [&run["retrain"], &run["eval"]] {
+                for name in [&run["job"], &run["retrain"], &run["eval"]] {
                     if let Some(name) = name.as_str() {
                         out.insert(name.to_string(), params.clone());
                     }

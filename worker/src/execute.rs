@@ -64,6 +64,12 @@ pub async fn run_job(
         device: control.device,
         lease: control.lease,
     };
+    // A job with `params_from` runs, and records, the job with those parameters set.
+    let resolved = crate::params_from::resolve(job, &ctx).await?;
+    let (job, params) = match &resolved {
+        Some((tuned, params)) => (tuned, Some(params)),
+        None => (job, None),
+    };
     let job_key = if runner.writes_artifacts() {
         let job_json = serde_json::to_vec_pretty(&job.to_value()).expect("jobs serialise");
         Some(ctx.write_artifact(job, "job.json", job_json).await?)
@@ -73,6 +79,16 @@ pub async fn run_job(
     let mut output = runner.run(job, &ctx).await?;
     if let Some(key) = job_key {
         output.artifacts.insert("job".to_string(), key);
+    }
+    if let Some(params) = params {
+        if output.metrics.is_null() {
+            output.metrics = serde_json::Value::Object(Default::default());
+        }
+        if let Some(metrics) = output.metrics.as_object_mut() {
+            metrics
+                .entry("params")
+                .or_insert_with(|| serde_json::Value::Object(params.clone()));
+        }
     }
     Ok(ManifestEntry {
         group_id: job.group_id.clone(),

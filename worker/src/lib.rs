@@ -56,6 +56,7 @@ pub mod execute;
 pub mod gpu;
 pub mod heartbeat;
 pub mod memory;
+pub mod params_from;
 pub mod runner;
 pub mod runners;
 pub mod shutdown;

@@ -32,6 +32,7 @@ mod error;
 mod eval;
 mod json;
 mod noop;
+mod params;
 mod retrain;
 mod self_label;
 pub mod tune;
@@ -54,7 +55,9 @@ pub use self::self_label::{
     CheckpointRef, DialogueSelection, GenerationSpec, ModelRef, PromptMode, RetrieverSpec,
     SelfLabelSpec, WeightFormat, check_retriever,
 };
-pub use self::tune::{Goal, PlannedTrial, Range, TrialRun, TuneSpec};
+pub use self::tune::{
+    Goal, PlannedTrial, Range, Search, TpeSettings, TrialRun, TuneSpec, round_job_name,
+};
 use crate::artifacts::ArtifactKey;
 use crate::provenance::Provenance;
 use crate::text::quoted;
@@ -167,6 +170,10 @@ pub struct Job {
     pub after: Vec<String>,
     /// Process only a tiny subset (a couple of dialogues), to smoke-test a pipeline.
     pub mini: bool,
+    /// A job (`name` in the same group, or `group/name`) whose manifest entry gives
+    /// this job parameters when it starts: a tune job's best (`best_params`), or the
+    /// points a model-based round proposed for it (`params_for`). It is one of `after`.
+    pub params_from: Option<String>,
     /// The kind-specific settings.
     pub body: JobBody,
     /// Where the job came from; set by `enqueue`, absent in files people write.
@@ -197,7 +204,15 @@ pub enum ProvenancePolicy {
     Accept,
 }
 
-const COMMON_KEYS: [&str; 6] = ["kind", "name", "group_id", "after", "mini", "provenance"];
+const COMMON_KEYS: [&str; 7] = [
+    "kind",
+    "name",
+    "group_id",
+    "after",
+    "mini",
+    "params_from",
+    "provenance",
+];
 
 impl Job {
     /// Parses a job document already read as JSON.
@@ -257,9 +272,23 @@ impl Job {
             Some(v) => expect_string(v, file, "group_id")?,
         };
         check_id(&group_id, file, "group_id")?;
-        let after = match map.remove("after") {
+        let mut after = match map.remove("after") {
             None => Vec::new(),
             Some(v) => parse_after(v, file)?,
+        };
+        let params_from = match map.remove("params_from") {
+            None => None,
+            Some(v) => {
+                let source = expect_string(v, file, "params_from")?;
+                for part in source.splitn(2, '/') {
+                    check_id(part, file, "params_from")?;
+                }
+                // The job it reads from must have finished: it is a dependency.
+                if !after.contains(&source) {
+                    after.push(source.clone());
+                }
+                Some(source)
+            }
         };
         let mini = match map.remove("mini") {
             None => false,
@@ -342,6 +371,7 @@ impl Job {
             group_id,
             after,
             mini,
+            params_from,
             body,
             provenance,
         })
@@ -372,6 +402,9 @@ impl Job {
         }
         if self.mini {
             map.insert("mini".into(), Value::Bool(true));
+        }
+        if let Some(source) = &self.params_from {
+            map.insert("params_from".into(), Value::from(source.clone()));
         }
         map.insert(self.kind().as_str().into(), self.body.to_value());
         Value::Object(map)

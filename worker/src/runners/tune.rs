@@ -1,12 +1,23 @@
-//! `tune` jobs: pick the best trial of a sweep. `enqueue` has already expanded the
-//! sweep into retrain (and eval) jobs, and this job runs after all of them: it reads
-//! each trial's metric from the manifest (the mean over its replicates), adds the
-//! trials of earlier sweeps named in `build_on`, and records the ranking.
+//! `tune` jobs: propose a model-based round's points, or pick the best trial of a
+//! sweep. `enqueue` has already expanded the sweep into its trial jobs (see
+//! `labelfleet_core::job::tune`).
+//!
+//! - A **round job** (`{tune}_round{k}`, `round` set) runs once every trial before its
+//!   round has finished: it reads their metrics from the manifest, proposes a point for
+//!   each trial of round `k` with TPE, and records them in its manifest entry
+//!   (`params_for`: trial job → parameters), where those trials read them when they
+//!   start (`params_from`).
+//! - The **tune job** runs after every trial: it reads each trial's metric (the mean
+//!   over its replicates), adds the trials of earlier sweeps named in `build_on`, and
+//!   records the ranking.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use labelfleet_core::job::{Goal, Job, JobBody, JobKind, TuneSpec};
+use labelfleet_core::job::tune::tpe::{Observation, proposal_seed, propose};
+use labelfleet_core::job::{Goal, Job, JobBody, JobKind, TuneSpec, round_job_name};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
 
@@ -24,12 +35,12 @@ pub struct TrialResult {
     /// The trial.
     pub trial: String,
     /// Its parameters.
-    pub params: serde_json::Map<String, Value>,
+    pub params: Map<String, Value>,
     /// The metric of each replicate that reported it.
     pub values: Vec<f64>,
     /// Their mean; absent when no replicate reported the metric.
     pub value: Option<f64>,
-    /// The retrain jobs of its replicates (`group/name`).
+    /// The jobs of its replicates (`group/name`).
     pub runs: Vec<String>,
 }
 
@@ -43,23 +54,70 @@ async fn metric_of(
     Ok(entry.and_then(|e| e.metrics.get(metric).and_then(Value::as_f64)))
 }
 
+/// The sweep's own name: a round job's name less its `_round{k}`.
+fn sweep_name<'a>(job: &'a Job, spec: &TuneSpec) -> &'a str {
+    spec.round
+        .and_then(|k| job.name.strip_suffix(&format!("_round{k}")))
+        .unwrap_or(&job.name)
+}
+
+/// The parameters a finished round job proposed for each of its trials.
+async fn proposals_of(
+    ctx: &JobContext,
+    group: &str,
+    round_job: &str,
+) -> Result<Map<String, Value>, JobFailure> {
+    let entry = ctx.manifest_entry(group, round_job).await?.ok_or_else(|| {
+        JobFailure::new(format!(
+            "the round job {group}/{round_job} has no manifest entry yet"
+        ))
+    })?;
+    Ok(entry
+        .metrics
+        .get("proposals")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Every planned trial of rounds before `before` (all of them for `None`) with its
+/// parameters and metric.
 async fn results_of(
     job: &Job,
     spec: &TuneSpec,
     ctx: &JobContext,
+    before: Option<usize>,
 ) -> Result<Vec<TrialResult>, JobFailure> {
     let (from_eval, metric) = match spec.metric.strip_prefix("eval.") {
         Some(m) => (true, m),
         None => (false, spec.metric.as_str()),
     };
+    let sweep = sweep_name(job, spec);
+    let mut proposed: BTreeMap<usize, Map<String, Value>> = BTreeMap::new();
     let mut out = Vec::new();
     for trial in &spec.planned {
+        if before.is_some_and(|k| trial.round >= k) {
+            continue;
+        }
+        let params: Map<String, Value> = if trial.round == 0 {
+            trial.params.clone().into_iter().collect()
+        } else {
+            if let std::collections::btree_map::Entry::Vacant(slot) = proposed.entry(trial.round) {
+                let round_job = round_job_name(sweep, trial.round);
+                slot.insert(proposals_of(ctx, &job.group_id, &round_job).await?);
+            }
+            proposed[&trial.round]
+                .get(&trial.trial)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
         let mut values = Vec::new();
         for run in &trial.runs {
             let source = if from_eval {
                 run.eval.as_deref()
             } else {
-                Some(run.retrain.as_str())
+                Some(run.job.as_str())
             };
             if let Some(name) = source
                 && let Some(v) = metric_of(ctx, &job.group_id, name, metric).await?
@@ -69,15 +127,15 @@ async fn results_of(
         }
         let value = (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
         out.push(TrialResult {
-            sweep: job.key().to_string(),
+            sweep: format!("{}/{sweep}", job.group_id),
             trial: trial.trial.clone(),
-            params: trial.params.clone().into_iter().collect(),
+            params,
             values,
             value,
             runs: trial
                 .runs
                 .iter()
-                .map(|r| format!("{}/{}", job.group_id, r.retrain))
+                .map(|r| format!("{}/{}", job.group_id, r.job))
                 .collect(),
         });
     }
@@ -112,6 +170,61 @@ pub fn rank(results: &mut [TrialResult], goal: Goal) {
     });
 }
 
+/// A round job: proposes a point for each trial of round `round` from every trial
+/// finished before it (earlier sweeps' first), the same points on every attempt.
+async fn propose_round(
+    job: &Job,
+    spec: &TuneSpec,
+    round: usize,
+    ctx: &JobContext,
+) -> Result<JobOutput, JobFailure> {
+    let mut finished = Vec::new();
+    for sweep in &spec.build_on {
+        finished.extend(earlier(sweep, ctx).await?);
+    }
+    finished.extend(results_of(job, spec, ctx, Some(round)).await?);
+    let history: Vec<Observation> = finished
+        .iter()
+        .filter_map(|r| {
+            let value = r.value?;
+            Some(Observation {
+                params: r.params.clone().into_iter().collect(),
+                value: match spec.goal {
+                    Goal::Minimize => value,
+                    Goal::Maximize => -value,
+                },
+            })
+        })
+        .collect();
+    let mut proposals = Map::new();
+    let mut params_for = Map::new();
+    let trials = spec.planned.iter().filter(|t| t.round == round);
+    for (index, trial) in trials.enumerate() {
+        let seed = proposal_seed(spec.seed, round, index);
+        let point: Map<String, Value> = propose(&spec.ranges, &history, &spec.tpe, seed)
+            .into_iter()
+            .collect();
+        for run in &trial.runs {
+            params_for.insert(run.job.clone(), Value::Object(point.clone()));
+        }
+        proposals.insert(trial.trial.clone(), Value::Object(point));
+    }
+    tracing::info!(job = %job.key(), round, observations = history.len(), proposed = proposals.len(), "round proposed");
+    Ok(JobOutput {
+        counts: [
+            ("observations".to_string(), history.len() as u64),
+            ("proposed".to_string(), proposals.len() as u64),
+        ]
+        .into(),
+        metrics: json!({
+            "round": round,
+            "proposals": proposals,
+            "params_for": params_for,
+        }),
+        artifacts: BTreeMap::new(),
+    })
+}
+
 #[async_trait]
 impl JobRunner for TuneRunner {
     fn kind(&self) -> JobKind {
@@ -127,7 +240,10 @@ impl JobRunner for TuneRunner {
                 "the sweep was not expanded: enqueue tune files with `labelfleet enqueue`",
             ));
         }
-        let mut results = results_of(job, spec, ctx).await?;
+        if let Some(round) = spec.round {
+            return propose_round(job, spec, round, ctx).await;
+        }
+        let mut results = results_of(job, spec, ctx, None).await?;
         let own = results.len();
         for sweep in &spec.build_on {
             results.extend(earlier(sweep, ctx).await?);
