@@ -77,9 +77,16 @@ fn ingest_and_check(fleet: &Fleet, source: &str) {
         stderr.contains("session_c") && stderr.contains("session_d"),
         "{stderr}"
     );
+    check_dataset(
+        &out.join("stats.json"),
+        &out.join("data/train-00000-of-00001.parquet"),
+        &out.join("rows.jsonl"),
+    );
+}
 
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
+/// Checks an ingested dataset of the four sessions' logs.
+fn check_dataset(stats: &Path, parquet: &Path, jsonl: &Path) {
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(stats).unwrap()).unwrap();
     assert_eq!(stats["archives"], 4);
     assert_eq!(stats["bad_archives"].as_array().unwrap().len(), 2);
     assert_eq!(stats["rows_read"], 7);
@@ -94,7 +101,7 @@ fn ingest_and_check(fleet: &Fleet, source: &str) {
     assert_eq!(stats["rows_per_session"]["batch1/session_b"], 1);
 
     // The duplicates are really gone from the data.
-    let file = std::fs::File::open(out.join("data/train-00000-of-00001.parquet")).unwrap();
+    let file = std::fs::File::open(parquet).unwrap();
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .unwrap()
         .build()
@@ -125,6 +132,18 @@ fn ingest_and_check(fleet: &Fleet, source: &str) {
         sessions,
         ["batch1/session_a", "batch1/session_a", "batch1/session_b"]
     );
+    // The same rows as JSON lines, for scripts without a parquet reader.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, commands);
+    assert_eq!(lines[2]["session"], "batch1/session_b");
 }
 
 #[test]
@@ -161,4 +180,85 @@ fn logs_under_an_s3_prefix_ingest_the_same() {
     ))
     .unwrap();
     ingest_and_check(&fleet, &format!("s3://{bucket}/raw/logs/"));
+}
+
+/// A worker runs `ingest` as a job: the archives are the outputs of an earlier
+/// `command` job (a session per folder), and the dataset becomes the job's artifacts,
+/// the same as the command line writes. A job that wrote no archives fails for good,
+/// naming what it did write.
+#[test]
+fn an_ingest_job_reads_the_archives_an_earlier_job_wrote() {
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = Fleet::new();
+    let root = fleet.dir.path().join("logs");
+    write_logs(&root);
+    let collect = fleet.dir.path().join("collect.sh");
+    std::fs::write(
+        &collect,
+        format!(
+            "#!/bin/sh\ncp -r {}/. \"$LABELFLEET_OUTPUT_DIR\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&collect, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = fleet.jobs_dir("chain");
+    let job = |name: &str, kind: &str, body: serde_json::Value| serde_json::json!({"kind": kind, "group_id": "chain", "name": name, kind: body});
+    common::write_job(
+        &dir,
+        "collect.json",
+        &job(
+            "collect",
+            "command",
+            serde_json::json!({"program": "collect"}),
+        ),
+    );
+    common::write_job(
+        &dir,
+        "nothing.json",
+        &job("nothing", "noop", serde_json::json!({})),
+    );
+    common::write_job(
+        &dir,
+        "ingest.json",
+        &job("ingest", "ingest", serde_json::json!({"from": "collect"})),
+    );
+    common::write_job(
+        &dir,
+        "wrong.json",
+        &job("wrong", "ingest", serde_json::json!({"from": "nothing"})),
+    );
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let allow = format!("collect={}", collect.display());
+    let mut worker = fleet.spawn_worker(
+        "w",
+        &[
+            "--wait",
+            "0.2",
+            "--idle-exit",
+            "2",
+            "--allow-command",
+            &allow,
+        ],
+    );
+    assert!(worker.wait(std::time::Duration::from_secs(120)).success());
+    let entries = fleet.entries("chain");
+    let ingest = entries.iter().find(|e| e.run_id == "ingest").unwrap();
+    assert_eq!(ingest.counts["archives"], 4);
+    assert_eq!(ingest.metrics["rows_kept"], 3);
+    let artifact = |role: &str| fleet.home().join("artifacts").join(&ingest.artifacts[role]);
+    check_dataset(&artifact("stats"), &artifact("dataset"), &artifact("rows"));
+    assert!(ingest.artifacts["dataset"].ends_with("data/train-00000-of-00001.parquet"));
+    assert!(!entries.iter().any(|e| e.run_id == "wrong"));
+    use labelfleet_core::queue::Queue;
+    let dead = common::block_on(fleet.embedded().queue(5).unwrap().dead_letters(10)).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("failed on attempt 1")
+            && dead[0]
+                .reason
+                .contains("chain/nothing wrote no artifact named …/logs.tar.gz"),
+        "{}",
+        dead[0].reason
+    );
 }

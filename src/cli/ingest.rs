@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use labelfleet_core::artifacts::ArtifactStore;
 
-use crate::dataset::ingest::{ARCHIVE, Ingester, LogRow, Stats, ingest_folder, write_parquet};
+use labelfleet_ingest::{
+    ARCHIVE, Ingester, LogRow, Stats, ingest_folder, write_jsonl, write_parquet,
+};
 
 /// Arguments of `ingest`.
 #[derive(clap::Args, Debug)]
@@ -22,7 +24,8 @@ pub struct IngestArgs {
     /// The column holding the command text, which rows are de-duplicated by.
     #[arg(long, default_value = "command")]
     pub text_column: String,
-    /// Where to write `data/train-00000-of-00001.parquet` and `stats.json`.
+    /// Where to write `data/train-00000-of-00001.parquet`, the same rows as
+    /// `rows.jsonl`, and `stats.json`.
     #[arg(long, default_value = "ingested")]
     pub out: PathBuf,
 }
@@ -40,6 +43,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         }
     };
     write_parquet(&args.out.join("data/train-00000-of-00001.parquet"), &rows)?;
+    write_jsonl(&args.out.join("rows.jsonl"), &rows)?;
     std::fs::write(
         args.out.join("stats.json"),
         serde_json::to_vec_pretty(&stats).expect("stats serialise"),

@@ -1,11 +1,10 @@
 //! Exporting a manifest group's self-labelled turns as a Hugging Face dataset: turn
 //! rows with the columns the seed pipeline publishes ([`rows`]), a stable name
 //! ([`name`]), dialogue-level splits, parquet files and a dataset card ([`mod@write`]);
-//! the Hugging Face Hub's upload API ([`hub`]); and raw interaction logs turned into a
-//! de-duplicated dataset ([`ingest`]).
+//! and the Hugging Face Hub's upload API ([`hub`]). (Raw interaction logs become a
+//! dataset in the `labelfleet-ingest` crate.)
 
 pub mod hub;
-pub mod ingest;
 pub mod rows;
 pub mod write;
 

@@ -295,10 +295,11 @@ impl Runners {
     /// worker's one cache and running the programs `commands` allows: the one place
     /// runners are registered.
     pub fn standard(models: Arc<ModelCache>, commands: AllowList) -> Runners {
-        use crate::runners::{command, eval, noop, retrain, self_label, tune};
+        use crate::runners::{command, eval, ingest, noop, retrain, self_label, tune};
         let mut runners = Runners::default();
         runners.register(Arc::new(command::CommandRunner::new(commands)));
         runners.register(Arc::new(eval::EvalRunner::new(models.clone())));
+        runners.register(Arc::new(ingest::IngestRunner));
         runners.register(Arc::new(noop::NoopRunner));
         runners.register(Arc::new(retrain::RetrainRunner));
         runners.register(Arc::new(tune::TuneRunner));

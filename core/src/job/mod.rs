@@ -21,7 +21,7 @@
 //! `SelfLabelSpec::check`, …).
 //!
 //! One file per kind's settings (`eval`, `noop`, `self_label`, `retrain`, `tune`,
-//! `command`), with
+//! `command`, `ingest`), with
 //! [`DatasetRef`] (which they share), [`JobError`] and the JSON helpers beside them.
 
 use std::fmt;
@@ -30,6 +30,7 @@ mod command;
 mod dataset;
 mod error;
 mod eval;
+mod ingest;
 mod json;
 mod noop;
 mod params;
@@ -44,6 +45,7 @@ pub use self::command::{CommandInput, CommandSpec, MAX_TIMEOUT_S, is_plain_relat
 pub use self::dataset::{DatasetFormat, DatasetRef};
 pub use self::error::JobError;
 pub use self::eval::{Baseline, EvalSpec, ModelPredictions, PredictionSource};
+pub use self::ingest::IngestSpec;
 pub use self::json::{canonical_json, parse_json, type_name};
 use self::json::{deserialize_at, expect_string, quote_list};
 pub use self::noop::NoopSpec;
@@ -78,17 +80,20 @@ pub enum JobKind {
     Tune,
     /// Run a program from the worker's allow-list.
     Command,
+    /// Turn raw interaction logs into a de-duplicated dataset.
+    Ingest,
 }
 
 impl JobKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::SelfLabel,
         JobKind::Retrain,
         JobKind::Eval,
         JobKind::Noop,
         JobKind::Tune,
         JobKind::Command,
+        JobKind::Ingest,
     ];
 
     /// The kind's name as it appears in job files.
@@ -100,6 +105,7 @@ impl JobKind {
             JobKind::Noop => "noop",
             JobKind::Tune => "tune",
             JobKind::Command => "command",
+            JobKind::Ingest => "ingest",
         }
     }
 
@@ -130,6 +136,8 @@ pub enum JobBody {
     Tune(Box<TuneSpec>),
     /// Settings of a `command` job.
     Command(Box<CommandSpec>),
+    /// Settings of an `ingest` job.
+    Ingest(IngestSpec),
 }
 
 impl JobBody {
@@ -142,6 +150,7 @@ impl JobBody {
             JobBody::Noop(_) => JobKind::Noop,
             JobBody::Tune(_) => JobKind::Tune,
             JobBody::Command(_) => JobKind::Command,
+            JobBody::Ingest(_) => JobKind::Ingest,
         }
     }
 
@@ -153,6 +162,7 @@ impl JobBody {
             JobBody::Noop(spec) => serde_json::to_value(spec),
             JobBody::Tune(spec) => serde_json::to_value(spec),
             JobBody::Command(spec) => serde_json::to_value(spec),
+            JobBody::Ingest(spec) => serde_json::to_value(spec),
         }
         .expect("job bodies serialise to JSON")
     }
@@ -358,6 +368,18 @@ impl Job {
                 spec.check()
                     .map_err(|(path, message)| JobError::new(file, path, message))?;
                 JobBody::Command(Box::new(spec))
+            }
+            JobKind::Ingest => {
+                let spec: IngestSpec = deserialize_at(body_value, file, "ingest")?;
+                spec.check()
+                    .map_err(|(path, message)| JobError::new(file, path, message))?;
+                if let Some(from) = &spec.from
+                    && !after.contains(from)
+                {
+                    // The archives' job must have finished: it is a dependency.
+                    after.push(from.clone());
+                }
+                JobBody::Ingest(spec)
             }
             JobKind::Retrain => {
                 let spec: RetrainSpec = deserialize_at(body_value, file, "retrain")?;

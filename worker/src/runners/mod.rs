@@ -1,5 +1,5 @@
-//! The job runners, one module per kind (`command`, `eval`, `noop`, `retrain`,
-//! `self_label`, `tune`), and the toolbox they share; no runner imports another.
+//! The job runners, one module per kind (`command`, `eval`, `ingest`, `noop`,
+//! `retrain`, `self_label`, `tune`), and the toolbox they share; no runner imports another.
 //!
 //! - [`models`]: the worker's one model cache, bounded by memory.
 //! - [`data`]: dialogue files and the dialogues a job selects.
@@ -13,6 +13,7 @@ pub mod checkpoints;
 pub mod command;
 pub mod data;
 pub mod eval;
+pub mod ingest;
 pub mod labelling;
 pub mod models;
 pub mod noop;

@@ -1,20 +1,15 @@
-//! Raw interaction logs into a dataset, as droidlet's `process_s3_logs.py` does: every
-//! `logs.tar.gz` under a folder or an S3 prefix is unpacked in memory by an
-//! [`Ingester`], the named pipe-delimited CSV in
-//! it is read, each row is tagged with its session (the archive's folder), rows whose
-//! command text repeats (case-insensitively, ignoring surrounding spaces) are dropped,
-//! and what is kept is written as parquet with a stats summary. A bad archive or a bad
-//! row is reported and skipped, never fatal.
+//! Reading interaction logs, as droidlet's `process_s3_logs.py` does: every
+//! `logs.tar.gz` (from a folder, an S3 prefix or an earlier job's artifacts) is
+//! unpacked in memory by an [`Ingester`], the named pipe-delimited CSV in it is read,
+//! each row is tagged with its session (the archive's folder), and rows whose command
+//! text repeats (case-insensitively, ignoring surrounding spaces) are dropped. A bad
+//! archive or a bad row is reported and skipped, never fatal.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
 /// The archive name looked for.
@@ -243,37 +238,4 @@ pub fn ingest_folder(
         }
     }
     Ok(ingester.finish())
-}
-
-/// Writes the rows as one parquet file: `session`, then every column any CSV had
-/// (null where a CSV lacked it).
-pub fn write_parquet(path: &Path, rows: &[LogRow]) -> anyhow::Result<()> {
-    let columns: Vec<String> = rows
-        .iter()
-        .flat_map(|r| r.fields.keys().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut fields = vec![Field::new("session", DataType::Utf8, false)];
-    fields.extend(columns.iter().map(|c| Field::new(c, DataType::Utf8, true)));
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
-        rows.iter().map(|r| r.session.as_str()),
-    ))];
-    for column in &columns {
-        arrays.push(Arc::new(StringArray::from(
-            rows.iter()
-                .map(|r| r.fields.get(column).map(String::as_str))
-                .collect::<Vec<_>>(),
-        )));
-    }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), None)?;
-    writer.write(&batch)?;
-    writer.close()?;
-    Ok(())
 }
