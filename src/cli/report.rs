@@ -123,17 +123,30 @@ pub async fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<()> {
         );
     }
     let params = trial_params(&entries);
-    let columns: Vec<(&str, &str)> = COLUMNS
+    // The known metrics, then what the group's sweeps optimise (a command's own
+    // metric, such as `valid_rmse`), when some entry has them.
+    let mut candidates: Vec<(String, String)> = COLUMNS
         .iter()
-        .copied()
+        .map(|(m, h)| (m.to_string(), h.to_string()))
+        .collect();
+    for e in entries.iter().filter(|e| e.kind == "tune") {
+        if let Some(metric) = e.metrics.get("metric").and_then(Value::as_str) {
+            let metric = metric.strip_prefix("eval.").unwrap_or(metric);
+            if !candidates.iter().any(|(m, _)| m == metric) {
+                candidates.push((metric.to_string(), metric.to_uppercase()));
+            }
+        }
+    }
+    let columns: Vec<(String, String)> = candidates
+        .into_iter()
         .filter(|(m, _)| {
             entries
                 .iter()
-                .any(|e| e.metrics.get(*m).is_some_and(|v| !v.is_null()))
+                .any(|e| e.metrics.get(m).is_some_and(|v| !v.is_null()))
         })
         .collect();
     let mut header = vec!["RUN", "KIND"];
-    header.extend(columns.iter().map(|c| c.1));
+    header.extend(columns.iter().map(|c| c.1.as_str()));
     if !params.is_empty() {
         header.push("PARAMS");
     }
@@ -141,7 +154,7 @@ pub async fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<()> {
     for e in &entries {
         let mut row = vec![e.run_id.clone(), e.kind.clone()];
         for (metric, _) in &columns {
-            row.push(match e.metrics.get(*metric) {
+            row.push(match e.metrics.get(metric) {
                 Some(v) if !v.is_null() => format_value(v),
                 _ => "-".into(),
             });

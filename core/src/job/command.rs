@@ -37,7 +37,8 @@ pub struct CommandSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandInput {
-    /// The job that wrote it: `name` in the same group, or `group/name`.
+    /// The job that wrote it: `name` in the same group, or `group/name`. The command
+    /// waits for it (it joins `after`).
     pub from: String,
     /// The artifact: a file that job's program wrote in its output folder (its path
     /// there), or the role its manifest entry names it by.

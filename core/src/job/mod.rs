@@ -367,6 +367,13 @@ impl Job {
                 let spec: CommandSpec = deserialize_at(body_value, file, "command")?;
                 spec.check()
                     .map_err(|(path, message)| JobError::new(file, path, message))?;
+                // The jobs whose artifacts it reads must have finished: they are
+                // dependencies.
+                for input in &spec.inputs {
+                    if !after.contains(&input.from) {
+                        after.push(input.from.clone());
+                    }
+                }
                 JobBody::Command(Box::new(spec))
             }
             JobKind::Ingest => {

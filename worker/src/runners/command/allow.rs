@@ -80,7 +80,25 @@ impl AllowList {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            self.allow(line)
+            // A relative path is relative to the file's folder, so that a workflow's
+            // folder can carry its own allow-list beside its scripts.
+            let entry = match line.split_once('=') {
+                Some((name, path)) if Path::new(path.trim()).is_relative() => {
+                    let folder = file.parent().unwrap_or(Path::new("."));
+                    let joined = folder.join(path.trim());
+                    let full = joined.canonicalize().map_err(|e| {
+                        format!(
+                            "{} line {}: {name}: cannot use `{}`: {e}",
+                            file.display(),
+                            i + 1,
+                            joined.display()
+                        )
+                    })?;
+                    format!("{name}={}", full.display())
+                }
+                _ => line.to_string(),
+            };
+            self.allow(&entry)
                 .map_err(|e| format!("{} line {}: {e}", file.display(), i + 1))?;
         }
         Ok(())
@@ -162,6 +180,31 @@ mod tests {
         let mut list = AllowList::default();
         list.allow_file(&file).unwrap();
         assert_eq!(list.names(), ["true"]);
+    }
+
+    #[test]
+    fn a_relative_path_in_a_commands_file_is_relative_to_its_folder() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("runs/flow")).unwrap();
+        std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+        let script = dir.path().join("scripts/step.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.path().join("runs/flow/commands.txt");
+        std::fs::write(&file, "step=../../scripts/step.sh\n").unwrap();
+        let mut list = AllowList::default();
+        list.allow_file(&file).unwrap();
+        assert_eq!(
+            list.program("step"),
+            Some(script.canonicalize().unwrap().as_path())
+        );
+        std::fs::write(&file, "gone=../../scripts/missing.sh\n").unwrap();
+        let err = AllowList::default().allow_file(&file).unwrap_err();
+        assert!(
+            err.contains("line 1: gone: cannot use") && err.contains("missing.sh"),
+            "{err}"
+        );
     }
 
     #[test]
