@@ -420,7 +420,8 @@ fn a_bad_allow_list_stops_the_worker_before_it_receives() {
 }
 
 /// A program's 300 MB output goes to S3 (moto) in parts, read from its file one part
-/// at a time: the worker's peak resident memory stays far below the output's size.
+/// at a time, and comes back as the next job's input a chunk at a time: the worker's
+/// peak resident memory stays far below the file's size.
 #[test]
 fn a_large_output_streams_to_s3_in_parts() {
     let fleet = Fleet::on_aws(labelfleet_aws::testing::MotoServer::shared(), 3);
@@ -430,10 +431,25 @@ fn a_large_output_streams_to_s3_in_parts() {
         "big",
         "head -c 300000000 /dev/zero > \"$LABELFLEET_OUTPUT_DIR/big.bin\"\n",
     );
+    let measure = script(
+        &fleet,
+        "measure",
+        "printf '{\"bytes\": %s}' $(stat -c %s \"$LABELFLEET_INPUT_DIR/big/big.bin\") > \"$LABELFLEET_OUTPUT_DIR/metrics.json\"\n",
+    );
     write_job(
         &dir,
         "big.json",
         &command_job("big", "big", json!({"program": "big"}), &[]),
+    );
+    write_job(
+        &dir,
+        "measure.json",
+        &command_job(
+            "big",
+            "measure",
+            json!({"program": "measure", "inputs": [{"from": "big", "path": "big.bin"}]}),
+            &[],
+        ),
     );
     enqueue(&fleet, &dir);
     let mut worker = fleet.spawn_worker(
@@ -445,19 +461,24 @@ fn a_large_output_streams_to_s3_in_parts() {
             "3",
             "--allow-command",
             &allow("big", &big),
+            "--allow-command",
+            &allow("measure", &measure),
         ],
     );
     assert!(worker.wait(Duration::from_secs(300)).success());
     let entries = fleet.entries("big");
-    assert_eq!(entries.len(), 1, "{}", worker.log_text());
-    assert_eq!(entries[0].counts["output_bytes"], 300_000_000);
-    assert_eq!(entries[0].artifacts["big.bin"], "big/big/output/big.bin");
+    assert_eq!(entries.len(), 2, "{}", worker.log_text());
+    let big = entries.iter().find(|e| e.run_id == "big").unwrap();
+    assert_eq!(big.counts["output_bytes"], 300_000_000);
+    assert_eq!(big.artifacts["big.bin"], "big/big/output/big.bin");
+    let measured = entries.iter().find(|e| e.run_id == "measure").unwrap();
+    assert_eq!(measured.metrics["bytes"], 300_000_000);
     let events = worker.events();
     let stopped = find(&events, "worker stopped", None);
     let peak = stopped[0]["fields"]["peak_resident_mib"].as_u64().unwrap();
     eprintln!("worker peak resident memory: {peak} MiB");
     assert!(
         peak < 150,
-        "the worker peaked at {peak} MiB for a 286 MiB output"
+        "the worker peaked at {peak} MiB for a 286 MiB output and input"
     );
 }

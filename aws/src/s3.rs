@@ -289,6 +289,54 @@ impl ArtifactStore for S3ArtifactStore {
         Ok(Some(bytes))
     }
 
+    /// Streams the object into the file a chunk at a time, checking its SHA-256 as it
+    /// goes; a corrupt download leaves no file behind.
+    async fn get_file(&self, key: &ArtifactKey, path: &std::path::Path) -> BackendResult<bool> {
+        use tokio::io::AsyncWriteExt;
+        let object = self.object_key(key.as_str());
+        let op = format!("S3 GetObject s3://{}/{object}", self.bucket);
+        let mut response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if code(&e) == Some("NoSuchKey") => return Ok(false),
+            Err(e) => return Err(classify(&op, e)),
+        };
+        let expected = response
+            .metadata()
+            .and_then(|m| m.get(CHECKSUM_KEY))
+            .cloned();
+        let local =
+            |e: std::io::Error| BackendError::Other(format!("writing {}: {e}", path.display()));
+        let mut file = tokio::fs::File::create(path).await.map_err(local)?;
+        let mut hasher = labelfleet_core::hash::Sha256Stream::default();
+        while let Some(chunk) = response
+            .body
+            .try_next()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("{op}: reading the body: {e}")))?
+        {
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(local)?;
+        }
+        file.flush().await.map_err(local)?;
+        if let Some(expected) = expected
+            && hasher.finish_hex() != expected
+        {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(BackendError::Other(format!(
+                "{op}: the object's SHA-256 does not match the one recorded at upload; it is corrupt (re-run the job that wrote it)"
+            )));
+        }
+        Ok(true)
+    }
+
     async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>> {
         let prefix = prefix.trim_end_matches('/');
         let full = self.object_key(prefix);

@@ -82,6 +82,18 @@ pub trait ArtifactStore: Send + Sync {
     /// Reads an artifact; `None` if there is none under the key.
     async fn get(&self, key: &ArtifactKey) -> BackendResult<Option<Vec<u8>>>;
 
+    /// Writes an artifact into the file at `path` (replacing it); `false` if there is
+    /// none under the key. Stores that can stream do, so a large artifact never sits in
+    /// memory whole; the default reads it whole.
+    async fn get_file(&self, key: &ArtifactKey, path: &std::path::Path) -> BackendResult<bool> {
+        let Some(bytes) = self.get(key).await? else {
+            return Ok(false);
+        };
+        std::fs::write(path, bytes)
+            .map_err(|e| BackendError::Other(format!("writing {}: {e}", path.display())))?;
+        Ok(true)
+    }
+
     /// Lists the keys that start with `prefix` (whole segments), sorted.
     async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>>;
 

@@ -29,6 +29,22 @@ pub fn sha256_file_hex(path: &std::path::Path) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// A SHA-256 computed piece by piece, for data that streams (a download).
+#[derive(Default)]
+pub struct Sha256Stream(Sha256);
+
+impl Sha256Stream {
+    /// Adds the next piece.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest of everything added, as 64 lowercase hex digits.
+    pub fn finish_hex(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
 /// The SHA-256 of `bytes` as 64 lowercase hex digits.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&sha256(bytes))

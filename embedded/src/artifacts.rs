@@ -138,6 +138,18 @@ impl ArtifactStore for FileArtifactStore {
         }
     }
 
+    async fn get_file(&self, key: &ArtifactKey, target: &Path) -> BackendResult<bool> {
+        let path = self.path_of(key);
+        let target = target.to_path_buf();
+        tokio::task::spawn_blocking(move || match std::fs::copy(&path, &target) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => Ok(false),
+            Err(e) => Err(io_error("copy", &path, e)),
+        })
+        .await
+        .map_err(|e| BackendError::Other(format!("artifact copy task failed: {e}")))?
+    }
+
     async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>> {
         let prefix = prefix.trim_end_matches('/');
         let start = if prefix.is_empty() {

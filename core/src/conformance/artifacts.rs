@@ -50,7 +50,8 @@ pub async fn large_artifacts_round_trip(s: &dyn ArtifactStore) {
     assert!(s.get(&k).await.unwrap() == Some(bytes));
 }
 
-/// Files stored with `put_file` read back byte for byte and replace what was there.
+/// Files stored with `put_file` read back byte for byte (also into a file, with
+/// `get_file`) and replace what was there.
 /// Small files only: a multi-megabyte upload here, beside the AWS suite's queue cases
 /// on one moto server, made one of them see a message twice in 1 run of 5 (the 300 MB
 /// command test in `tests/command.rs` sends a file in parts on a server of its own).
@@ -64,10 +65,23 @@ pub async fn files_round_trip(s: &dyn ArtifactStore) {
         let path = dir.join(name);
         std::fs::write(&path, &bytes).unwrap();
         s.put_file(&k, &path).await.unwrap();
-        assert!(s.get(&k).await.unwrap() == Some(bytes), "{name}");
+        assert!(s.get(&k).await.unwrap() == Some(bytes.clone()), "{name}");
+        let copy = dir.join(format!("copy-{name}"));
+        std::fs::write(&copy, b"stale").unwrap();
+        assert!(s.get_file(&k, &copy).await.unwrap());
+        assert!(
+            std::fs::read(&copy).unwrap() == bytes,
+            "{name} read into a file"
+        );
     }
     let missing = s.put_file(&key("x/y"), &dir.join("no-such-file")).await;
     assert!(missing.is_err());
+    let absent = dir.join("absent");
+    assert!(
+        !s.get_file(&key(&super::unique("none")), &absent)
+            .await
+            .unwrap()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -42,7 +42,8 @@ pub async fn fetch_inputs(
                 "{at}: job {group}/{name} has not completed; list it in `after` so this job waits for it"
             ))
         })?;
-        let Some((_, bytes)) = ctx.read_entry_artifact(&entry, &input.path).await? else {
+        let target = dir.join(&input.from).join(&input.path);
+        let Some(stored) = entry.artifacts.get(&input.path) else {
             let names: Vec<&str> = entry.artifacts.keys().map(String::as_str).collect();
             return Err(JobFailure::permanent(format!(
                 "{at}: job {group}/{name} wrote no artifact `{}` (it has: {})",
@@ -54,7 +55,12 @@ pub async fn fetch_inputs(
                 }
             )));
         };
-        write_file(&dir.join(&input.from).join(&input.path), &bytes).await?;
+        let stored = ArtifactKey::new(stored).map_err(|e| JobFailure::new(e.to_string()))?;
+        if !fetch_file(ctx, &stored, &target).await? {
+            return Err(JobFailure::new(format!(
+                "{at}: artifact {stored} named by {group}/{name} is missing"
+            )));
+        }
     }
     Ok(spec.inputs.len())
 }
@@ -73,10 +79,11 @@ pub async fn fetch_checkpoint(
         .map_err(|e| JobFailure::new(format!("{CHECKPOINT_INDEX}: {e}")))?;
     for file in &index.files {
         let stored = key(job, &format!("checkpoint/attempt-{}/{file}", index.attempt))?;
-        let bytes = read(ctx, &stored)
-            .await?
-            .ok_or_else(|| JobFailure::new(format!("the checkpoint's file {stored} is missing")))?;
-        write_file(&dir.join(file), &bytes).await?;
+        if !fetch_file(ctx, &stored, &dir.join(file)).await? {
+            return Err(JobFailure::new(format!(
+                "the checkpoint's file {stored} is missing"
+            )));
+        }
     }
     Ok(Some(index.files.len()))
 }
@@ -168,13 +175,16 @@ async fn read(ctx: &JobContext, key: &ArtifactKey) -> Result<Option<Vec<u8>>, Jo
         .map_err(|e| JobFailure::backend(format!("reading {key}: {e}")))
 }
 
-async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), JobFailure> {
+/// Writes an artifact into the file at `path`, streamed where the store can (a large
+/// input never sits in the worker's memory whole); `false` if it is missing.
+async fn fetch_file(ctx: &JobContext, key: &ArtifactKey, path: &Path) -> Result<bool, JobFailure> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(|e| io_failure("creating", parent, e))?;
     }
-    tokio::fs::write(path, bytes)
+    ctx.artifacts
+        .get_file(key, path)
         .await
-        .map_err(|e| io_failure("writing", path, e))
+        .map_err(|e| JobFailure::backend(format!("reading {key}: {e}")))
 }
