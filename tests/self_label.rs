@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Fleet, repo_root, wait_until};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn models() -> PathBuf {
     let dir = std::env::var_os("LABELFLEET_MODELS")
@@ -197,4 +197,76 @@ fn a_killed_self_label_job_resumes_from_its_running_log() {
     let resumed = common::find(&events, "resuming from the running log", None);
     assert_eq!(resumed.len(), 1, "the rescuer resumes once");
     assert_eq!(resumed[0]["fields"]["turns"], saved.len() as u64);
+}
+
+/// The other model families run through the same jobs: a tiny qwen3 and a tiny
+/// starcoder2 (random weights, a tokenizer trained on the sample's utterances) label
+/// sample dialogues in a `self_label` job and are scored by an `eval` job of the model.
+#[test]
+fn qwen3_and_starcoder2_models_label_and_evaluate() {
+    let fleet = common::Fleet::new();
+    let texts: Vec<String> = labelfleet_dst::read_dataset(
+        &common::repo_root().join("runs/sample-data/multiwoz21_val_sample.json"),
+        labelfleet_dst::Format::Multiwoz21,
+    )
+    .unwrap()
+    .iter()
+    .flat_map(|d| d.turns.iter().map(|t| t.user_utterance.clone()))
+    .collect();
+    let dir = fleet.jobs_dir("families");
+    for family in ["qwen3", "starcoder2"] {
+        let model = fleet.dir.path().join(family);
+        labelfleet_models::tiny::write_tiny_family(&model, &texts, 3, family).unwrap();
+        let data =
+            json!({"path": "runs/sample-data/multiwoz21_val_sample.json", "format": "multiwoz21"});
+        common::write_job(
+            &dir,
+            &format!("label_{family}.json"),
+            &json!({
+                "kind": "self_label", "group_id": "families",
+                "self_label": {
+                    "data": data.clone(),
+                    "dialogues": {"count": 2, "max_turns": 2},
+                    "model": {"path": model},
+                    "retriever": {"model": {"path": models().join("all-MiniLM-L6-v2")}},
+                    "generation": {"max_new_tokens": 4}
+                }
+            }),
+        );
+        common::write_job(
+            &dir,
+            &format!("eval_{family}.json"),
+            &json!({
+                "kind": "eval", "group_id": "families",
+                "eval": {
+                    "gold": data,
+                    "max_dialogues": 2,
+                    "predictions": {"model": {"model": {"path": model}, "prompt": "compact",
+                                              "generation": {"max_new_tokens": 4}}}
+                }
+            }),
+        );
+    }
+    fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
+    let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "3"]);
+    assert!(
+        worker.wait(Duration::from_secs(600)).success(),
+        "{}",
+        worker.log_text()
+    );
+    let entries = fleet.entries("families");
+    assert_eq!(entries.len(), 4, "{}", worker.log_text());
+    for family in ["qwen3", "starcoder2"] {
+        let label = entries
+            .iter()
+            .find(|e| e.run_id == format!("label_{family}"))
+            .unwrap();
+        assert_eq!(label.counts["turns"], 4, "{family}");
+        let eval = entries
+            .iter()
+            .find(|e| e.run_id == format!("eval_{family}"))
+            .unwrap();
+        assert!(eval.counts["turns"] > 0, "{family}");
+        assert!(eval.metrics["joint_goal_accuracy"].is_number(), "{family}");
+    }
 }

@@ -4,7 +4,8 @@
 //!   BERT-family model (all-MiniLM-L6-v2 and kin): the retriever of `self_label`. On
 //!   the CPU it runs our own encoder over plain buffers (`bert::cpu`, with the packed
 //!   f32 matmul of `sgemm`); elsewhere candle tensor operations.
-//! - [`CausalLm`] pairs a [`Llama`] (llama, SmolLM, qwen2; from GGUF or safetensors)
+//! - [`CausalLm`] pairs a decoder ([`Llama`]: the llama family, qwen3 or starcoder2,
+//!   each a [`families::Family`] with a file of its own; from GGUF or safetensors)
 //!   with its [`TextTokenizer`] and [`generates`](CausalLm::generate) completions for a
 //!   batch of prompts at once: prompts are left-padded, a per-row mask hides the
 //!   padding, and finished prompts leave the batch.
@@ -48,6 +49,7 @@ mod bert;
 mod device;
 mod embed;
 mod error;
+pub mod families;
 mod generate;
 mod kernels;
 pub mod llama;
@@ -64,7 +66,7 @@ pub use device::{parse_device, pin_cpu_threads};
 pub use embed::{MAX_TOKENS, SentenceEmbedder};
 pub use error::ModelError;
 pub use generate::{BatchTiming, CausalLm, Completion, Finish, GenerationParams};
-pub use llama::{HfWeights, LORA_TARGETS, Llama, LlamaConfig, WeightFormat};
+pub use llama::{HfWeights, LORA_TARGETS, Llama, LlamaConfig, ModelFamily, WeightFormat};
 pub use load::{ADAPTER_CONFIG, load_causal_lm};
 pub use lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};
 pub use source::ModelSource;

@@ -3,43 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use serde::Deserialize;
 
 use crate::ModelError;
 use crate::generate::CausalLm;
 use crate::llama::{Llama, LlamaConfig, WeightFormat};
 use crate::lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};
 use crate::tokenizer::TextTokenizer;
-
-/// The fields of a Hugging Face `config.json` that a llama-family model needs.
-#[derive(Debug, Deserialize)]
-struct HfConfig {
-    model_type: Option<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f32,
-    #[serde(default = "default_positions")]
-    max_position_embeddings: usize,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-}
-
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_theta() -> f32 {
-    10_000.0
-}
-fn default_positions() -> usize {
-    4096
-}
 
 /// Loads the causal LM at `path`: a `.gguf` file, a folder holding one, or a folder with
 /// `config.json`, `tokenizer.json` and `*.safetensors` (llama, mistral or qwen2), or a
@@ -128,34 +97,28 @@ pub(crate) fn safetensors_files(path: &Path) -> Result<Vec<PathBuf>, ModelError>
     Ok(weights)
 }
 
-/// The shape of the model in folder `path` (its `config.json`), and whether its
-/// embeddings are tied to the output projection.
+/// The shape of the model in folder `path` (its `config.json`, read by the family its
+/// `model_type` names), and whether its embeddings are tied to the output projection.
 pub(crate) fn hf_config(path: &Path) -> Result<(LlamaConfig, bool), ModelError> {
     let config_path = path.join("config.json");
     let text =
         std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
-    let hf: HfConfig = serde_json::from_str(&text)
+    let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))?;
-    let model_type = hf.model_type.clone().unwrap_or_else(|| "llama".into());
-    if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2") {
-        return Err(ModelError::Unsupported(format!(
-            "{}: model_type `{model_type}`; labelfleet runs llama, mistral and qwen2 from safetensors",
-            config_path.display()
-        )));
-    }
-    let config = LlamaConfig {
-        vocab_size: hf.vocab_size,
-        hidden_size: hf.hidden_size,
-        intermediate_size: hf.intermediate_size,
-        num_layers: hf.num_hidden_layers,
-        num_heads: hf.num_attention_heads,
-        num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        rms_norm_eps: hf.rms_norm_eps,
-        rope_theta: hf.rope_theta,
-        max_positions: hf.max_position_embeddings,
-        rope_interleaved: false,
-    };
-    Ok((config, hf.tie_word_embeddings))
+    let model_type = json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("llama");
+    let family = crate::families::by_model_type(model_type).ok_or_else(|| {
+        ModelError::Unsupported(format!(
+            "{}: model_type `{model_type}`; labelfleet runs {} from safetensors",
+            config_path.display(),
+            crate::families::known_model_types().join(", ")
+        ))
+    })?;
+    family
+        .config(&json)
+        .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))
 }
 
 /// A Hugging Face `config.json` for a llama model of this shape.

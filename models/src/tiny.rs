@@ -45,18 +45,7 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> Result<TextTokeni
 /// The shape of a tiny llama over a vocabulary of `vocab_size` tokens: 2 layers,
 /// width 64, grouped-query attention (4 query heads, 2 key/value heads).
 pub fn tiny_config(vocab_size: usize) -> LlamaConfig {
-    LlamaConfig {
-        vocab_size,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_positions: 1024,
-        rope_interleaved: false,
-    }
+    LlamaConfig::llama(vocab_size, 64, 128, 2, 4, 2, 1e-5, 10_000.0, 1024)
 }
 
 /// Writes a tiny llama (tokenizer trained on `texts`, weights from `seed`) into `dir`,
@@ -67,5 +56,131 @@ pub fn write_tiny_model(dir: &Path, texts: &[String], seed: u64) -> Result<(), M
     let device = Device::Cpu;
     let weights = random_weights(config, true, seed, &device)?;
     TrainableLm::new(weights, tokenizer, None, seed, &device)?.save(dir)?;
+    Ok(())
+}
+
+/// Writes a tiny model of another family (`qwen3` or `starcoder2`: tokenizer trained
+/// on `texts`, random weights from `seed`) into `dir` as safetensors with its
+/// `config.json`, in the layout `load_causal_lm` reads: enough to run a family through
+/// a job in seconds.
+pub fn write_tiny_family(
+    dir: &Path,
+    texts: &[String],
+    seed: u64,
+    model_type: &str,
+) -> Result<(), ModelError> {
+    use rand::{Rng, SeedableRng};
+    let tokenizer = train_tokenizer(texts, 512)?;
+    let vocab = tokenizer.inner.get_vocab_size(true);
+    let (hidden, ffn, layers, heads, kv_heads) = (64usize, 128usize, 2usize, 4usize, 2usize);
+    let common = serde_json::json!({
+        "model_type": model_type, "vocab_size": vocab, "hidden_size": hidden,
+        "intermediate_size": ffn, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 1024,
+    });
+    let mut config = common.as_object().cloned().expect("an object");
+    let head_dim = hidden / heads;
+    let (kv, mut shapes) = (kv_heads * head_dim, Vec::new());
+    shapes.push(("model.embed_tokens.weight".to_string(), vec![vocab, hidden]));
+    let attention = [
+        ("self_attn.q_proj", hidden, hidden),
+        ("self_attn.k_proj", kv, hidden),
+        ("self_attn.v_proj", kv, hidden),
+        ("self_attn.o_proj", hidden, hidden),
+    ];
+    let norms = ["input_layernorm", "post_attention_layernorm"];
+    match model_type {
+        "qwen3" => {
+            for (k, v) in serde_json::json!({
+                "head_dim": head_dim, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
+                "tie_word_embeddings": true, "hidden_act": "silu"
+            })
+            .as_object()
+            .expect("an object")
+            {
+                config.insert(k.clone(), v.clone());
+            }
+            shapes.push(("model.norm.weight".into(), vec![hidden]));
+            for l in 0..layers {
+                let p = format!("model.layers.{l}");
+                for (name, out, inp) in attention.iter().chain(&[
+                    ("mlp.gate_proj", ffn, hidden),
+                    ("mlp.up_proj", ffn, hidden),
+                    ("mlp.down_proj", hidden, ffn),
+                ]) {
+                    shapes.push((format!("{p}.{name}.weight"), vec![*out, *inp]));
+                }
+                for norm in ["self_attn.q_norm", "self_attn.k_norm"] {
+                    shapes.push((format!("{p}.{norm}.weight"), vec![head_dim]));
+                }
+                for norm in norms {
+                    shapes.push((format!("{p}.{norm}.weight"), vec![hidden]));
+                }
+            }
+        }
+        "starcoder2" => {
+            for (k, v) in serde_json::json!({
+                "norm_epsilon": 1e-5, "rope_theta": 100_000.0, "use_bias": true,
+                "sliding_window": 512, "hidden_act": "gelu_pytorch_tanh"
+            })
+            .as_object()
+            .expect("an object")
+            {
+                config.insert(k.clone(), v.clone());
+            }
+            for part in ["weight", "bias"] {
+                shapes.push((format!("model.norm.{part}"), vec![hidden]));
+            }
+            for l in 0..layers {
+                let p = format!("model.layers.{l}");
+                for (name, out, inp) in attention
+                    .iter()
+                    .chain(&[("mlp.c_fc", ffn, hidden), ("mlp.c_proj", hidden, ffn)])
+                {
+                    shapes.push((format!("{p}.{name}.weight"), vec![*out, *inp]));
+                    shapes.push((format!("{p}.{name}.bias"), vec![*out]));
+                }
+                for norm in norms {
+                    shapes.push((format!("{p}.{norm}.weight"), vec![hidden]));
+                    shapes.push((format!("{p}.{norm}.bias"), vec![hidden]));
+                }
+            }
+        }
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "no tiny `{other}`: use qwen3 or starcoder2 (or write_tiny_model for llama)"
+            )));
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in shapes {
+        let count: usize = shape.iter().product();
+        let is_norm_weight = name.ends_with("norm.weight");
+        let data: Vec<f32> = (0..count)
+            .map(|_| {
+                if is_norm_weight {
+                    1.0
+                } else {
+                    rng.random_range(-0.035f32..0.035)
+                }
+            })
+            .collect();
+        let tensor = candle_core::Tensor::from_vec(data, shape, &Device::Cpu)?;
+        tensors.insert(name, tensor);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    let config_path = dir.join("config.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec_pretty(&serde_json::Value::Object(config)).expect("JSON"),
+    )
+    .map_err(|e| ModelError::io(&config_path, e))?;
+    tokenizer
+        .inner
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(ModelError::tokenizer)?;
     Ok(())
 }

@@ -55,18 +55,9 @@ fn random_weights(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// The shape of the weights `random_weights` writes.
 fn test_config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: VOCAB,
-        hidden_size: HIDDEN,
-        intermediate_size: FFN,
-        num_layers: LAYERS,
-        num_heads: HEADS,
-        num_kv_heads: KV_HEADS,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_positions: 128,
-        rope_interleaved: false,
-    }
+    LlamaConfig::llama(
+        VOCAB, HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, 1e-5, 10_000.0, 128,
+    )
 }
 
 #[test]
@@ -226,16 +217,8 @@ fn half_precision_tracks_f32() {
 #[test]
 fn a_row_in_half_precision_needs_less_memory() {
     let smol = LlamaConfig {
-        vocab_size: 49_152,
-        hidden_size: 576,
-        intermediate_size: 1_536,
-        num_layers: 30,
-        num_heads: 9,
-        num_kv_heads: 3,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_positions: 8_192,
         rope_interleaved: true,
+        ..LlamaConfig::llama(49_152, 576, 1_536, 30, 9, 3, 1e-5, 10_000.0, 8_192)
     };
     let kv = 2 * 30 * 3 * 64 * 1024;
     let scores = 9 * 1024 * 1024 * 4;

@@ -1,10 +1,10 @@
 //! The forward pass over a batch of left-padded prompts: rotary tables, the layers
 //! with their padding masks, attention (fused on the CPU for decoding), the logits.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::cache::{KvCache, LayerKv};
-use super::layers::{Layer, Positions, rms_norm};
+use super::layers::{Layer, Positions};
 use super::{Llama, LlamaConfig};
 use crate::ModelError;
 use crate::kernels::attention;
@@ -134,8 +134,11 @@ impl Llama {
             }
         };
         let total = start + len;
-        // Row r, query i (absolute position start+i) sees key j when j <= start+i and j
-        // is not padding; a padding query sees only itself, so its softmax stays finite.
+        // A sliding window (starcoder2) hides keys `window` or more positions back.
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        // Row r, query i (absolute position start+i) sees key j when j <= start+i, j
+        // is within the window and j is not padding; a padding query sees only itself,
+        // so its softmax stays finite.
         let mut mask = Vec::with_capacity(rows * len * total);
         for (r, keys) in key_mask.iter().enumerate() {
             for i in 0..len {
@@ -144,7 +147,7 @@ impl Llama {
                     let visible = if query_is_pad {
                         j == start + i
                     } else {
-                        j <= start + i && key == 0.0
+                        j <= start + i && start + i - j < window && key == 0.0
                     };
                     mask.push(if visible { 0.0 } else { f32::NEG_INFINITY });
                 }
@@ -166,7 +169,13 @@ impl Llama {
         let visible: Option<Vec<Vec<bool>>> = decoding.then(|| {
             key_mask
                 .iter()
-                .map(|keys| keys.iter().map(|&k| k == 0.0).collect())
+                .map(|keys| {
+                    let query = keys.len() - 1;
+                    keys.iter()
+                        .enumerate()
+                        .map(|(j, &k)| k == 0.0 && query - j < window)
+                        .collect()
+                })
                 .collect()
         });
         let positions = Positions {
@@ -183,12 +192,9 @@ impl Llama {
         if last_only {
             x = x.narrow(1, len - 1, 1)?.contiguous()?;
         }
-        Ok(rms_norm(
-            &x,
-            &self.norm,
-            self.config.rms_norm_eps as f32,
-            differentiable,
-        )?)
+        Ok(self
+            .norm
+            .forward(&x, self.config.rms_norm_eps as f32, differentiable)?)
     }
 
     fn layer_forward(
@@ -209,15 +215,28 @@ impl Llama {
         let (rows, len, _) = x.dims3()?;
         let head_dim = c.head_dim();
         let eps = c.rms_norm_eps as f32;
-        let normed = rms_norm(x, &layer.attn_norm, eps, training)?;
-        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((rows, len, n, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+        let normed = layer.attn_norm.forward(x, eps, training)?;
+        // `(rows, len, n · head_dim)` → `(rows, n, len, head_dim)`, each head normed
+        // first when the family norms them (qwen3).
+        let heads = |t: Tensor, n: usize, norm: Option<&super::layers::Norm>| {
+            let t = t.reshape((rows, len, n, head_dim))?;
+            let t = match norm {
+                Some(norm) => norm.forward(&t.contiguous()?, eps, training)?,
+                None => t,
+            };
+            t.transpose(1, 2)?.contiguous()
         };
-        let q = heads(layer.wq.forward(&normed)?, c.num_heads)?;
-        let k = heads(layer.wk.forward(&normed)?, c.num_kv_heads)?;
-        let v = heads(layer.wv.forward(&normed)?, c.num_kv_heads)?;
+        let q = heads(
+            layer.wq.forward(&normed)?,
+            c.num_heads,
+            layer.q_norm.as_ref(),
+        )?;
+        let k = heads(
+            layer.wk.forward(&normed)?,
+            c.num_kv_heads,
+            layer.k_norm.as_ref(),
+        )?;
+        let v = heads(layer.wv.forward(&normed)?, c.num_kv_heads, None)?;
         let rope = match (c.rope_interleaved, training) {
             (true, false) => candle_nn::rotary_emb::rope_i,
             (true, true) => candle_nn::rotary_emb::rope_i_slow,
@@ -250,10 +269,14 @@ impl Llama {
             _ => self.attention(&q, &k, &v, mask, training)?,
         };
         let x = (x + layer.wo.forward(&attended)?)?;
-        let normed = rms_norm(&x, &layer.ffn_norm, eps, training)?;
-        let gated =
-            (candle_nn::ops::silu(&layer.gate.forward(&normed)?)? * layer.up.forward(&normed)?)?;
-        x + layer.down.forward(&gated)?
+        let normed = layer.ffn_norm.forward(&x, eps, training)?;
+        let inner = match &layer.gate {
+            Some(gate) => {
+                (c.activation.forward(&gate.forward(&normed)?)? * layer.up.forward(&normed)?)?
+            }
+            None => c.activation.forward(&layer.up.forward(&normed)?)?,
+        };
+        x + layer.down.forward(&inner)?
     }
 
     /// Attention as tensor operations, for prompts (and training): `q` `(rows, heads,
@@ -292,7 +315,7 @@ impl Llama {
             .matmul(v)?
             .reshape((rows, c.num_heads, len, head_dim))?
             .transpose(1, 2)?
-            .reshape((rows, len, c.hidden_size))?;
+            .reshape((rows, len, c.num_heads * head_dim))?;
         Ok(attended)
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 
-use super::layers::{Layer, Linear};
+use super::layers::{Layer, Linear, Norm};
 use super::{Llama, LlamaConfig, WeightFormat};
 use crate::ModelError;
 use crate::kernels::qmatmul::PackedWeights;
@@ -26,7 +26,7 @@ fn gguf_f32(content: &gguf_file::Content, key: &str) -> Option<f32> {
     content.metadata.get(key).and_then(|v| v.to_f32().ok())
 }
 
-/// The shape of the llama or qwen2 model in a GGUF file.
+/// The shape of the llama, qwen2 or qwen3 model in a GGUF file.
 fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig, ModelError> {
     let arch = content
         .metadata
@@ -34,12 +34,17 @@ fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig,
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_else(|| "llama".to_string());
-    if !matches!(arch.as_str(), "llama" | "qwen2") {
-        return Err(ModelError::Unsupported(format!(
-            "{}: GGUF architecture `{arch}`; labelfleet runs llama and qwen2",
-            path.display()
-        )));
-    }
+    let family = match arch.as_str() {
+        "llama" | "qwen2" => super::ModelFamily::Llama,
+        "qwen3" => super::ModelFamily::Qwen3,
+        _ => {
+            return Err(ModelError::Unsupported(format!(
+                "{}: GGUF architecture `{arch}`; labelfleet runs llama, qwen2 and qwen3 from \
+                 GGUF (starcoder2 from safetensors)",
+                path.display()
+            )));
+        }
+    };
     let key = |name: &str| format!("{arch}.{name}");
     let hidden_size = gguf_u32(content, &key("embedding_length"))?;
     let num_heads = gguf_u32(content, &key("attention.head_count"))?;
@@ -49,12 +54,18 @@ fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig,
         .map(|info| info.shape.dims()[0])
         .ok_or_else(|| ModelError::Format(format!("{}: no `token_embd.weight`", path.display())))?;
     Ok(LlamaConfig {
+        family,
         vocab_size,
         hidden_size,
         intermediate_size: gguf_u32(content, &key("feed_forward_length"))?,
         num_layers: gguf_u32(content, &key("block_count"))?,
         num_heads,
         num_kv_heads: gguf_u32(content, &key("attention.head_count_kv")).unwrap_or(num_heads),
+        // qwen3 gives its heads' width; elsewhere it is the hidden width's share.
+        head_dim: gguf_u32(content, &key("attention.key_length"))
+            .unwrap_or(hidden_size / num_heads),
+        sliding_window: None,
+        activation: super::Activation::Silu,
         rms_norm_eps: gguf_f32(content, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)
             as f64,
         rope_theta: gguf_f32(content, &key("rope.freq_base")).unwrap_or(10_000.0),
@@ -206,24 +217,31 @@ impl Llama {
         for i in 0..config.num_layers {
             let p = format!("blk.{i}");
             let mut optional = |name: &str| tensor(&format!("{p}.{name}")).ok();
-            let (bq, bk, bv) = (
+            let (bq, bk, bv, q_norm, k_norm) = (
                 optional("attn_q.bias"),
                 optional("attn_k.bias"),
                 optional("attn_v.bias"),
+                optional("attn_q_norm.weight"),
+                optional("attn_k_norm.weight"),
             );
+            // qwen3 norms each query and key head.
+            let q_norm = q_norm.map(|t| to_dense(t).map(Norm::rms)).transpose()?;
+            let k_norm = k_norm.map(|t| to_dense(t).map(Norm::rms)).transpose()?;
             layers.push(Layer {
-                attn_norm: to_dense(tensor(&format!("{p}.attn_norm.weight"))?)?,
+                attn_norm: Norm::rms(to_dense(tensor(&format!("{p}.attn_norm.weight"))?)?),
                 wq: linear(tensor(&format!("{p}.attn_q.weight"))?, bq)?,
                 wk: linear(tensor(&format!("{p}.attn_k.weight"))?, bk)?,
                 wv: linear(tensor(&format!("{p}.attn_v.weight"))?, bv)?,
                 wo: linear(tensor(&format!("{p}.attn_output.weight"))?, None)?,
-                ffn_norm: to_dense(tensor(&format!("{p}.ffn_norm.weight"))?)?,
-                gate: linear(tensor(&format!("{p}.ffn_gate.weight"))?, None)?,
+                q_norm,
+                k_norm,
+                ffn_norm: Norm::rms(to_dense(tensor(&format!("{p}.ffn_norm.weight"))?)?),
+                gate: Some(linear(tensor(&format!("{p}.ffn_gate.weight"))?, None)?),
                 up: linear(tensor(&format!("{p}.ffn_up.weight"))?, None)?,
                 down: linear(tensor(&format!("{p}.ffn_down.weight"))?, None)?,
             });
         }
-        let norm = to_dense(tensor("output_norm.weight")?)?;
+        let norm = Norm::rms(to_dense(tensor("output_norm.weight")?)?);
         Llama::assemble(config, embeddings, layers, norm, lm_head, device)
     }
 }

@@ -1,5 +1,7 @@
 //! One decoder layer's parts: projections in every form they are held in (quantized,
-//! packed for the CPU kernels, dense, with a LoRA update), and the RMS norm.
+//! packed for the CPU kernels, dense, with a LoRA update), and the norms (RMS, or
+//! layer norm with a bias). A family's layer is these parts in its arrangement: a gated
+//! feed-forward or a plain one, per-head query/key norms or none.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
@@ -7,7 +9,7 @@ use candle_core::{Module, Tensor};
 use crate::kernels::qmatmul::PackedWeights;
 use crate::kernels::sgemm::PackedLinear;
 
-pub(super) enum Linear {
+pub(crate) enum Linear {
     Quantized(QMatMul, Option<Tensor>),
     /// Quantized weights with our few-rows kernel for decoding, and candle's
     /// quantized matmul for long prompts.
@@ -26,7 +28,7 @@ pub(super) enum Linear {
 }
 
 /// Bytes of memory a tensor's elements take.
-pub(super) fn tensor_bytes(t: &Tensor) -> u64 {
+pub(crate) fn tensor_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
@@ -78,16 +80,55 @@ impl Linear {
     }
 }
 
-pub(super) struct Layer {
-    pub(super) attn_norm: Tensor,
-    pub(super) wq: Linear,
-    pub(super) wk: Linear,
-    pub(super) wv: Linear,
-    pub(super) wo: Linear,
-    pub(super) ffn_norm: Tensor,
-    pub(super) gate: Linear,
-    pub(super) up: Linear,
-    pub(super) down: Linear,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Norm,
+    pub(crate) wq: Linear,
+    pub(crate) wk: Linear,
+    pub(crate) wv: Linear,
+    pub(crate) wo: Linear,
+    /// qwen3's RMS norms over each query and key head, before the rotary embedding.
+    pub(crate) q_norm: Option<Norm>,
+    pub(crate) k_norm: Option<Norm>,
+    pub(crate) ffn_norm: Norm,
+    /// The gate of a gated feed-forward (`act(gate(x)) · up(x)`); without one the
+    /// feed-forward is `act(up(x))` (starcoder2's `c_fc`).
+    pub(crate) gate: Option<Linear>,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+}
+
+/// A norm's weights: RMS norm when it has no bias, layer norm when it has one.
+pub(crate) struct Norm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl Norm {
+    /// An RMS norm.
+    pub(crate) fn rms(weight: Tensor) -> Norm {
+        Norm { weight, bias: None }
+    }
+
+    /// Bytes of memory its weights take.
+    pub(crate) fn bytes(&self) -> u64 {
+        tensor_bytes(&self.weight) + self.bias.as_ref().map_or(0, tensor_bytes)
+    }
+
+    /// Normalises the last dimension of `x`: candle's fused kernels for inference,
+    /// their composite (differentiable) forms for training.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        eps: f32,
+        training: bool,
+    ) -> candle_core::Result<Tensor> {
+        match (&self.bias, training) {
+            (None, false) => candle_nn::ops::rms_norm(x, &self.weight, eps),
+            (None, true) => candle_nn::ops::rms_norm_slow(x, &self.weight, eps),
+            (Some(bias), false) => candle_nn::ops::layer_norm(x, &self.weight, bias, eps),
+            (Some(bias), true) => candle_nn::ops::layer_norm_slow(x, &self.weight, bias, eps),
+        }
+    }
 }
 
 /// What every layer of one forward pass shares about the positions it computes.
@@ -102,19 +143,4 @@ pub(super) struct Positions<'a> {
     /// Whether gradients must flow back: candle's composite (differentiable) ops
     /// instead of the fused inference kernels, which have no backward pass.
     pub(super) differentiable: bool,
-}
-
-/// RMS norm: candle's fused kernel for inference, the composite (differentiable) form
-/// for training.
-pub(super) fn rms_norm(
-    x: &Tensor,
-    weight: &Tensor,
-    eps: f32,
-    training: bool,
-) -> candle_core::Result<Tensor> {
-    if training {
-        candle_nn::ops::rms_norm_slow(x, weight, eps)
-    } else {
-        candle_nn::ops::rms_norm(x, weight, eps)
-    }
 }

@@ -29,11 +29,13 @@ mod safetensors;
 use candle_core::{DType, Device, Tensor};
 
 pub use self::cache::KvCache;
-pub use self::config::{LORA_TARGETS, LlamaConfig, WeightFormat, dense_dtype};
+pub use self::config::{
+    Activation, LORA_TARGETS, LlamaConfig, ModelFamily, WeightFormat, dense_dtype,
+};
 pub use self::forward::argmax_rows;
 use self::forward::rope_tables;
 pub use self::gguf::HfWeights;
-use self::layers::{Layer, Linear, tensor_bytes};
+pub(crate) use self::layers::{Layer, Linear, Norm, tensor_bytes};
 use crate::ModelError;
 
 /// A llama-family causal LM that decodes batches of left-padded prompts.
@@ -41,7 +43,7 @@ pub struct Llama {
     config: LlamaConfig,
     embeddings: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
@@ -50,11 +52,11 @@ pub struct Llama {
 
 impl Llama {
     /// The model from its parts, with the rotary tables its config asks for.
-    fn assemble(
+    pub(crate) fn assemble(
         config: LlamaConfig,
         embeddings: Tensor,
         layers: Vec<Layer>,
-        norm: Tensor,
+        norm: Norm,
         lm_head: Linear,
         device: &Device,
     ) -> Result<Llama, ModelError> {
@@ -88,18 +90,27 @@ impl Llama {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
-                    .iter()
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.up, &l.down]
+                    .into_iter()
+                    .chain(l.gate.as_ref())
                     .map(|w| w.bytes())
                     .sum::<u64>()
-                    + tensor_bytes(&l.attn_norm)
-                    + tensor_bytes(&l.ffn_norm)
+                    + [
+                        Some(&l.attn_norm),
+                        Some(&l.ffn_norm),
+                        l.q_norm.as_ref(),
+                        l.k_norm.as_ref(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .map(Norm::bytes)
+                    .sum::<u64>()
             })
             .sum();
         let tied =
             matches!(&self.lm_head, Linear::Dense(l) if l.weight().id() == self.embeddings.id());
         let head = if tied { 0 } else { self.lm_head.bytes() };
-        tensor_bytes(&self.embeddings) + layers + tensor_bytes(&self.norm) + head
+        tensor_bytes(&self.embeddings) + layers + self.norm.bytes() + head
     }
 
     /// The model's shape.

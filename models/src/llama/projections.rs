@@ -64,15 +64,15 @@ impl Llama {
         }
         for layer in &mut self.layers {
             let slots = [
-                &mut layer.wq,
-                &mut layer.wk,
-                &mut layer.wv,
-                &mut layer.wo,
-                &mut layer.gate,
-                &mut layer.up,
-                &mut layer.down,
+                Some(&mut layer.wq),
+                Some(&mut layer.wk),
+                Some(&mut layer.wv),
+                Some(&mut layer.wo),
+                layer.gate.as_mut(),
+                Some(&mut layer.up),
+                Some(&mut layer.down),
             ];
-            for slot in slots {
+            for slot in slots.into_iter().flatten() {
                 let Linear::Dense(dense) = slot else {
                     continue;
                 };
@@ -105,7 +105,9 @@ impl Llama {
             "k_proj" => &mut l.wk,
             "v_proj" => &mut l.wv,
             "o_proj" => &mut l.wo,
-            "gate_proj" => &mut l.gate,
+            "gate_proj" => l.gate.as_mut().ok_or_else(|| {
+                ModelError::Invalid("this model's feed-forward has no gate_proj".into())
+            })?,
             "up_proj" => &mut l.up,
             "down_proj" => &mut l.down,
             other => {
