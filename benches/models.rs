@@ -12,11 +12,15 @@
 //! 3. Our aggregate decode tokens/s with 16 prompts batched, vs llama.cpp single-stream.
 //! 4. self_label turns/s over 50 dialogues (first turns of each), end to end through
 //!    `labelfleet run`.
+//! 5. The other families (qwen3, starcoder2), random weights in a small shape written
+//!    here: our batched generation of 16 prompts vs candle-transformers' own
+//!    implementation of the family, one prompt at a time (it has no padding mask, so
+//!    it cannot batch uneven prompts), greedy, the same tokens in and out.
 //!
 //! Environment: `LABELFLEET_BENCH_DEVICE` (`cpu` by default; `cuda:0` with
 //! `--features cuda`), `LABELFLEET_BENCH_TURNS` (turns per dialogue in part 4, default 2),
 //! `LABELFLEET_BENCH_PEERS` (the venv with the peers, default `.venv-bench`),
-//! `LABELFLEET_BENCH_PARTS` (which parts to run, default `1,2,3,4`).
+//! `LABELFLEET_BENCH_PARTS` (which parts to run, default `1,2,3,4,5`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -359,7 +363,7 @@ fn main() {
         "models on {device_name} ({} CPU threads)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let parts = std::env::var("LABELFLEET_BENCH_PARTS").unwrap_or_else(|_| "1,2,3,4".into());
+    let parts = std::env::var("LABELFLEET_BENCH_PARTS").unwrap_or_else(|_| "1,2,3,4,5".into());
     let wanted = |part: &str| parts.split(',').any(|p| p.trim() == part);
     if wanted("1") {
         embeddings(&device);
@@ -369,5 +373,162 @@ fn main() {
     }
     if wanted("4") {
         self_label(&device_name);
+    }
+    if wanted("5") {
+        families(&device);
+    }
+}
+
+/// Part 5: each other family, ours batched against candle-transformers' one prompt at
+/// a time; three runs each, median and range of tokens/s.
+fn families(device: &candle_core::Device) {
+    use candle_core::{DType, Tensor};
+    use candle_transformers::models::{qwen3, starcoder2};
+    use labelfleet_models::llama::argmax_rows;
+    use labelfleet_models::tiny::{FamilyShape, write_random_family};
+    use labelfleet_models::{Llama, families};
+
+    const PROMPTS: usize = 16;
+    const STEPS: usize = 32;
+    let shape = FamilyShape {
+        vocab: 8_192,
+        hidden: 512,
+        ffn: 1_536,
+        layers: 6,
+        heads: 8,
+        kv_heads: 2,
+    };
+    println!(
+        "5. other families, random weights (hidden {}, {} layers, {} heads / {} KV heads, vocabulary {}): {PROMPTS} prompts of 40-100 tokens, {STEPS} new tokens each, greedy",
+        shape.hidden, shape.layers, shape.heads, shape.kv_heads, shape.vocab
+    );
+    // Deterministic prompts of uneven lengths.
+    let prompts: Vec<Vec<u32>> = (0..PROMPTS)
+        .map(|i| {
+            (0..40 + (i * 37) % 61)
+                .map(|j| ((i * 131 + j * 17) % shape.vocab) as u32)
+                .collect()
+        })
+        .collect();
+    let tokens = (PROMPTS * STEPS) as f64;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    for model_type in ["qwen3", "starcoder2"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_random_family(dir.path(), model_type, shape, 7).unwrap();
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        let weights = dir.path().join("model.safetensors");
+        let (config, tie) = families::by_model_type(model_type)
+            .unwrap()
+            .config(&json)
+            .unwrap();
+        let mut ours = Llama::from_safetensors(
+            std::slice::from_ref(&weights),
+            config,
+            tie,
+            DType::F32,
+            device,
+        )
+        .unwrap();
+        ours.pack_for_cpu().unwrap();
+        // Ours: one left-padded batch, then a step per new token for every row.
+        let run_ours = || -> Vec<Vec<u32>> {
+            let longest = prompts.iter().map(Vec::len).max().unwrap();
+            let padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+            let rows: Vec<Vec<u32>> = prompts
+                .iter()
+                .zip(&padding)
+                .map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.clone()).collect())
+                .collect();
+            let mut cache = ours.new_cache(PROMPTS);
+            let mut next =
+                argmax_rows(&ours.forward(&rows, &padding, &mut cache).unwrap()).unwrap();
+            let mut out: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            for _ in 1..STEPS {
+                let step: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+                let logits = ours.forward(&step, &[0; PROMPTS], &mut cache).unwrap();
+                next = argmax_rows(&logits).unwrap();
+                for (o, &t) in out.iter_mut().zip(&next) {
+                    o.push(t);
+                }
+            }
+            out
+        };
+        // Theirs: each prompt alone, its cache cleared between prompts.
+        // SAFETY: the file is not modified while mapped.
+        let vb = || unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(
+                std::slice::from_ref(&weights),
+                DType::F32,
+                device,
+            )
+            .unwrap()
+        };
+        // One greedy token from (tokens, offset); offset 0 starts a new prompt.
+        type Step<'a> = Box<dyn FnMut(&[u32], usize) -> u32 + 'a>;
+        let mut step_theirs: Step = match model_type {
+            "qwen3" => {
+                let cfg: qwen3::Config = serde_json::from_value(json.clone()).unwrap();
+                let mut m = qwen3::ModelForCausalLM::new(&cfg, vb()).unwrap();
+                Box::new(move |ids, offset| {
+                    if offset == 0 {
+                        m.clear_kv_cache();
+                    }
+                    let input = Tensor::new(ids, device).unwrap().unsqueeze(0).unwrap();
+                    let logits = m.forward(&input, offset).unwrap().flatten_all().unwrap();
+                    logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+                })
+            }
+            _ => {
+                let cfg: starcoder2::Config = serde_json::from_value(json.clone()).unwrap();
+                let mut m = starcoder2::Model::new(&cfg, vb()).unwrap();
+                Box::new(move |ids, offset| {
+                    if offset == 0 {
+                        m.clear_kv_cache();
+                    }
+                    let input = Tensor::new(ids, device).unwrap().unsqueeze(0).unwrap();
+                    let logits = m.forward(&input, offset).unwrap().flatten_all().unwrap();
+                    logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+                })
+            }
+        };
+        let mut run_theirs = || -> Vec<Vec<u32>> {
+            prompts
+                .iter()
+                .map(|p| {
+                    let mut out = vec![step_theirs(p, 0)];
+                    for s in 1..STEPS {
+                        let last = *out.last().unwrap();
+                        out.push(step_theirs(&[last], p.len() + s - 1));
+                    }
+                    out
+                })
+                .collect()
+        };
+        let (mut ours_rates, mut theirs_rates) = (Vec::new(), Vec::new());
+        let (mut ours_out, mut theirs_out) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let t = Instant::now();
+            ours_out = run_ours();
+            ours_rates.push(tokens / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            theirs_out = run_theirs();
+            theirs_rates.push(tokens / t.elapsed().as_secs_f64());
+        }
+        let same = ours_out
+            .iter()
+            .zip(&theirs_out)
+            .filter(|(a, b)| a == b)
+            .count();
+        let (o, o_lo, o_hi) = median(ours_rates);
+        let (t, t_lo, t_hi) = median(theirs_rates);
+        println!(
+            "  {model_type:<10} ours batched {o:>7.1} tok/s ({o_lo:.1}-{o_hi:.1})  candle-transformers one at a time {t:>7.1} tok/s ({t_lo:.1}-{t_hi:.1})  ratio {:.2}x  same greedy tokens for {same}/{PROMPTS} prompts",
+            o / t
+        );
     }
 }

@@ -59,6 +59,23 @@ pub fn write_tiny_model(dir: &Path, texts: &[String], seed: u64) -> Result<(), M
     Ok(())
 }
 
+/// The shape of a random model of any family (`write_random_family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyShape {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// Width of the feed-forward layer.
+    pub ffn: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Query heads (each `hidden / heads` wide).
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+}
+
 /// Writes a tiny model of another family (`qwen3` or `starcoder2`: tokenizer trained
 /// on `texts`, random weights from `seed`) into `dir` as safetensors with its
 /// `config.json`, in the layout `load_causal_lm` reads: enough to run a family through
@@ -69,10 +86,40 @@ pub fn write_tiny_family(
     seed: u64,
     model_type: &str,
 ) -> Result<(), ModelError> {
-    use rand::{Rng, SeedableRng};
     let tokenizer = train_tokenizer(texts, 512)?;
-    let vocab = tokenizer.inner.get_vocab_size(true);
-    let (hidden, ffn, layers, heads, kv_heads) = (64usize, 128usize, 2usize, 4usize, 2usize);
+    let shape = FamilyShape {
+        vocab: tokenizer.inner.get_vocab_size(true),
+        hidden: 64,
+        ffn: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+    };
+    write_random_family(dir, model_type, shape, seed)?;
+    tokenizer
+        .inner
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(ModelError::tokenizer)?;
+    Ok(())
+}
+
+/// Writes a `qwen3` or `starcoder2` model of `shape` with random weights from `seed`
+/// (norms at 1) into `dir`: `config.json` and `model.safetensors`, no tokenizer.
+pub fn write_random_family(
+    dir: &Path,
+    model_type: &str,
+    shape: FamilyShape,
+    seed: u64,
+) -> Result<(), ModelError> {
+    use rand::{Rng, SeedableRng};
+    let FamilyShape {
+        vocab,
+        hidden,
+        ffn,
+        layers,
+        heads,
+        kv_heads,
+    } = shape;
     let common = serde_json::json!({
         "model_type": model_type, "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": ffn, "num_hidden_layers": layers,
@@ -94,7 +141,9 @@ pub fn write_tiny_family(
         "qwen3" => {
             for (k, v) in serde_json::json!({
                 "head_dim": head_dim, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
-                "tie_word_embeddings": true, "hidden_act": "silu"
+                "tie_word_embeddings": true, "hidden_act": "silu", "attention_bias": false,
+                "sliding_window": null, "use_sliding_window": false,
+                "max_window_layers": layers
             })
             .as_object()
             .expect("an object")
@@ -178,9 +227,5 @@ pub fn write_tiny_family(
         serde_json::to_vec_pretty(&serde_json::Value::Object(config)).expect("JSON"),
     )
     .map_err(|e| ModelError::io(&config_path, e))?;
-    tokenizer
-        .inner
-        .save(dir.join("tokenizer.json"), false)
-        .map_err(ModelError::tokenizer)?;
     Ok(())
 }

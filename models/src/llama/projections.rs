@@ -53,12 +53,12 @@ impl Llama {
     }
 
     /// Repacks every layer's dense f32 projections, on the CPU, for the register-tile
-    /// matmul of [`crate::kernels::sgemm`], which beats candle's on these shapes and adds the
+    /// matmul of `kernels::sgemm`, which beats candle's on these shapes and adds the
     /// bias as it writes. Inference only: packed layers carry no gradients,
     /// and adapters can no longer be merged into them, so [`crate::load_causal_lm`]
     /// calls this last. The output projection stays as it is (it often shares the
     /// embedding matrix, which packing would copy).
-    pub(crate) fn pack_for_cpu(&mut self) -> Result<(), ModelError> {
+    pub fn pack_for_cpu(&mut self) -> Result<(), ModelError> {
         if !self.device.is_cpu() {
             return Ok(());
         }
