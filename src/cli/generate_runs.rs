@@ -99,12 +99,9 @@ impl FormatArg {
 fn model(path: &str, device: &str) -> ModelRef {
     ModelRef {
         path: Some(path.to_string()),
-        id: None,
-        revision: None,
-        file: None,
-        checkpoint: None,
         device: device.to_string(),
         weights: WeightFormat::default(),
+        ..ModelRef::default()
     }
 }
 

@@ -55,7 +55,7 @@ pub use self::retrain::{
 };
 pub use self::self_label::{
     CheckpointRef, DialogueSelection, GenerationSpec, ModelRef, PromptMode, RetrieverSpec,
-    SelfLabelSpec, WeightFormat, check_retriever,
+    SelfLabelSpec, TokenPrices, WeightFormat, check_retriever,
 };
 pub use self::tune::{
     Goal, PlannedTrial, Range, Search, TpeSettings, TrialRun, TuneSpec, round_job_name,

@@ -193,7 +193,49 @@ pub struct ModelRef {
     /// README.
     #[serde(default)]
     pub weights: WeightFormat,
+    /// An OpenAI-compatible server's base URL (`http://host:8000/v1`): the causal LM
+    /// runs there (vLLM, SGLang, llama.cpp's server, a hosted API), through its
+    /// completions API, instead of on the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// With `endpoint`: the model's name on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// With `endpoint`: the worker's environment variable that holds the API key, sent
+    /// as `Authorization: Bearer …` and nowhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// With `endpoint`: requests in flight at once (default 8); also the batch size
+    /// when the job gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    /// With `endpoint`: prices per million tokens, to report the job's cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_million: Option<TokenPrices>,
 }
+
+/// Prices per million tokens, in any one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenPrices {
+    /// Per million prompt tokens.
+    pub prompt: f64,
+    /// Per million completion tokens.
+    pub completion: f64,
+}
+
+// Prices are checked finite, so comparing their bits is equality.
+impl Eq for TokenPrices {}
+
+impl std::hash::Hash for TokenPrices {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.prompt.to_bits().hash(state);
+        self.completion.to_bits().hash(state);
+    }
+}
+
+/// The most requests an endpoint model may have in flight.
+pub const MAX_ENDPOINT_CONCURRENCY: usize = 1024;
 
 fn default_device() -> String {
     "cpu".into()
@@ -294,6 +336,19 @@ impl ModelRef {
     /// Checks the fields' combination; errors name the field under `at`.
     pub fn check(&self, at: &str) -> Result<(), (String, String)> {
         let err = |field: &str, message: &str| Err((format!("{at}.{field}"), message.to_string()));
+        if let Some(endpoint) = &self.endpoint {
+            return self.check_endpoint(endpoint, at);
+        }
+        for (field, given) in [
+            ("name", self.name.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("max_concurrency", self.max_concurrency.is_some()),
+            ("price_per_million", self.price_per_million.is_some()),
+        ] {
+            if given {
+                return err(field, "goes with `endpoint` (a model served over HTTP)");
+            }
+        }
         if self.checkpoint.is_some() && (self.path.is_some() || self.id.is_some()) {
             return err("checkpoint", "give one of `path`, `id` and `checkpoint`");
         }
@@ -326,6 +381,81 @@ impl ModelRef {
     }
 }
 
+impl Default for ModelRef {
+    /// No model yet, on the CPU: fill in `path`, `id`, `checkpoint` or `endpoint`.
+    fn default() -> Self {
+        ModelRef {
+            path: None,
+            id: None,
+            revision: None,
+            file: None,
+            checkpoint: None,
+            device: default_device(),
+            weights: WeightFormat::default(),
+            endpoint: None,
+            name: None,
+            api_key_env: None,
+            max_concurrency: None,
+            price_per_million: None,
+        }
+    }
+}
+
+impl ModelRef {
+    /// A model behind an OpenAI-compatible endpoint: a URL, a name, nothing of a local
+    /// model.
+    fn check_endpoint(&self, endpoint: &str, at: &str) -> Result<(), (String, String)> {
+        let err = |field: &str, message: String| Err((format!("{at}.{field}"), message));
+        if self.path.is_some() || self.id.is_some() || self.checkpoint.is_some() {
+            return err(
+                "endpoint",
+                "give `endpoint` (a served model) or `path` / `id` / `checkpoint` (a local one), not both".into(),
+            );
+        }
+        let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !scheme_ok || endpoint.contains(char::is_whitespace) {
+            return err(
+                "endpoint",
+                "expected the server's base URL, such as http://host:8000/v1".into(),
+            );
+        }
+        if self.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+            return err(
+                "name",
+                "missing: the model's name on the server (its `/v1/models` lists them)".into(),
+            );
+        }
+        if let Some(var) = &self.api_key_env {
+            let valid = !var.is_empty()
+                && !var.starts_with(|c: char| c.is_ascii_digit())
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return err(
+                    "api_key_env",
+                    "expected the name of an environment variable (such as OPENAI_API_KEY), not the key".into(),
+                );
+            }
+        }
+        if let Some(n) = self.max_concurrency
+            && !(1..=MAX_ENDPOINT_CONCURRENCY).contains(&n)
+        {
+            return err(
+                "max_concurrency",
+                format!("expected 1 to {MAX_ENDPOINT_CONCURRENCY}"),
+            );
+        }
+        if let Some(p) = self.price_per_million
+            && !(p.prompt >= 0.0
+                && p.completion >= 0.0
+                && p.prompt.is_finite()
+                && p.completion.is_finite())
+        {
+            return err("price_per_million", "expected prices of 0 or more".into());
+        }
+        Ok(())
+    }
+}
+
 /// Checks a retriever against the prompt it serves (under `at`): the `in_context`
 /// prompt named in a job needs one. (With no prompt named, the model decides, and the
 /// runner says so if it needs a retriever that is missing.)
@@ -344,6 +474,12 @@ pub fn check_retriever(
         };
     };
     retriever.model.check(&format!("{at}.retriever.model"))?;
+    if retriever.model.endpoint.is_some() {
+        return Err((
+            format!("{at}.retriever.model.endpoint"),
+            "the retriever's sentence embedder runs on the worker: give its `path` or `id`".into(),
+        ));
+    }
     if retriever.minimum_distinct > retriever.k_examples {
         return Err((
             format!("{at}.retriever.minimum_distinct"),
@@ -513,5 +649,57 @@ mod tests {
             let err = parse(body).unwrap_err();
             assert_eq!(err.path, "self_label.model.checkpoint", "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_model_is_a_url_and_a_name_and_nothing_local() {
+        let mut body = valid();
+        body["model"] = json!({"endpoint": "http://localhost:8000/v1", "name": "smol",
+                               "api_key_env": "OPENAI_API_KEY", "max_concurrency": 16,
+                               "price_per_million": {"prompt": 0.1, "completion": 0.4}});
+        let job = parse(body.clone()).unwrap();
+        let again = Job::parse(job.config_value(), "x", None, ProvenancePolicy::Reject).unwrap();
+        assert_eq!(again, job);
+        for (change, path) in [
+            (json!({"path": "m"}), "self_label.model.endpoint"),
+            (
+                json!({"endpoint": "localhost:8000"}),
+                "self_label.model.endpoint",
+            ),
+            (json!({"name": null}), "self_label.model.name"),
+            (
+                json!({"api_key_env": "sk-123 secret"}),
+                "self_label.model.api_key_env",
+            ),
+            (
+                json!({"max_concurrency": 0}),
+                "self_label.model.max_concurrency",
+            ),
+        ] {
+            let mut bad = body.clone();
+            for (k, v) in change.as_object().unwrap() {
+                if v.is_null() {
+                    bad["model"].as_object_mut().unwrap().remove(k);
+                } else {
+                    bad["model"][k] = v.clone();
+                }
+            }
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.path, path, "{change}: {err}");
+            assert!(!err.message.contains("sk-123"), "{err}");
+        }
+        // Endpoint settings without an endpoint, and a retriever on an endpoint.
+        let mut bad = valid();
+        bad["model"]["max_concurrency"] = json!(4);
+        assert_eq!(
+            parse(bad).unwrap_err().path,
+            "self_label.model.max_concurrency"
+        );
+        let mut bad = valid();
+        bad["retriever"]["model"] = json!({"endpoint": "http://h/v1", "name": "e"});
+        assert_eq!(
+            parse(bad).unwrap_err().path,
+            "self_label.retriever.model.endpoint"
+        );
     }
 }

@@ -166,6 +166,11 @@ impl EvalRunner {
         // The loss is measured on the very dialogues labelled, as they were read.
         let labelled = label(&labelling, ctx, &self.models).await?;
         let (mut output, dialogues) = (labelled.output, labelled.dialogues);
+        if model.endpoint.is_some() {
+            // The completions API gives no logits of given text: no loss to measure.
+            tracing::info!(job = %job.key(), "the model is behind an endpoint: no loss pass");
+            return Ok(output);
+        }
         let models = self.models.clone();
         let (max_tokens, batch_size) = (predictions.max_tokens, predictions.batch_size);
         let progress = ctx.progress.clone();

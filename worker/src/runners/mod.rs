@@ -12,6 +12,7 @@
 pub mod checkpoints;
 pub mod command;
 pub mod data;
+pub mod endpoint;
 pub mod eval;
 pub mod ingest;
 pub mod labelling;

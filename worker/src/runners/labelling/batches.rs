@@ -10,9 +10,10 @@ use labelfleet_dst::prompt::{
     Example, apply_update, build_compact_prompt, build_prompt, parse_update, retrieval_text,
 };
 use labelfleet_dst::{Dialogue, Turn};
-use labelfleet_models::{CausalLm, GenerationParams, SentenceEmbedder};
+use labelfleet_models::{GenerationParams, SentenceEmbedder};
 use serde::{Deserialize, Serialize};
 
+use super::labeller::Labeller;
 use super::retrieval::{ExampleIndex, IndexedTurn, context_of, example_of};
 use crate::runner::JobFailure;
 
@@ -85,7 +86,7 @@ pub(super) struct Labelling {
     pub(super) done: HashMap<String, Vec<LabelledTurn>>,
     /// The examples and embedder of the `in_context` prompt; `None` for `compact`.
     pub(super) retrieval: Option<Retrieval>,
-    pub(super) lm: Arc<CausalLm>,
+    pub(super) lm: Arc<dyn Labeller>,
 }
 
 pub(super) fn embed_into(
@@ -227,10 +228,7 @@ impl Labelling {
                 sources.push(picked.iter().map(|t| t.source.clone()).collect::<Vec<_>>());
             }
             let started = Instant::now();
-            let (completions, _timing) = self
-                .lm
-                .generate(&prompts, &params)
-                .map_err(|e| JobFailure::new(format!("generation failed: {e}")))?;
+            let completions = self.lm.complete(&prompts, &params)?;
             let seconds = started.elapsed().as_secs_f64();
             let labelled_turns = targets
                 .into_iter()

@@ -10,6 +10,7 @@
 //! resumes. The manifest entry is written (by the worker) only when every turn is done.
 
 mod batches;
+mod labeller;
 mod retrieval;
 
 use std::collections::HashMap;
@@ -25,10 +26,12 @@ use serde_json::json;
 
 pub use self::batches::LabelledTurn;
 use self::batches::{Labelling, Retrieval, RunningLog, embed_into, log_bytes};
+pub use self::labeller::Labeller;
 use self::retrieval::ExampleIndex;
 use crate::runner::{JobContext, JobFailure, JobOutput};
 use crate::runners::checkpoints::prompt_for;
 use crate::runners::data::{read_data, read_selected, select_dialogues};
+use crate::runners::endpoint::EndpointModel;
 use crate::runners::models::ModelCache;
 
 /// The artifact holding every labelled turn; written periodically while the job runs.
@@ -222,18 +225,30 @@ pub async fn label(
     let lm_ref = spec.model.clone();
     let models = models.clone();
     let retriever_owned = retriever.clone();
-    let (lm, embedder) = tokio::task::spawn_blocking(move || {
+    let runtime = tokio::runtime::Handle::current();
+    // A model behind an endpoint; or one on this worker, loaded (and kept) by the cache.
+    let (lm, embedder, auto_batch) = tokio::task::spawn_blocking(move || {
         let embedder = retriever_owned
             .map(|r| models.embedder(&r.model))
             .transpose()?;
-        Ok::<_, JobFailure>((models.causal_lm(&lm_ref)?, embedder))
+        let (lm, batch): (Arc<dyn Labeller>, usize) = if lm_ref.endpoint.is_some() {
+            let endpoint = EndpointModel::new(&lm_ref, runtime)?;
+            let batch = endpoint.concurrency();
+            (Arc::new(endpoint), batch)
+        } else {
+            let lm = models.causal_lm(&lm_ref)?;
+            let batch = auto_batch_size(&lm_ref.device, &lm.model);
+            (lm, batch)
+        };
+        Ok::<_, JobFailure>((lm, embedder, batch))
     })
     .await
     .map_err(|e| JobFailure::new(format!("loading models failed: {e}")))??;
     let seeded = seeds.len();
     if spec.batch_size.is_none() {
-        spec.batch_size = Some(auto_batch_size(&spec.model.device, &lm.model));
+        spec.batch_size = Some(auto_batch);
     }
+    let prices = spec.model.price_per_million;
     let retrieval = match (retriever, embedder) {
         (Some(spec), Some(embedder)) => Some(Retrieval {
             spec,
@@ -306,6 +321,7 @@ pub async fn label(
     let turns = labelling.ordered_turns();
     let invalid = turns.iter().filter(|t| !t.valid).count() as u64;
     let new_tokens: usize = turns.iter().map(|t| t.new_tokens).sum();
+    let prompt_tokens: usize = turns.iter().map(|t| t.prompt_tokens).sum();
     let predictions: Vec<Prediction> = turns
         .iter()
         .map(|t| Prediction {
@@ -340,9 +356,15 @@ pub async fn label(
         "invalid_completions": invalid,
         "turns_per_second": turn_count as f64 / seconds.max(1e-9),
         "new_tokens": new_tokens,
+        "prompt_tokens": prompt_tokens,
         "new_tokens_per_second": new_tokens as f64 / seconds.max(1e-9),
         "seconds": seconds,
     });
+    if let (Some(prices), Some(m)) = (prices, metrics.as_object_mut()) {
+        let cost =
+            (prompt_tokens as f64 * prices.prompt + new_tokens as f64 * prices.completion) / 1e6;
+        m.insert("cost".into(), json!(cost));
+    }
     let mut artifacts: std::collections::BTreeMap<String, String> = [
         ("labels".to_string(), labels_key),
         ("predictions".to_string(), predictions_key),
