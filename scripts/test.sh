@@ -30,12 +30,38 @@ if ! .venv/bin/python -c "import numpy, tokenizers, datasets" 2>/dev/null; then
 fi
 PYTHON=.venv/bin/python scripts/fetch-models.sh
 
+# The endpoint test serves SmolLM2 with llama.cpp's OpenAI-compatible server
+# (llama-cpp-python[server], built from PyPI's source: about 11 CPU-minutes on 2
+# cores, so it builds in the background while cargo compiles, for a portable
+# instruction set: a native build dies with "Illegal instruction" on some CPUs).
+LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_LOG=target/llama-cpp-python-build.log
+mkdir -p target
+llama_cpp_pid=
+if ! .venv/bin/python -c "import llama_cpp, llama_cpp.server, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
+  echo "==> building llama-cpp-python[server] $LLAMA_CPP_VERSION into .venv in the background ($LLAMA_CPP_LOG)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+    .venv/bin/pip install --disable-pip-version-check "llama-cpp-python[server]==$LLAMA_CPP_VERSION" \
+    >"$LLAMA_CPP_LOG" 2>&1 &
+  llama_cpp_pid=$!
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
+echo "==> cargo test (building the tests)"
+cargo test --workspace --locked --no-run
+if [ -n "$llama_cpp_pid" ]; then
+  echo "==> waiting for llama-cpp-python's build"
+  if ! wait "$llama_cpp_pid"; then
+    tail -n 40 "$LLAMA_CPP_LOG" >&2
+    echo "building llama-cpp-python[server] failed (log above); the endpoint test needs it" >&2
+    exit 1
+  fi
+fi
 echo "==> cargo test"
 cargo test --workspace --locked
 # Disk use, for the next time a machine runs short (test binaries are large).
