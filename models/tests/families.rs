@@ -319,3 +319,90 @@ fn padding_does_not_move_the_window() {
         .unwrap();
     assert!(largest_difference(&batch[0], &alone[0]) < 1e-5);
 }
+
+/// qwen3 from GGUF: the random safetensors written as a GGUF file under llama.cpp's
+/// names (`blk.N.attn_q_norm.weight`, …) and metadata (`qwen3.attention.key_length`)
+/// load to the same model: the same logits for a padded batch.
+#[test]
+fn qwen3_from_gguf_matches_qwen3_from_safetensors() {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, weights) = qwen3_model(dir.path());
+    let from_safetensors = ours(&config, &weights);
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    let mut named: Vec<(String, QTensor)> = Vec::new();
+    let mut put = |gguf: String, hf: String| {
+        let t = &tensors[&hf];
+        named.push((gguf, QTensor::quantize(t, GgmlDType::F32).unwrap()));
+    };
+    put(
+        "token_embd.weight".into(),
+        "model.embed_tokens.weight".into(),
+    );
+    put("output.weight".into(), "lm_head.weight".into());
+    put("output_norm.weight".into(), "model.norm.weight".into());
+    for i in 0..LAYERS {
+        let (g, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
+        for (ours, theirs) in [
+            ("attn_q", "self_attn.q_proj"),
+            ("attn_k", "self_attn.k_proj"),
+            ("attn_v", "self_attn.v_proj"),
+            ("attn_output", "self_attn.o_proj"),
+            ("attn_q_norm", "self_attn.q_norm"),
+            ("attn_k_norm", "self_attn.k_norm"),
+            ("ffn_gate", "mlp.gate_proj"),
+            ("ffn_up", "mlp.up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+            ("attn_norm", "input_layernorm"),
+            ("ffn_norm", "post_attention_layernorm"),
+        ] {
+            put(format!("{g}.{ours}.weight"), format!("{h}.{theirs}.weight"));
+        }
+    }
+    use gguf_file::Value as V;
+    let metadata: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("qwen3".into())),
+        ("qwen3.embedding_length", V::U32(HIDDEN as u32)),
+        ("qwen3.feed_forward_length", V::U32(FFN as u32)),
+        ("qwen3.block_count", V::U32(LAYERS as u32)),
+        ("qwen3.attention.head_count", V::U32(HEADS as u32)),
+        ("qwen3.attention.head_count_kv", V::U32(KV_HEADS as u32)),
+        ("qwen3.attention.key_length", V::U32(16)),
+        ("qwen3.attention.layer_norm_rms_epsilon", V::F32(1e-6)),
+        ("qwen3.rope.freq_base", V::F32(1_000_000.0)),
+        ("qwen3.context_length", V::U32(128)),
+    ];
+    let path = dir.path().join("qwen3.gguf");
+    let mut file = std::fs::File::create(&path).unwrap();
+    gguf_file::write(
+        &mut file,
+        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
+        &named
+            .iter()
+            .map(|(k, t)| (k.as_str(), t))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    drop(file);
+    let from_gguf =
+        Llama::from_gguf(&path, labelfleet_models::WeightFormat::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        from_gguf.config().family,
+        labelfleet_models::ModelFamily::Qwen3
+    );
+    assert_eq!(from_gguf.config().head_dim, 16);
+    let rows = [vec![0, 0, 3, 14, 15, 9, 2], vec![6, 5, 35, 8, 9, 7, 9]];
+    let run = |model: &Llama| -> Vec<Vec<f32>> {
+        let mut cache = model.new_cache(2);
+        model
+            .forward(&rows, &[2, 0], &mut cache)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    };
+    let (a, b) = (run(&from_safetensors), run(&from_gguf));
+    for (x, y) in a.iter().zip(&b) {
+        let worst = largest_difference(x, y);
+        assert!(worst < 1e-5, "GGUF and safetensors differ by {worst}");
+    }
+}
