@@ -23,7 +23,60 @@ pub struct S3ArtifactStore {
     part_size: usize,
 }
 
+/// An object being read, and how to check what is read of it.
+struct Fetched {
+    response: aws_sdk_s3::operation::get_object::GetObjectOutput,
+    check: Recorded,
+}
+
+/// What an object's upload recorded.
+struct Recorded {
+    /// The call, for messages: `S3 GetObject s3://bucket/key`.
+    op: String,
+    /// The SHA-256 recorded at upload, if any.
+    expected: Option<String>,
+}
+
+impl Recorded {
+    /// Checks the bytes read against the SHA-256 recorded at upload.
+    fn verify(&self, actual: String) -> BackendResult<()> {
+        match &self.expected {
+            Some(expected) if *expected != actual => Err(BackendError::Other(format!(
+                "{}: the object's SHA-256 does not match the one recorded at upload; it is corrupt (re-run the job that wrote it)",
+                self.op
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl S3ArtifactStore {
+    /// Starts reading the object under `key`; `None` if there is none.
+    async fn get_object(&self, key: &ArtifactKey) -> BackendResult<Option<Fetched>> {
+        let object = self.object_key(key.as_str());
+        let op = format!("S3 GetObject s3://{}/{object}", self.bucket);
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if code(&e) == Some("NoSuchKey") => return Ok(None),
+            Err(e) => return Err(classify(&op, e)),
+        };
+        let expected = response
+            .metadata()
+            .and_then(|m| m.get(CHECKSUM_KEY))
+            .cloned();
+        Ok(Some(Fetched {
+            response,
+            check: Recorded { op, expected },
+        }))
+    }
+
     /// A store in `bucket` under `prefix` (may be empty).
     pub fn new(sdk: &aws_config::SdkConfig, bucket: &str, prefix: &str) -> S3ArtifactStore {
         // Path-style addressing works with every endpoint (S3-compatible stores, emulators).
@@ -254,24 +307,10 @@ impl ArtifactStore for S3ArtifactStore {
     }
 
     async fn get(&self, key: &ArtifactKey) -> BackendResult<Option<Vec<u8>>> {
-        let object = self.object_key(key.as_str());
-        let op = format!("S3 GetObject s3://{}/{object}", self.bucket);
-        let response = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if code(&e) == Some("NoSuchKey") => return Ok(None),
-            Err(e) => return Err(classify(&op, e)),
+        let Some(Fetched { response, check }) = self.get_object(key).await? else {
+            return Ok(None);
         };
-        let expected = response
-            .metadata()
-            .and_then(|m| m.get(CHECKSUM_KEY))
-            .cloned();
+        let op = &check.op;
         let bytes = response
             .body
             .collect()
@@ -279,13 +318,7 @@ impl ArtifactStore for S3ArtifactStore {
             .map_err(|e| BackendError::Unavailable(format!("{op}: reading the body: {e}")))?
             .into_bytes()
             .to_vec();
-        if let Some(expected) = expected
-            && labelfleet_core::hash::sha256_hex(&bytes) != expected
-        {
-            return Err(BackendError::Other(format!(
-                "{op}: the object's SHA-256 does not match the one recorded at upload; it is corrupt (re-run the job that wrote it)"
-            )));
-        }
+        check.verify(labelfleet_core::hash::sha256_hex(&bytes))?;
         Ok(Some(bytes))
     }
 
@@ -293,24 +326,14 @@ impl ArtifactStore for S3ArtifactStore {
     /// goes; a corrupt download leaves no file behind.
     async fn get_file(&self, key: &ArtifactKey, path: &std::path::Path) -> BackendResult<bool> {
         use tokio::io::AsyncWriteExt;
-        let object = self.object_key(key.as_str());
-        let op = format!("S3 GetObject s3://{}/{object}", self.bucket);
-        let mut response = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if code(&e) == Some("NoSuchKey") => return Ok(false),
-            Err(e) => return Err(classify(&op, e)),
+        let Some(Fetched {
+            mut response,
+            check,
+        }) = self.get_object(key).await?
+        else {
+            return Ok(false);
         };
-        let expected = response
-            .metadata()
-            .and_then(|m| m.get(CHECKSUM_KEY))
-            .cloned();
+        let op = &check.op;
         let local =
             |e: std::io::Error| BackendError::Other(format!("writing {}: {e}", path.display()));
         let mut file = tokio::fs::File::create(path).await.map_err(local)?;
@@ -325,14 +348,10 @@ impl ArtifactStore for S3ArtifactStore {
             file.write_all(&chunk).await.map_err(local)?;
         }
         file.flush().await.map_err(local)?;
-        if let Some(expected) = expected
-            && hasher.finish_hex() != expected
-        {
-            drop(file);
+        drop(file);
+        if let Err(e) = check.verify(hasher.finish_hex()) {
             let _ = std::fs::remove_file(path);
-            return Err(BackendError::Other(format!(
-                "{op}: the object's SHA-256 does not match the one recorded at upload; it is corrupt (re-run the job that wrote it)"
-            )));
+            return Err(e);
         }
         Ok(true)
     }

@@ -31,13 +31,33 @@ pub struct MotoServer {
 }
 
 /// Starts moto's server with its list of service modules computed once (see the
-/// module docs); arguments as for `moto_server`.
-pub const FAST_START: &str = "import sys\n\
-import moto.backends as backends\n\
-modules = list(backends.list_of_moto_modules())\n\
-backends.list_of_moto_modules = lambda: modules\n\
-from moto.server import main\n\
-sys.exit(main(sys.argv[1:]))\n";
+/// module docs) and its SQS receive made atomic; arguments as for `moto_server`.
+///
+/// moto 5.2.5's server is threaded, and its `ReceiveMessage` picks visible messages
+/// and marks them received with no lock between the two: two receivers at once can
+/// both get one message, which real SQS never gives (the conformance case
+/// `concurrent_receivers_never_share` saw it about once in five runs on a busy
+/// machine). Each pass over the queue now holds a lock; a long poll waits between
+/// passes without it, so other receivers are not held up.
+pub const FAST_START: &str = r#"import sys, threading, time
+import moto.backends as backends
+modules = list(backends.list_of_moto_modules())
+backends.list_of_moto_modules = lambda: modules
+from moto.sqs.models import SQSBackend
+_receive = SQSBackend.receive_message
+_receiving = threading.Lock()
+def _atomic_receive(self, queue_name, count, wait_seconds_timeout, visibility_timeout, message_attribute_names=None):
+    end = time.time() + wait_seconds_timeout
+    while True:
+        with _receiving:
+            got = _receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+        if got or time.time() >= end:
+            return got
+        self.get_queue(queue_name).wait_for_messages(1)
+SQSBackend.receive_message = _atomic_receive
+from moto.server import main
+sys.exit(main(sys.argv[1:]))
+"#;
 
 fn moto_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("LABELFLEET_MOTO_SERVER") {

@@ -6,9 +6,9 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{CommonConfig, Family, dense, lm_head, read, rms_norm};
+use super::{CommonConfig, Family, attention, decoder, dense, read, rms_norm};
 use crate::ModelError;
-use crate::llama::{Activation, Layer, Llama, LlamaConfig, ModelFamily};
+use crate::llama::{Layer, Llama, LlamaConfig, ModelFamily};
 
 /// The llama family.
 pub struct LlamaFamily;
@@ -35,20 +35,9 @@ impl Family for LlamaFamily {
     }
 
     fn config(&self, json: &Value) -> Result<(LlamaConfig, bool), String> {
-        let c: CommonConfig = read(json)?;
+        let common: CommonConfig = read(json)?;
         let extra: Extra = read(json)?;
-        let mut config = LlamaConfig::llama(
-            c.vocab_size,
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_hidden_layers,
-            c.num_attention_heads,
-            c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            extra.rms_norm_eps,
-            c.rope_theta,
-            c.max_position_embeddings,
-        );
-        config.activation = Activation::Silu;
+        let config = common.shape(ModelFamily::Llama, extra.rms_norm_eps);
         Ok((config, extra.tie_word_embeddings))
     }
 
@@ -59,34 +48,24 @@ impl Family for LlamaFamily {
         tie_embeddings: bool,
         device: &Device,
     ) -> Result<Llama, ModelError> {
-        let h = config.hidden_size;
-        let (q, kv) = (
-            config.num_heads * config.head_dim,
-            config.num_kv_heads * config.head_dim,
-        );
-        let ffn = config.intermediate_size;
-        let m = vb.pp("model");
-        let embeddings = m.pp("embed_tokens").get((config.vocab_size, h), "weight")?;
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let l = m.pp(format!("layers.{i}"));
-            let (a, f) = (l.pp("self_attn"), l.pp("mlp"));
-            layers.push(Layer {
+        let (h, ffn) = (config.hidden_size, config.intermediate_size);
+        let c = config.clone();
+        decoder(vb, config, tie_embeddings, device, rms_norm, |l| {
+            let f = l.pp("mlp");
+            let [wq, wk, wv, wo] = attention(&l.pp("self_attn"), &c, false)?;
+            Ok(Layer {
                 attn_norm: rms_norm(l.pp("input_layernorm"), h)?,
-                wq: dense(a.pp("q_proj"), h, q, true)?,
-                wk: dense(a.pp("k_proj"), h, kv, true)?,
-                wv: dense(a.pp("v_proj"), h, kv, true)?,
-                wo: dense(a.pp("o_proj"), q, h, false)?,
+                wq,
+                wk,
+                wv,
+                wo,
                 q_norm: None,
                 k_norm: None,
                 ffn_norm: rms_norm(l.pp("post_attention_layernorm"), h)?,
                 gate: Some(dense(f.pp("gate_proj"), h, ffn, false)?),
                 up: dense(f.pp("up_proj"), h, ffn, false)?,
                 down: dense(f.pp("down_proj"), ffn, h, false)?,
-            });
-        }
-        let norm = rms_norm(m.pp("norm"), h)?;
-        let head = lm_head(&vb, &embeddings, &config, tie_embeddings)?;
-        Llama::assemble(config, embeddings, layers, norm, head, device)
+            })
+        })
     }
 }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ModelError;
-use crate::llama::{Linear, Llama, LlamaConfig, ModelFamily, Norm};
+use crate::llama::{Layer, Linear, Llama, LlamaConfig, ModelFamily, Norm};
 
 /// One family of decoder models.
 pub trait Family: Sync {
@@ -96,6 +96,28 @@ fn default_positions() -> usize {
     4096
 }
 
+impl CommonConfig {
+    /// The llama shape of these fields (`hidden / heads` wide heads, no window, a
+    /// gated SiLU feed-forward), with norms of epsilon `eps`, for `family`; a family
+    /// changes what differs.
+    pub(crate) fn shape(&self, family: ModelFamily, eps: f64) -> LlamaConfig {
+        LlamaConfig {
+            family,
+            ..LlamaConfig::llama(
+                self.vocab_size,
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_hidden_layers,
+                self.num_attention_heads,
+                self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+                eps,
+                self.rope_theta,
+                self.max_position_embeddings,
+            )
+        }
+    }
+}
+
 /// Reads a family's view of `config.json`, naming the field at fault.
 pub(crate) fn read<T: serde::de::DeserializeOwned>(json: &Value) -> Result<T, String> {
     serde_path_to_error::deserialize(json.clone()).map_err(|e| {
@@ -135,7 +157,7 @@ pub(crate) fn layer_norm(vb: VarBuilder, width: usize) -> candle_core::Result<No
 }
 
 /// The output projection: the embedding matrix when tied, else `lm_head`.
-pub(crate) fn lm_head(
+fn lm_head(
     vb: &VarBuilder,
     embeddings: &Tensor,
     config: &LlamaConfig,
@@ -154,4 +176,48 @@ pub(crate) fn lm_head(
             false,
         )
     }
+}
+
+/// A layer's attention projections under `self_attn` (`q_proj`, `k_proj`, `v_proj`,
+/// `o_proj`), with their biases where the file has them (`o_proj`'s only when
+/// `o_bias`: llama's files never carry one).
+pub(crate) fn attention(
+    a: &VarBuilder,
+    config: &LlamaConfig,
+    o_bias: bool,
+) -> candle_core::Result<[Linear; 4]> {
+    let h = config.hidden_size;
+    let (q, kv) = (
+        config.num_heads * config.head_dim,
+        config.num_kv_heads * config.head_dim,
+    );
+    Ok([
+        dense(a.pp("q_proj"), h, q, true)?,
+        dense(a.pp("k_proj"), h, kv, true)?,
+        dense(a.pp("v_proj"), h, kv, true)?,
+        dense(a.pp("o_proj"), q, h, o_bias)?,
+    ])
+}
+
+/// The decoder a family's parts make, in the Hugging Face layout: the embeddings
+/// (`model.embed_tokens`), each layer as `layer` builds it from `model.layers.N`, the
+/// final norm as `norm` reads `model.norm`, and the output projection.
+pub(crate) fn decoder(
+    vb: VarBuilder,
+    config: LlamaConfig,
+    tie_embeddings: bool,
+    device: &Device,
+    norm: fn(VarBuilder, usize) -> candle_core::Result<Norm>,
+    layer: impl Fn(VarBuilder) -> candle_core::Result<Layer>,
+) -> Result<Llama, ModelError> {
+    let m = vb.pp("model");
+    let embeddings = m
+        .pp("embed_tokens")
+        .get((config.vocab_size, config.hidden_size), "weight")?;
+    let layers = (0..config.num_layers)
+        .map(|i| layer(m.pp(format!("layers.{i}"))))
+        .collect::<candle_core::Result<Vec<Layer>>>()?;
+    let final_norm = norm(m.pp("norm"), config.hidden_size)?;
+    let head = lm_head(&vb, &embeddings, &config, tie_embeddings)?;
+    Llama::assemble(config, embeddings, layers, final_norm, head, device)
 }

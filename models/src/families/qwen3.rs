@@ -8,9 +8,9 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{CommonConfig, Family, dense, lm_head, read, rms_norm};
+use super::{CommonConfig, Family, attention, decoder, dense, read, rms_norm};
 use crate::ModelError;
-use crate::llama::{Activation, Layer, Llama, LlamaConfig, ModelFamily};
+use crate::llama::{Layer, Llama, LlamaConfig, ModelFamily};
 
 /// The qwen3 family.
 pub struct Qwen3;
@@ -20,8 +20,6 @@ struct Extra {
     head_dim: Option<usize>,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    #[serde(default)]
-    attention_bias: bool,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
@@ -42,7 +40,7 @@ impl Family for Qwen3 {
     }
 
     fn config(&self, json: &Value) -> Result<(LlamaConfig, bool), String> {
-        let c: CommonConfig = read(json)?;
+        let common: CommonConfig = read(json)?;
         let extra: Extra = read(json)?;
         if extra.use_sliding_window {
             return Err(
@@ -51,23 +49,10 @@ impl Family for Qwen3 {
                     .into(),
             );
         }
-        let _ = extra.attention_bias;
-        let mut config = LlamaConfig::llama(
-            c.vocab_size,
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_hidden_layers,
-            c.num_attention_heads,
-            c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            extra.rms_norm_eps,
-            c.rope_theta,
-            c.max_position_embeddings,
-        );
-        config.family = ModelFamily::Qwen3;
-        config.activation = Activation::Silu;
-        config.head_dim = extra
-            .head_dim
-            .unwrap_or(c.hidden_size / c.num_attention_heads);
+        let mut config = common.shape(ModelFamily::Qwen3, extra.rms_norm_eps);
+        if let Some(head_dim) = extra.head_dim {
+            config.head_dim = head_dim;
+        }
         Ok((config, extra.tie_word_embeddings))
     }
 
@@ -78,31 +63,28 @@ impl Family for Qwen3 {
         tie_embeddings: bool,
         device: &Device,
     ) -> Result<Llama, ModelError> {
-        let (h, d) = (config.hidden_size, config.head_dim);
-        let (q, kv) = (config.num_heads * d, config.num_kv_heads * d);
-        let ffn = config.intermediate_size;
-        let m = vb.pp("model");
-        let embeddings = m.pp("embed_tokens").get((config.vocab_size, h), "weight")?;
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let l = m.pp(format!("layers.{i}"));
+        let (h, d, ffn) = (
+            config.hidden_size,
+            config.head_dim,
+            config.intermediate_size,
+        );
+        let c = config.clone();
+        decoder(vb, config, tie_embeddings, device, rms_norm, |l| {
             let (a, f) = (l.pp("self_attn"), l.pp("mlp"));
-            layers.push(Layer {
+            let [wq, wk, wv, wo] = attention(&a, &c, true)?;
+            Ok(Layer {
                 attn_norm: rms_norm(l.pp("input_layernorm"), h)?,
-                wq: dense(a.pp("q_proj"), h, q, true)?,
-                wk: dense(a.pp("k_proj"), h, kv, true)?,
-                wv: dense(a.pp("v_proj"), h, kv, true)?,
-                wo: dense(a.pp("o_proj"), q, h, true)?,
+                wq,
+                wk,
+                wv,
+                wo,
                 q_norm: Some(rms_norm(a.pp("q_norm"), d)?),
                 k_norm: Some(rms_norm(a.pp("k_norm"), d)?),
                 ffn_norm: rms_norm(l.pp("post_attention_layernorm"), h)?,
                 gate: Some(dense(f.pp("gate_proj"), h, ffn, false)?),
                 up: dense(f.pp("up_proj"), h, ffn, false)?,
                 down: dense(f.pp("down_proj"), ffn, h, false)?,
-            });
-        }
-        let norm = rms_norm(m.pp("norm"), h)?;
-        let head = lm_head(&vb, &embeddings, &config, tie_embeddings)?;
-        Llama::assemble(config, embeddings, layers, norm, head, device)
+            })
+        })
     }
 }

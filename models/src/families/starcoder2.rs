@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{CommonConfig, Family, dense, layer_norm, lm_head, read};
+use super::{CommonConfig, Family, attention, decoder, dense, layer_norm, read};
 use crate::ModelError;
 use crate::llama::{Activation, Layer, Llama, LlamaConfig, ModelFamily};
 
@@ -23,10 +23,8 @@ struct Extra {
     norm_epsilon: f64,
     #[serde(default = "default_act")]
     hidden_act: Activation,
-    #[serde(default = "yes")]
-    use_bias: bool,
     sliding_window: Option<usize>,
-    #[serde(default = "yes")]
+    #[serde(default = "tied")]
     tie_word_embeddings: bool,
 }
 
@@ -38,7 +36,7 @@ fn default_act() -> Activation {
     Activation::GeluPytorchTanh
 }
 
-fn yes() -> bool {
+fn tied() -> bool {
     true
 }
 
@@ -52,23 +50,11 @@ impl Family for Starcoder2 {
     }
 
     fn config(&self, json: &Value) -> Result<(LlamaConfig, bool), String> {
-        let c: CommonConfig = read(json)?;
+        let common: CommonConfig = read(json)?;
         let extra: Extra = read(json)?;
-        let mut config = LlamaConfig::llama(
-            c.vocab_size,
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_hidden_layers,
-            c.num_attention_heads,
-            c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            extra.norm_epsilon,
-            c.rope_theta,
-            c.max_position_embeddings,
-        );
-        config.family = ModelFamily::Starcoder2;
+        let mut config = common.shape(ModelFamily::Starcoder2, extra.norm_epsilon);
         config.activation = extra.hidden_act;
         config.sliding_window = extra.sliding_window;
-        let _ = extra.use_bias;
         Ok((config, extra.tie_word_embeddings))
     }
 
@@ -79,36 +65,26 @@ impl Family for Starcoder2 {
         tie_embeddings: bool,
         device: &Device,
     ) -> Result<Llama, ModelError> {
-        let h = config.hidden_size;
-        let (q, kv) = (
-            config.num_heads * config.head_dim,
-            config.num_kv_heads * config.head_dim,
-        );
-        let ffn = config.intermediate_size;
-        let m = vb.pp("model");
-        let embeddings = m.pp("embed_tokens").get((config.vocab_size, h), "weight")?;
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let l = m.pp(format!("layers.{i}"));
-            let (a, f) = (l.pp("self_attn"), l.pp("mlp"));
-            layers.push(Layer {
+        let (h, ffn) = (config.hidden_size, config.intermediate_size);
+        // Tied unless the file carries its own output projection.
+        let tie = tie_embeddings && !vb.contains_tensor("lm_head.weight");
+        let c = config.clone();
+        decoder(vb, config, tie, device, layer_norm, |l| {
+            let f = l.pp("mlp");
+            let [wq, wk, wv, wo] = attention(&l.pp("self_attn"), &c, true)?;
+            Ok(Layer {
                 attn_norm: layer_norm(l.pp("input_layernorm"), h)?,
-                wq: dense(a.pp("q_proj"), h, q, true)?,
-                wk: dense(a.pp("k_proj"), h, kv, true)?,
-                wv: dense(a.pp("v_proj"), h, kv, true)?,
-                wo: dense(a.pp("o_proj"), q, h, true)?,
+                wq,
+                wk,
+                wv,
+                wo,
                 q_norm: None,
                 k_norm: None,
                 ffn_norm: layer_norm(l.pp("post_attention_layernorm"), h)?,
                 gate: None,
                 up: dense(f.pp("c_fc"), h, ffn, true)?,
                 down: dense(f.pp("c_proj"), ffn, h, true)?,
-            });
-        }
-        let norm = layer_norm(m.pp("norm"), h)?;
-        // Tied unless the file carries its own output projection.
-        let tie = tie_embeddings && !vb.contains_tensor("lm_head.weight");
-        let head = lm_head(&vb, &embeddings, &config, tie)?;
-        Llama::assemble(config, embeddings, layers, norm, head, device)
+            })
+        })
     }
 }
