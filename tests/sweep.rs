@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{Fleet, repo_root, write_job};
-use labelfleet_core::job::tune::tpe::{Observation, proposal_seed, propose, random_points};
+use labelfleet_core::job::tune::tpe::run_in_rounds;
 use labelfleet_core::job::{Range, TpeSettings};
 use serde_json::{Value, json};
 
@@ -41,36 +41,17 @@ fn evaluate(point: &BTreeMap<String, Value>) -> f64 {
 
 /// What the fleet should find: the same sweep, run in this process.
 fn simulated_best_of_tpe(seed: u64) -> f64 {
-    let settings = TpeSettings::default();
-    let mut history: Vec<Observation> = random_points(&ranges(), seed, 10)
-        .into_iter()
-        .map(|params| Observation {
-            value: evaluate(&params),
-            params,
-        })
-        .collect();
-    let mut round = 1;
-    while history.len() < TRIALS {
-        let proposals: Vec<_> = (0..PARALLEL.min(TRIALS - history.len()))
-            .map(|i| {
-                propose(
-                    &ranges(),
-                    &history,
-                    &settings,
-                    proposal_seed(seed, round, i),
-                )
-            })
-            .collect();
-        history.extend(proposals.into_iter().map(|params| Observation {
-            value: evaluate(&params),
-            params,
-        }));
-        round += 1;
-    }
-    history
-        .iter()
-        .map(|o| o.value)
-        .fold(f64::INFINITY, f64::min)
+    run_in_rounds(
+        &ranges(),
+        &TpeSettings::default(),
+        seed,
+        TRIALS,
+        PARALLEL,
+        evaluate,
+    )
+    .iter()
+    .map(|o| o.value)
+    .fold(f64::INFINITY, f64::min)
 }
 
 fn sweep(name: &str, search: &str, seed: u64) -> Value {

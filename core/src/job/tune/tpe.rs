@@ -373,6 +373,41 @@ fn erf(x: f64) -> f64 {
     y.copysign(x)
 }
 
+/// A model-based sweep run in this process as the fleet runs it: `settings.startup_trials`
+/// random points, then rounds of `parallel` proposals, each from every point evaluated
+/// before its round, until `trials` points; `evaluate` gives a point's metric (lower is
+/// better). The fleet's sweep with the same seed proposes the same points, so this
+/// predicts it (and tests it).
+pub fn run_in_rounds(
+    ranges: &BTreeMap<String, Range>,
+    settings: &TpeSettings,
+    seed: u64,
+    trials: usize,
+    parallel: usize,
+    evaluate: impl Fn(&BTreeMap<String, Value>) -> f64,
+) -> Vec<Observation> {
+    let startup = settings.startup_trials.clamp(1, trials.max(1));
+    let mut history: Vec<Observation> = random_points(ranges, seed, startup)
+        .into_iter()
+        .map(|params| Observation {
+            value: evaluate(&params),
+            params,
+        })
+        .collect();
+    let mut round = 1;
+    while history.len() < trials {
+        let proposals: Vec<_> = (0..parallel.max(1).min(trials - history.len()))
+            .map(|i| propose(ranges, &history, settings, proposal_seed(seed, round, i)))
+            .collect();
+        history.extend(proposals.into_iter().map(|params| Observation {
+            value: evaluate(&params),
+            params,
+        }));
+        round += 1;
+    }
+    history
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -404,34 +439,7 @@ mod tests {
     /// random startup trials, as the fleet runs it.
     pub(crate) fn best_of_tpe(seed: u64, trials: usize, parallel: usize) -> f64 {
         let settings = TpeSettings::default();
-        let mut history: Vec<Observation> = random_points(&ranges(), seed, 10)
-            .into_iter()
-            .map(|params| Observation {
-                value: evaluate(&params),
-                params,
-            })
-            .collect();
-        let mut round = 1;
-        while history.len() < trials {
-            let proposals: Vec<_> = (0..parallel.min(trials - history.len()))
-                .map(|i| {
-                    propose(
-                        &ranges(),
-                        &history,
-                        &settings,
-                        proposal_seed(seed, round, i),
-                    )
-                })
-                .collect();
-            for params in proposals {
-                history.push(Observation {
-                    value: evaluate(&params),
-                    params,
-                });
-            }
-            round += 1;
-        }
-        history
+        run_in_rounds(&ranges(), &settings, seed, trials, parallel, evaluate)
             .iter()
             .map(|o| o.value)
             .fold(f64::INFINITY, f64::min)
