@@ -2,7 +2,7 @@
 //! job's manifest entry: the best point of a sweep (`best_params`), or the point a
 //! model-based round proposed for this very trial (`params_for`).
 
-use labelfleet_core::job::Job;
+use labelfleet_core::job::{Job, job_ref};
 use serde_json::{Map, Value};
 
 use crate::runner::{JobContext, JobFailure};
@@ -17,9 +17,7 @@ pub async fn resolve(
     let Some(source) = &job.params_from else {
         return Ok(None);
     };
-    let (group, name) = source
-        .split_once('/')
-        .unwrap_or((job.group_id.as_str(), source.as_str()));
+    let (group, name) = job_ref(source, &job.group_id);
     let entry = ctx.manifest_entry(group, name).await?.ok_or_else(|| {
         JobFailure::new(format!(
             "`params_from`: {group}/{name} has not completed; the job should wait for it \

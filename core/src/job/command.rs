@@ -47,11 +47,8 @@ pub struct CommandInput {
 
 impl CommandInput {
     /// The group and name of the job it comes from, for a job in `group`.
-    pub fn source(&self, group: &str) -> (String, String) {
-        match self.from.split_once('/') {
-            Some((g, name)) => (g.to_string(), name.to_string()),
-            None => (group.to_string(), self.from.clone()),
-        }
+    pub fn source<'a>(&'a self, group: &'a str) -> (&'a str, &'a str) {
+        super::job_ref(&self.from, group)
     }
 }
 
@@ -159,11 +156,11 @@ mod tests {
             from: "train".into(),
             path: "m".into(),
         };
-        assert_eq!(input.source("g"), ("g".into(), "train".into()));
+        assert_eq!(input.source("g"), ("g", "train"));
         let input = CommandInput {
             from: "other/train".into(),
             path: "m".into(),
         };
-        assert_eq!(input.source("g"), ("other".into(), "train".into()));
+        assert_eq!(input.source("g"), ("other", "train"));
     }
 }

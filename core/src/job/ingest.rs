@@ -79,11 +79,7 @@ impl IngestSpec {
 
     /// The group and name of the job whose artifacts are the archives, for a job in
     /// `group`.
-    pub fn source(&self, group: &str) -> Option<(String, String)> {
-        let from = self.from.as_ref()?;
-        Some(match from.split_once('/') {
-            Some((g, name)) => (g.to_string(), name.to_string()),
-            None => (group.to_string(), from.clone()),
-        })
+    pub fn source<'a>(&'a self, group: &'a str) -> Option<(&'a str, &'a str)> {
+        Some(super::job_ref(self.from.as_deref()?, group))
     }
 }

@@ -564,6 +564,13 @@ fn check_id(id: &str, file: &str, path: &str) -> Result<(), JobError> {
     }
 }
 
+/// The group and name a job reference points to: `group/name`, or a plain `name` in
+/// `own_group` (how `after`, `params_from`, `inputs[].from` and `ingest.from` name
+/// jobs).
+pub fn job_ref<'a>(reference: &'a str, own_group: &'a str) -> (&'a str, &'a str) {
+    reference.split_once('/').unwrap_or((own_group, reference))
+}
+
 /// Whether `id` is a valid job name or group id.
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()

@@ -11,7 +11,6 @@
 //! message that could reach a log, an artifact or `status`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use labelfleet_core::job::ModelRef;
@@ -45,7 +44,6 @@ struct Inner {
     name: String,
     key: Option<String>,
     client: reqwest::Client,
-    retries: AtomicU64,
 }
 
 /// What one request's failure means.
@@ -85,7 +83,6 @@ impl EndpointModel {
                 name: model.name.clone().unwrap_or_default(),
                 key,
                 client,
-                retries: AtomicU64::new(0),
             }),
             concurrency: model.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY),
             runtime,
@@ -95,11 +92,6 @@ impl EndpointModel {
     /// Requests in flight at once.
     pub fn concurrency(&self) -> usize {
         self.concurrency
-    }
-
-    /// Requests retried so far.
-    pub fn retries(&self) -> u64 {
-        self.inner.retries.load(Ordering::Relaxed)
     }
 
     /// Completes every prompt, at most `concurrency` requests in flight; the
@@ -174,7 +166,6 @@ impl Inner {
                         .min(MAX_PAUSE)
                         .mul_f64(rand::rng().random_range(0.5..1.0));
                     let pause = asked.map_or(backoff, |a| a.max(backoff));
-                    self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(endpoint = %self.url, attempt, retry_in_ms = pause.as_millis() as u64, error = %self.scrub(&last), "endpoint request failed; retrying");
                     tokio::time::sleep(pause).await;
                 }

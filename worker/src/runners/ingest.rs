@@ -28,7 +28,7 @@ async fn from_artifacts(
     ctx: &JobContext,
 ) -> Result<(Vec<LogRow>, Stats), JobFailure> {
     let (group, name) = spec.source(&job.group_id).expect("checked: `from` is set");
-    let entry = ctx.manifest_entry(&group, &name).await?.ok_or_else(|| {
+    let entry = ctx.manifest_entry(group, name).await?.ok_or_else(|| {
         JobFailure::new(format!(
             "ingest.from: {group}/{name} has not completed (it is one of `after`, so the job \
              was sent by hand too early)"

@@ -37,7 +37,7 @@ pub async fn fetch_inputs(
     for (i, input) in spec.inputs.iter().enumerate() {
         let at = format!("command.inputs[{i}]");
         let (group, name) = input.source(&job.group_id);
-        let entry = ctx.manifest_entry(&group, &name).await?.ok_or_else(|| {
+        let entry = ctx.manifest_entry(group, name).await?.ok_or_else(|| {
             JobFailure::new(format!(
                 "{at}: job {group}/{name} has not completed; list it in `after` so this job waits for it"
             ))
