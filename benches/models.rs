@@ -379,10 +379,36 @@ fn main() {
     }
 }
 
+/// One greedy token from (tokens, offset); offset 0 starts a new prompt.
+type Step<'a> = Box<dyn FnMut(&[u32], usize) -> u32 + 'a>;
+
+/// A candle-transformers model as a [`Step`]: its cache cleared at offset 0.
+fn greedy_step<'a, M: 'a>(
+    mut model: M,
+    clear: fn(&mut M),
+    forward: fn(&mut M, &candle_core::Tensor, usize) -> candle_core::Result<candle_core::Tensor>,
+    device: &'a candle_core::Device,
+) -> Step<'a> {
+    Box::new(move |ids, offset| {
+        if offset == 0 {
+            clear(&mut model);
+        }
+        let input = candle_core::Tensor::new(ids, device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = forward(&mut model, &input, offset)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+    })
+}
+
 /// Part 5: each other family, ours batched against candle-transformers' one prompt at
 /// a time; three runs each, median and range of tokens/s.
 fn families(device: &candle_core::Device) {
-    use candle_core::{DType, Tensor};
+    use candle_core::DType;
     use candle_transformers::models::{qwen3, starcoder2};
     use labelfleet_models::llama::argmax_rows;
     use labelfleet_models::tiny::{FamilyShape, write_random_family};
@@ -468,32 +494,24 @@ fn families(device: &candle_core::Device) {
             )
             .unwrap()
         };
-        // One greedy token from (tokens, offset); offset 0 starts a new prompt.
-        type Step<'a> = Box<dyn FnMut(&[u32], usize) -> u32 + 'a>;
         let mut step_theirs: Step = match model_type {
             "qwen3" => {
                 let cfg: qwen3::Config = serde_json::from_value(json.clone()).unwrap();
-                let mut m = qwen3::ModelForCausalLM::new(&cfg, vb()).unwrap();
-                Box::new(move |ids, offset| {
-                    if offset == 0 {
-                        m.clear_kv_cache();
-                    }
-                    let input = Tensor::new(ids, device).unwrap().unsqueeze(0).unwrap();
-                    let logits = m.forward(&input, offset).unwrap().flatten_all().unwrap();
-                    logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
-                })
+                greedy_step(
+                    qwen3::ModelForCausalLM::new(&cfg, vb()).unwrap(),
+                    qwen3::ModelForCausalLM::clear_kv_cache,
+                    qwen3::ModelForCausalLM::forward,
+                    device,
+                )
             }
             _ => {
                 let cfg: starcoder2::Config = serde_json::from_value(json.clone()).unwrap();
-                let mut m = starcoder2::Model::new(&cfg, vb()).unwrap();
-                Box::new(move |ids, offset| {
-                    if offset == 0 {
-                        m.clear_kv_cache();
-                    }
-                    let input = Tensor::new(ids, device).unwrap().unsqueeze(0).unwrap();
-                    let logits = m.forward(&input, offset).unwrap().flatten_all().unwrap();
-                    logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
-                })
+                greedy_step(
+                    starcoder2::Model::new(&cfg, vb()).unwrap(),
+                    starcoder2::Model::clear_kv_cache,
+                    starcoder2::Model::forward,
+                    device,
+                )
             }
         };
         let mut run_theirs = || -> Vec<Vec<u32>> {

@@ -95,28 +95,18 @@ fn tpe_beats_random_search_on_shifted_branin_through_the_fleet() {
     let branin = repo_root().join("examples/branin.py");
     let allow = format!("branin={}", branin.display());
     let started = Instant::now();
-    let mut workers: Vec<_> = (0..2)
-        .map(|i| {
-            fleet.spawn_worker(
-                &format!("w{i}"),
-                &[
-                    "--wait",
-                    "0.2",
-                    "--idle-exit",
-                    "3",
-                    "--allow-command",
-                    &allow,
-                ],
-            )
-        })
-        .collect();
-    for worker in &mut workers {
-        assert!(
-            worker.wait(Duration::from_secs(900)).success(),
-            "{}",
-            worker.log_text()
-        );
-    }
+    fleet.run_workers(
+        2,
+        &[
+            "--wait",
+            "0.2",
+            "--idle-exit",
+            "3",
+            "--allow-command",
+            &allow,
+        ],
+        Duration::from_secs(900),
+    );
     let elapsed = started.elapsed();
     let entries = fleet.entries("branin");
     let jobs = SEEDS.len() * 2 * TRIALS + SEEDS.len() * (TRIALS - 10).div_ceil(PARALLEL);

@@ -25,28 +25,18 @@ fn run_workflow(fleet: &mut Fleet, workflow: &str, group: &str) -> Vec<ManifestE
     let folder = root.join("runs").join(workflow);
     fleet.ok(&["enqueue", folder.to_str().unwrap(), "--allow-dirty"]);
     let commands = folder.join("commands.txt");
-    let mut workers: Vec<_> = (0..2)
-        .map(|i| {
-            fleet.spawn_worker(
-                &format!("w{i}"),
-                &[
-                    "--wait",
-                    "0.2",
-                    "--idle-exit",
-                    "3",
-                    "--commands",
-                    commands.to_str().unwrap(),
-                ],
-            )
-        })
-        .collect();
-    for worker in &mut workers {
-        assert!(
-            worker.wait(Duration::from_secs(300)).success(),
-            "{}",
-            worker.log_text()
-        );
-    }
+    fleet.run_workers(
+        2,
+        &[
+            "--wait",
+            "0.2",
+            "--idle-exit",
+            "3",
+            "--commands",
+            commands.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
     let dead = common::block_on(fleet.embedded().queue(5).unwrap().dead_letters(10)).unwrap();
     assert!(
         dead.is_empty(),

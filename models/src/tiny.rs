@@ -136,70 +136,65 @@ pub fn write_random_family(
         ("self_attn.v_proj", kv, hidden),
         ("self_attn.o_proj", hidden, hidden),
     ];
-    let norms = ["input_layernorm", "post_attention_layernorm"];
-    match model_type {
-        "qwen3" => {
-            for (k, v) in serde_json::json!({
+    // What differs: the config's own fields, the feed-forward, whether every
+    // projection and norm has a bias (starcoder2), whether heads are normed (qwen3).
+    let (extra, mlp, biased, head_norms) = match model_type {
+        "qwen3" => (
+            serde_json::json!({
                 "head_dim": head_dim, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
                 "tie_word_embeddings": true, "hidden_act": "silu", "attention_bias": false,
                 "sliding_window": null, "use_sliding_window": false,
                 "max_window_layers": layers
-            })
-            .as_object()
-            .expect("an object")
-            {
-                config.insert(k.clone(), v.clone());
-            }
-            shapes.push(("model.norm.weight".into(), vec![hidden]));
-            for l in 0..layers {
-                let p = format!("model.layers.{l}");
-                for (name, out, inp) in attention.iter().chain(&[
-                    ("mlp.gate_proj", ffn, hidden),
-                    ("mlp.up_proj", ffn, hidden),
-                    ("mlp.down_proj", hidden, ffn),
-                ]) {
-                    shapes.push((format!("{p}.{name}.weight"), vec![*out, *inp]));
-                }
-                for norm in ["self_attn.q_norm", "self_attn.k_norm"] {
-                    shapes.push((format!("{p}.{norm}.weight"), vec![head_dim]));
-                }
-                for norm in norms {
-                    shapes.push((format!("{p}.{norm}.weight"), vec![hidden]));
-                }
-            }
-        }
-        "starcoder2" => {
-            for (k, v) in serde_json::json!({
+            }),
+            vec![
+                ("mlp.gate_proj", ffn, hidden),
+                ("mlp.up_proj", ffn, hidden),
+                ("mlp.down_proj", hidden, ffn),
+            ],
+            false,
+            true,
+        ),
+        "starcoder2" => (
+            serde_json::json!({
                 "norm_epsilon": 1e-5, "rope_theta": 100_000.0, "use_bias": true,
                 "sliding_window": 512, "hidden_act": "gelu_pytorch_tanh"
-            })
-            .as_object()
-            .expect("an object")
-            {
-                config.insert(k.clone(), v.clone());
-            }
-            for part in ["weight", "bias"] {
-                shapes.push((format!("model.norm.{part}"), vec![hidden]));
-            }
-            for l in 0..layers {
-                let p = format!("model.layers.{l}");
-                for (name, out, inp) in attention
-                    .iter()
-                    .chain(&[("mlp.c_fc", ffn, hidden), ("mlp.c_proj", hidden, ffn)])
-                {
-                    shapes.push((format!("{p}.{name}.weight"), vec![*out, *inp]));
-                    shapes.push((format!("{p}.{name}.bias"), vec![*out]));
-                }
-                for norm in norms {
-                    shapes.push((format!("{p}.{norm}.weight"), vec![hidden]));
-                    shapes.push((format!("{p}.{norm}.bias"), vec![hidden]));
-                }
-            }
-        }
+            }),
+            vec![("mlp.c_fc", ffn, hidden), ("mlp.c_proj", hidden, ffn)],
+            true,
+            false,
+        ),
         other => {
             return Err(ModelError::Unsupported(format!(
                 "no tiny `{other}`: use qwen3 or starcoder2 (or write_tiny_model for llama)"
             )));
+        }
+    };
+    config.extend(extra.as_object().cloned().expect("an object"));
+    let parts: &[&str] = if biased {
+        &["weight", "bias"]
+    } else {
+        &["weight"]
+    };
+    for part in parts {
+        shapes.push((format!("model.norm.{part}"), vec![hidden]));
+    }
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, out, inp) in attention.iter().chain(&mlp) {
+            shapes.push((format!("{p}.{name}.weight"), vec![*out, *inp]));
+            if biased {
+                shapes.push((format!("{p}.{name}.bias"), vec![*out]));
+            }
+        }
+        if head_norms {
+            for norm in ["self_attn.q_norm", "self_attn.k_norm"] {
+                shapes.push((format!("{p}.{norm}.weight"), vec![head_dim]));
+            }
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            for part in parts {
+                shapes.push((format!("{p}.{norm}.{part}"), vec![hidden]));
+            }
         }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -138,32 +138,40 @@ fn var_builder(weights: &Path) -> VarBuilder<'static> {
 /// The last position's logits of a whole sequence, run alone from an empty cache.
 type Reference = Box<dyn FnMut(&[u32]) -> Vec<f32>>;
 
-fn qwen3_reference(config: &Value, weights: &Path) -> Reference {
-    let cfg: qwen3::Config = serde_json::from_value(config.clone()).unwrap();
-    let mut model = qwen3::ModelForCausalLM::new(&cfg, var_builder(weights)).unwrap();
+/// A candle-transformers model (its cache cleared before each sequence) as a
+/// [`Reference`].
+fn reference<M: 'static>(
+    mut model: M,
+    clear: fn(&mut M),
+    forward: fn(&mut M, &Tensor, usize) -> candle_core::Result<Tensor>,
+) -> Reference {
     Box::new(move |ids| {
-        model.clear_kv_cache();
+        clear(&mut model);
         let input = Tensor::new(ids, &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let logits = model.forward(&input, 0).unwrap();
+        let logits = forward(&mut model, &input, 0).unwrap();
         logits.flatten_all().unwrap().to_vec1().unwrap()
     })
 }
 
+fn qwen3_reference(config: &Value, weights: &Path) -> Reference {
+    let cfg: qwen3::Config = serde_json::from_value(config.clone()).unwrap();
+    reference(
+        qwen3::ModelForCausalLM::new(&cfg, var_builder(weights)).unwrap(),
+        qwen3::ModelForCausalLM::clear_kv_cache,
+        qwen3::ModelForCausalLM::forward,
+    )
+}
+
 fn starcoder2_reference(config: &Value, weights: &Path) -> Reference {
     let cfg: starcoder2::Config = serde_json::from_value(config.clone()).unwrap();
-    let mut model = starcoder2::Model::new(&cfg, var_builder(weights)).unwrap();
-    Box::new(move |ids| {
-        model.clear_kv_cache();
-        let input = Tensor::new(ids, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = model.forward(&input, 0).unwrap();
-        logits.flatten_all().unwrap().to_vec1().unwrap()
-    })
+    reference(
+        starcoder2::Model::new(&cfg, var_builder(weights)).unwrap(),
+        starcoder2::Model::clear_kv_cache,
+        starcoder2::Model::forward,
+    )
 }
 
 fn largest_difference(a: &[f32], b: &[f32]) -> f32 {

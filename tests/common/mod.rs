@@ -139,6 +139,17 @@ impl Fleet {
         self.spawn(name, &all)
     }
 
+    /// Runs `count` workers (`w0`, `w1`, …) with `args` side by side and waits up to
+    /// `limit` for each to exit successfully (its log shown if one does not).
+    pub fn run_workers(&self, count: usize, args: &[&str], limit: Duration) {
+        let mut workers: Vec<Worker> = (0..count)
+            .map(|i| self.spawn_worker(&format!("w{i}"), args))
+            .collect();
+        for worker in &mut workers {
+            assert!(worker.wait(limit).success(), "{}", worker.log_text());
+        }
+    }
+
     /// Starts `labelfleet ARGS` in the background, its JSON log (stderr) going to
     /// `logs/<name>.log`.
     pub fn spawn(&self, name: &str, all: &[&str]) -> Worker {

@@ -131,15 +131,6 @@ fn a_huge_grid_is_capped_by_trials_or_refused_before_it_is_built() {
 
 #[test]
 fn bad_sweeps_are_named() {
-    let err = |body: Value| {
-        Job::parse(
-            json!({"kind": "tune", "group_id": "g", "tune": body}),
-            "t.json",
-            Some("t"),
-            ProvenancePolicy::Reject,
-        )
-        .unwrap_err()
-    };
     let e = err(json!({"retrain": retrain(), "metric": "valid_loss"}));
     assert_eq!(e.path, "tune.grid");
     let e = err(
@@ -159,6 +150,17 @@ fn bad_sweeps_are_named() {
         e.message.contains("trial tune_t00 (training.steps=0)"),
         "{e}"
     );
+}
+
+/// The error parsing a tune job with these settings gives.
+fn err(body: Value) -> crate::job::JobError {
+    Job::parse(
+        json!({"kind": "tune", "group_id": "g", "tune": body}),
+        "t.json",
+        Some("t"),
+        ProvenancePolicy::Reject,
+    )
+    .unwrap_err()
 }
 
 fn command_template() -> Value {
@@ -259,15 +261,6 @@ fn model_based_search_plans_rounds_whose_trials_wait_for_their_round_job() {
 
 #[test]
 fn bad_templates_are_named() {
-    let err = |body: Value| {
-        Job::parse(
-            json!({"kind": "tune", "group_id": "g", "tune": body}),
-            "t.json",
-            Some("t"),
-            ProvenancePolicy::Reject,
-        )
-        .unwrap_err()
-    };
     let e = err(
         json!({"template": {"kind": "command", "name": "x", "command": {}},
                        "grid": {"x": [1]}, "metric": "m"}),
