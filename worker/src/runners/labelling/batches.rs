@@ -36,6 +36,15 @@ pub struct LabelledTurn {
     pub valid: bool,
     /// Where the in-context examples came from (`group/run:dialogue#turn`).
     pub examples: Vec<String>,
+    /// Each example's cosine similarity to the turn, in the order of `examples`
+    /// (absent in logs written before labelfleet recorded it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub example_similarity: Vec<f32>,
+    /// The state the data gives after the turn, where it has one: kept beside the
+    /// prediction so that a person can see where they differ (`labelfleet serve`).
+    /// Never shown to the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold_slot_values: Option<labelfleet_dst::SlotValues>,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
     /// Tokens generated.
@@ -86,6 +95,8 @@ pub(super) struct Labelling {
     pub(super) done: HashMap<String, Vec<LabelledTurn>>,
     /// The examples and embedder of the `in_context` prompt; `None` for `compact`.
     pub(super) retrieval: Option<Retrieval>,
+    /// Whether the data has gold states (kept in the log beside each prediction).
+    pub(super) has_gold: bool,
     pub(super) lm: Arc<dyn Labeller>,
 }
 
@@ -220,12 +231,18 @@ impl Labelling {
                     ),
                     _ => Vec::new(),
                 };
-                let examples: Vec<Example> = picked.iter().map(|t| t.example.clone()).collect();
+                let examples: Vec<Example> =
+                    picked.iter().map(|(_, t)| t.example.clone()).collect();
                 prompts.push(match self.mode {
                     PromptMode::InContext => build_prompt(&examples, context),
                     PromptMode::Compact => build_compact_prompt(context),
                 });
-                sources.push(picked.iter().map(|t| t.source.clone()).collect::<Vec<_>>());
+                sources.push(
+                    picked
+                        .iter()
+                        .map(|(s, t)| (t.source.clone(), *s))
+                        .collect::<Vec<_>>(),
+                );
             }
             let started = Instant::now();
             let completions = self.lm.complete(&prompts, &params)?;
@@ -242,7 +259,10 @@ impl Labelling {
                     Ok(update) => (apply_update(&last, &update), true),
                     Err(_) => (last.clone(), false),
                 };
+                let (examples, example_similarity): (Vec<String>, Vec<f32>) =
+                    sources.into_iter().unzip();
                 let labelled = LabelledTurn {
+                    gold_slot_values: self.has_gold.then(|| turn.slot_values.clone()),
                     turn: Turn {
                         turn_slot_values: labelfleet_dst::delta(&last, &state),
                         last_slot_values: last,
@@ -252,7 +272,8 @@ impl Labelling {
                     prompt,
                     completion: completion.text,
                     valid,
-                    examples: sources,
+                    examples,
+                    example_similarity,
                     prompt_tokens: completion.prompt_tokens,
                     new_tokens: completion.new_tokens,
                     batch_seconds: seconds,

@@ -257,6 +257,9 @@ pub async fn label(
         }),
         _ => None,
     };
+    let has_gold = dialogues
+        .iter()
+        .any(|d| d.turns.iter().any(|t| !t.slot_values.is_empty()));
     let mut labelling = Labelling {
         spec,
         mode,
@@ -264,6 +267,7 @@ pub async fn label(
         dialogues,
         done,
         retrieval,
+        has_gold,
         lm,
     };
     tracing::info!(job = %job.key(), dialogues = labelling.dialogues.len(), seeded, prompt = mode.as_str(), "labelling");
@@ -335,10 +339,7 @@ pub async fn label(
         &predictions,
         ValueMatcher { threshold: 0.95 },
     );
-    let has_gold = labelling
-        .dialogues
-        .iter()
-        .any(|d| d.turns.iter().any(|t| !t.slot_values.is_empty()));
+    let has_gold = labelling.has_gold;
     let seconds = spent();
     let turn_count = turns.len() as u64;
 

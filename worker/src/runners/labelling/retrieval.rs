@@ -46,14 +46,15 @@ impl ExampleIndex {
     /// The `k` best examples for `query` (an embedding), excluding the query's own
     /// dialogue: of the best max(10, k) by cosine, first the best `minimum_distinct`
     /// with distinct slot signatures, then the best of the rest. Returned least similar
-    /// first, so the most similar example sits next to the target in the prompt.
+    /// first, so the most similar example sits next to the target in the prompt, each
+    /// with its cosine similarity to the query.
     pub fn top_k(
         &self,
         query: &[f32],
         dialogue_id: &str,
         k: usize,
         minimum_distinct: usize,
-    ) -> Vec<&IndexedTurn> {
+    ) -> Vec<(f32, &IndexedTurn)> {
         let mut scored: Vec<(f32, &IndexedTurn)> = self
             .turns
             .iter()
@@ -86,7 +87,7 @@ impl ExampleIndex {
             }
         }
         chosen.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chosen.into_iter().map(|(_, t)| t).collect()
+        chosen
     }
 }
 
@@ -152,15 +153,21 @@ mod tests {
         let picked: Vec<&str> = index
             .top_k(&[1.0, 0.0], "me", 2, 2)
             .iter()
-            .map(|t| t.source.as_str())
+            .map(|(_, t)| t.source.as_str())
             .collect();
         // Two distinct signatures beat the second-closest turn; the closest sits last.
         assert_eq!(picked, vec!["c", "a"]);
         let picked: Vec<&str> = index
             .top_k(&[1.0, 0.0], "me", 3, 1)
             .iter()
-            .map(|t| t.source.as_str())
+            .map(|(_, t)| t.source.as_str())
             .collect();
         assert_eq!(picked, vec!["c", "b", "a"]);
+        let similarity: Vec<f32> = index
+            .top_k(&[1.0, 0.0], "me", 3, 1)
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(similarity, vec![0.9, 0.99, 1.0]);
     }
 }
