@@ -66,7 +66,68 @@ pub fn after_failure(
     }
 }
 
+/// How long recording a failed attempt may take: it is a courtesy to whoever reads the
+/// job's history, and must not hold up the message's release when a backend is slow.
+const ATTEMPT_RECORD_LIMIT: Duration = Duration::from_secs(10);
+
+/// The artifact that records a failed attempt of a job, `attempts/NNN.json` under its
+/// own prefix: what `labelfleet serve` shows as the job's log of attempts.
+pub fn attempt_record(
+    worker: &str,
+    attempt: u32,
+    failure: &JobFailure,
+    outcome: &AfterFailure,
+) -> Option<(String, serde_json::Value)> {
+    let (what, next) = match outcome {
+        AfterFailure::LeaveIt => return None,
+        AfterFailure::HandOver if failure.interrupted => ("stopped", "handed over".to_string()),
+        AfterFailure::HandOver => ("backend failure", "handed over".to_string()),
+        AfterFailure::Retry(delay) => (
+            "failed",
+            format!("retried after {:.0} s", delay.as_secs_f64()),
+        ),
+        AfterFailure::DeadLetter(_) => ("failed", "dead-lettered".to_string()),
+    };
+    Some((
+        format!("attempts/{attempt:03}.json"),
+        serde_json::json!({
+            "attempt": attempt,
+            "worker": worker,
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "outcome": what,
+            "then": next,
+            "error": failure.message,
+        }),
+    ))
+}
+
 impl Inner {
+    /// Records a failed attempt as an artifact of the job (best effort: a failure to
+    /// write it is logged, and the job's message is handled as if it had been written).
+    async fn record_attempt(
+        &self,
+        job: &Job,
+        attempt: u32,
+        failure: &JobFailure,
+        outcome: &AfterFailure,
+    ) {
+        let Some((file, record)) =
+            attempt_record(&self.config.worker_id, attempt, failure, outcome)
+        else {
+            return;
+        };
+        let Ok(key) = job.artifact_key(&file) else {
+            return;
+        };
+        let bytes = serde_json::to_vec_pretty(&record).expect("a record serialises");
+        let put = self.backends.artifacts.put(&key, bytes);
+        match tokio::time::timeout(ATTEMPT_RECORD_LIMIT, put).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the failed attempt"),
+            Err(_) => tracing::warn!("recording the failed attempt timed out"),
+        }
+    }
+
     /// Releases a job for another worker at once, logging `what` and how.
     async fn hand_over(&self, receipt: &Receipt, what: &str, reason: Option<&str>) {
         match self.backends.queue.release(receipt, Duration::ZERO).await {
@@ -161,7 +222,10 @@ impl Inner {
             self.report.lock().expect("report lock").last_error =
                 Some(format!("{key}: {}", failure.message));
         }
-        match after_failure(&failure, lease_lost, message.receive_count, &self.config) {
+        let outcome = after_failure(&failure, lease_lost, message.receive_count, &self.config);
+        self.record_attempt(&job, message.receive_count, &failure, &outcome)
+            .await;
+        match outcome {
             AfterFailure::LeaveIt => tracing::warn!(
                 error = %failure.message,
                 "job stopped after losing its lease; nothing of it is recorded (another worker holds it now)"
@@ -250,6 +314,30 @@ mod tests {
             after_failure(&temporary, false, 3, &config()),
             AfterFailure::DeadLetter(_)
         ));
+    }
+
+    #[test]
+    fn each_failed_attempt_is_recorded_under_the_job_s_attempts_unless_the_lease_was_lost() {
+        let failure = JobFailure::new("cannot read the gold dataset");
+        let (file, record) = attempt_record(
+            "w1",
+            2,
+            &failure,
+            &AfterFailure::Retry(Duration::from_secs(4)),
+        )
+        .unwrap();
+        assert_eq!(file, "attempts/002.json");
+        assert_eq!(record["attempt"], 2);
+        assert_eq!(record["worker"], "w1");
+        assert_eq!(record["then"], "retried after 4 s");
+        assert_eq!(record["error"], "cannot read the gold dataset");
+        let (_, dead) =
+            attempt_record("w1", 5, &failure, &AfterFailure::DeadLetter("x".into())).unwrap();
+        assert_eq!(dead["then"], "dead-lettered");
+        let stopped = JobFailure::interrupted("saved at turn 40");
+        let (_, handed) = attempt_record("w1", 1, &stopped, &AfterFailure::HandOver).unwrap();
+        assert_eq!(handed["outcome"], "stopped");
+        assert!(attempt_record("w1", 1, &failure, &AfterFailure::LeaveIt).is_none());
     }
 
     #[test]
