@@ -16,6 +16,59 @@ pub struct Curves {
     pub valid: Vec<(f64, f64)>,
 }
 
+impl Curves {
+    /// A run's curves from its `curve` artifact (`{"curve": [{"step", "loss"}…],
+    /// "valid": […]}`).
+    pub fn from_artifact(name: &str, curve: &serde_json::Value) -> Curves {
+        let points = |field: &str| -> Vec<(f64, f64)> {
+            curve[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p["step"].as_f64()?, p["loss"].as_f64()?)))
+                .collect()
+        };
+        Curves {
+            name: name.to_string(),
+            train: points("curve"),
+            valid: points("valid"),
+        }
+    }
+}
+
+/// One parameter of a sweep: each trial's (parameter, metric), and the best trial's.
+pub struct SweepParam {
+    /// The parameter's dotted path.
+    pub param: String,
+    /// (value, metric) per trial that has both as numbers.
+    pub points: Vec<(f64, f64)>,
+    /// The best trial's point (the `trials` artifact lists the best first).
+    pub best: Option<(f64, f64)>,
+}
+
+/// Every numeric parameter of a tune job's `trials` artifact (best trial first).
+pub fn sweep_params(trials: &serde_json::Value) -> Vec<SweepParam> {
+    let trials = trials.as_array().map(Vec::as_slice).unwrap_or_default();
+    let names: std::collections::BTreeSet<&String> = trials
+        .iter()
+        .filter_map(|t| t["params"].as_object())
+        .flat_map(|m| m.keys())
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|param| {
+            let point =
+                |t: &serde_json::Value| Some((t["params"][param].as_f64()?, t["value"].as_f64()?));
+            let points: Vec<(f64, f64)> = trials.iter().filter_map(point).collect();
+            (!points.is_empty()).then(|| SweepParam {
+                param: param.clone(),
+                best: trials.first().and_then(point),
+                points,
+            })
+        })
+        .collect()
+}
+
 fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
@@ -31,9 +84,25 @@ fn failed(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("drawing the plot: {e}")
 }
 
-/// Draws every run's training loss (lines) and validation loss (dots) against steps.
+fn write(path: &Path, svg: String) -> anyhow::Result<()> {
+    std::fs::write(path, svg).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
+/// Draws every run's training loss (lines) and validation loss (dots) against steps,
+/// into an SVG file.
 pub fn loss_curves(path: &Path, runs: &[Curves]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    write(path, loss_curves_svg(runs)?)
+}
+
+/// [`loss_curves`] as SVG text.
+pub fn loss_curves_svg(runs: &[Curves]) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    draw_loss_curves(&mut svg, runs)?;
+    Ok(svg)
+}
+
+fn draw_loss_curves(svg: &mut String, runs: &[Curves]) -> anyhow::Result<()> {
+    let root = SVGBackend::with_string(svg, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
     let steps = span(runs.iter().flat_map(|r| r.train.iter().map(|p| p.0)));
     let losses = span(
@@ -83,8 +152,9 @@ pub fn loss_curves(path: &Path, runs: &[Curves]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Draws a sweep's metric against one parameter, a dot per trial, the best in red.
-/// The axis is logarithmic when the parameter spans more than a factor of 20.
+/// Draws a sweep's metric against one parameter, a dot per trial, the best in red,
+/// into an SVG file. The axis is logarithmic when the parameter spans more than a
+/// factor of 20.
 pub fn metric_vs_param(
     path: &Path,
     metric: &str,
@@ -92,7 +162,29 @@ pub fn metric_vs_param(
     trials: &[(f64, f64)],
     best: Option<(f64, f64)>,
 ) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
+    write(path, metric_vs_param_svg(metric, param, trials, best)?)
+}
+
+/// [`metric_vs_param`] as SVG text.
+pub fn metric_vs_param_svg(
+    metric: &str,
+    param: &str,
+    trials: &[(f64, f64)],
+    best: Option<(f64, f64)>,
+) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    draw_metric_vs_param(&mut svg, metric, param, trials, best)?;
+    Ok(svg)
+}
+
+fn draw_metric_vs_param(
+    svg: &mut String,
+    metric: &str,
+    param: &str,
+    trials: &[(f64, f64)],
+    best: Option<(f64, f64)>,
+) -> anyhow::Result<()> {
+    let root = SVGBackend::with_string(svg, (800, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
     let (xs, ys) = (
         span(trials.iter().map(|t| t.0)),

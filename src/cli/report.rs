@@ -38,10 +38,6 @@ const COLUMNS: [(&str, &str); 9] = [
     ("best_value", "BEST"),
 ];
 
-fn number(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
 fn format_value(v: &Value) -> String {
     match v {
         Value::Number(n) => match n.as_f64() {
@@ -178,19 +174,7 @@ pub async fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<()> {
             continue;
         };
         let curve = read_json(&*b.artifacts, key).await?;
-        let points = |name: &str| -> Vec<(f64, f64)> {
-            curve[name]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| Some((number(&p["step"])?, number(&p["loss"])?)))
-                .collect()
-        };
-        curves.push(Curves {
-            name: e.run_id.clone(),
-            train: points("curve"),
-            valid: points("valid"),
-        });
+        curves.push(Curves::from_artifact(&e.run_id, &curve));
     }
     if !curves.is_empty() {
         let path = out.join("loss_curves.svg");
@@ -204,29 +188,13 @@ pub async fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<()> {
         };
         let trials = read_json(&*b.artifacts, key).await?;
         let metric = e.metrics["metric"].as_str().unwrap_or("metric").to_string();
-        let trials = trials.as_array().cloned().unwrap_or_default();
-        let names: std::collections::BTreeSet<String> = trials
-            .iter()
-            .flat_map(|t| {
-                t["params"]
-                    .as_object()
-                    .into_iter()
-                    .flat_map(|m| m.keys().cloned())
-            })
-            .collect();
-        for param in names {
-            let points: Vec<(f64, f64)> = trials
-                .iter()
-                .filter_map(|t| Some((number(&t["params"][&param])?, number(&t["value"])?)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let best = trials
-                .first()
-                .and_then(|t| Some((number(&t["params"][&param])?, number(&t["value"])?)));
-            let path = out.join(format!("{}_{}.svg", e.run_id, param.replace('.', "_")));
-            plots::metric_vs_param(&path, &metric, &param, &points, best)?;
+        for sweep in plots::sweep_params(&trials) {
+            let path = out.join(format!(
+                "{}_{}.svg",
+                e.run_id,
+                sweep.param.replace('.', "_")
+            ));
+            plots::metric_vs_param(&path, &metric, &sweep.param, &sweep.points, sweep.best)?;
             written.push(path);
         }
     }

@@ -6,6 +6,7 @@ use anyhow::Context;
 use labelfleet_core::board::{BoardJob, Dependency};
 use labelfleet_core::job::JobKey;
 use labelfleet_core::queue::Envelope;
+use labelfleet_worker::Backends;
 use serde_json::{Value, json};
 
 use super::GlobalArgs;
@@ -60,11 +61,11 @@ pub fn blocked_by_dead_letters(held: &[BoardJob], dead: &[JobKey]) -> Vec<(JobKe
     }
 }
 
-/// Gathers the fleet's state as JSON (the `--json` output; the tables render it).
-pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Value> {
-    let b = backends::open(global, DEFAULT_MAX_RECEIVES, Access::ReadOnly)
-        .await?
-        .backends;
+/// Gathers the fleet's state as JSON (the `--json` output; the tables render it, and
+/// `serve`'s fleet page): a queue depth, the board's and manifest's group counts, up to
+/// [`DEAD_LETTERS_FOR_BLOCKING`] dead letters, the held jobs when some may be blocked,
+/// and the worker reports.
+pub async fn gather(b: &Backends, args: &StatusArgs) -> anyhow::Result<Value> {
     let depth = b.queue.depth().await.context("reading the queue")?;
     let board_groups = b.board.groups().await.context("reading the job board")?;
     let manifest_groups = b.manifest.groups().await.context("reading the manifest")?;
@@ -138,7 +139,10 @@ pub async fn gather(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<Va
 
 /// Runs `status`.
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<()> {
-    let state = gather(global, &args).await?;
+    let b = backends::open(global, DEFAULT_MAX_RECEIVES, Access::ReadOnly)
+        .await?
+        .backends;
+    let state = gather(&b, &args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&state)?);
         return Ok(());
