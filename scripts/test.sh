@@ -46,6 +46,19 @@ if ! .venv/bin/python -c "import llama_cpp, llama_cpp.server, sys; sys.exit(llam
   llama_cpp_pid=$!
 fi
 
+# The dashboard test drives Debian's headless Chromium (`tests/serve.rs`); it installs
+# in the background while cargo compiles.
+CHROMIUM_LOG=target/chromium-install.log
+chromium_pid=
+if ! command -v chromium >/dev/null; then
+  echo "==> installing Debian's chromium in the background ($CHROMIUM_LOG)"
+  sudo=
+  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+  ( $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      $sudo apt-get install -y -qq --no-install-recommends chromium ) >"$CHROMIUM_LOG" 2>&1 &
+  chromium_pid=$!
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
@@ -59,6 +72,14 @@ if [ -n "$llama_cpp_pid" ]; then
   if ! wait "$llama_cpp_pid"; then
     tail -n 40 "$LLAMA_CPP_LOG" >&2
     echo "building llama-cpp-python[server] failed (log above); the endpoint test needs it" >&2
+    exit 1
+  fi
+fi
+if [ -n "$chromium_pid" ]; then
+  echo "==> waiting for chromium's install"
+  if ! wait "$chromium_pid"; then
+    tail -n 40 "$CHROMIUM_LOG" >&2
+    echo "installing chromium failed (log above); the dashboard's browser test needs it" >&2
     exit 1
   fi
 fi

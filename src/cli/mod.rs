@@ -14,6 +14,7 @@ mod redrive;
 mod report;
 mod results;
 mod run;
+mod serve;
 mod setup;
 mod status;
 mod table;
@@ -125,9 +126,13 @@ pub enum Command {
     /// Split a dataset into chunks and write one self_label job per chunk: job_0 plus
     /// dependents that run after it and retrieve examples from its labels.
     GenerateRuns(generate_runs::GenerateRunsArgs),
+    /// Serve a read-only web dashboard: the fleet, groups and jobs, loss curves and
+    /// sweeps, and a browser of labelled turns against gold.
+    Serve(serve::ServeArgs),
 }
 
-const ALIASES: [&str; 12] = [
+const ALIASES: [&str; 13] = [
+    "serve",
     "redrive",
     "ingest",
     "upload-dataset",
@@ -230,6 +235,7 @@ pub fn main() -> ExitCode {
             Command::Redrive(args) => redrive::run(&cli.global, args).await,
             Command::Setup(args) => setup::run(&cli.global, args).await,
             Command::GenerateRuns(args) => generate_runs::run(&cli.global, args).await,
+            Command::Serve(args) => serve::run(&cli.global, args).await,
         }
     });
     // A job's blocking work that outlived its release (it stops at its next check)
