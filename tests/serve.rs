@@ -536,3 +536,58 @@ fn a_public_bind_needs_a_token_and_every_request_must_carry_it() {
         assert_eq!(with_cookie, 200);
     }
 }
+
+#[test]
+fn serve_reads_an_aws_fleet_through_the_same_backend_options() {
+    let server = labelfleet_aws::testing::MotoServer::shared();
+    let fleet = Fleet::on_aws(server, 3);
+    fleet.ok(&["enqueue", "runs/demo", "--allow-dirty"]);
+    fleet.run_workers(
+        1,
+        &["--idle-exit", "3", "--wait", "1"],
+        Duration::from_secs(120),
+    );
+    // moto checks no signature: the server may sign with a secret of its own.
+    let serve = Server::start(
+        &fleet,
+        "127.0.0.1:0",
+        &[],
+        &[("AWS_SECRET_ACCESS_KEY", SECRET)],
+    );
+    let fleet_page = page(&serve, "/");
+    assert!(
+        fleet_page.contains("SQS queue") && fleet_page.contains("w0"),
+        "{fleet_page}"
+    );
+    let group = page(&serve, "/groups/demo");
+    assert!(
+        group.contains("last_turn") && group.contains("0.263"),
+        "{group}"
+    );
+    let job = page(&serve, "/groups/demo/jobs/last_turn");
+    assert!(
+        job.contains("/groups/demo/jobs/last_turn/artifacts/metrics.json"),
+        "{job}"
+    );
+    let metrics = fetch(
+        &format!(
+            "{}/groups/demo/jobs/last_turn/artifacts/metrics.json",
+            serve.base
+        ),
+        None,
+    );
+    assert_eq!(metrics.status, 200);
+    let scores: Value = serde_json::from_str(&metrics.body).unwrap();
+    assert!((scores["joint_goal_accuracy"].as_f64().unwrap() - 0.2631578947368421).abs() < 1e-12);
+    let no_labels = fetch(
+        &format!("{}/groups/demo/jobs/last_turn/labels", serve.base),
+        None,
+    );
+    assert_eq!(
+        no_labels.status, 404,
+        "an eval of predictions has no labelled turns"
+    );
+    for body in [fleet_page, group, job, metrics.body, no_labels.body] {
+        assert!(!body.contains(SECRET), "a page shows the AWS secret key");
+    }
+}
