@@ -9,66 +9,22 @@
 //! manifest holds every job. Set `LABELFLEET_BENCH_NOOP_JOBS` / `LABELFLEET_BENCH_SLOW_JOBS`
 //! to change the job counts.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use labelfleet_embedded::EmbeddedHome;
-use labelfleet_manifest::Manifest;
+use std::process::{Child, Stdio};
+use std::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_labelfleet");
-
-fn count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn labelfleet(home: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("LABELFLEET_HOME", home)
-        .env("LABELFLEET_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    cmd
-}
-
-fn manifest_count(manifest: &dyn Manifest, runtime: &tokio::runtime::Runtime) -> u64 {
-    runtime
-        .block_on(manifest.groups())
-        .unwrap()
-        .iter()
-        .map(|g| g.entries)
-        .sum()
-}
+use common::{NoopHome, count, labelfleet, stop};
 
 /// Enqueues `jobs` noop jobs of `sleep_ms`, runs `workers` worker processes until all
 /// are recorded, and returns the elapsed seconds.
 fn scenario(jobs: usize, sleep_ms: u64, workers: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let runs = dir.path().join("runs");
-    std::fs::create_dir_all(&runs).unwrap();
-    for i in 0..jobs {
-        let job = serde_json::json!({"kind": "noop", "group_id": "bench", "noop": {"sleep_ms": sleep_ms}});
-        std::fs::write(runs.join(format!("job_{i:05}.json")), job.to_string()).unwrap();
-    }
-    let home = dir.path().join("home");
-    let status = labelfleet(&home, &["enqueue", runs.to_str().unwrap(), "--allow-dirty"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "enqueue failed");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let manifest = EmbeddedHome::new(&home).manifest().unwrap();
+    let home = NoopHome::enqueue(jobs, sleep_ms);
     let started = Instant::now();
     let mut children: Vec<Child> = (0..workers)
         .map(|w| {
             labelfleet(
-                &home,
+                &home.home,
                 &[
                     "worker",
                     "--wait",
@@ -82,23 +38,8 @@ fn scenario(jobs: usize, sleep_ms: u64, workers: usize) -> f64 {
             .unwrap()
         })
         .collect();
-    while manifest_count(&manifest, &runtime) < jobs as u64 {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the benchmark stalled"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    for child in &mut children {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-    }
-    for child in &mut children {
-        let _ = child.wait();
-    }
+    let elapsed = home.wait_for_all(started);
+    stop(&mut children);
     elapsed
 }
 

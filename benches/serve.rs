@@ -11,44 +11,16 @@
 //! `LABELFLEET_BENCH_SERVE_JOBS` and `LABELFLEET_BENCH_SERVE_SLEEP_MS` change the job
 //! count and length.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use labelfleet_embedded::EmbeddedHome;
-use labelfleet_manifest::Manifest;
-
-const BIN: &str = env!("CARGO_BIN_EXE_labelfleet");
-
-fn count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn labelfleet(home: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("LABELFLEET_HOME", home)
-        .env("LABELFLEET_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
-}
-
-fn recorded(manifest: &dyn Manifest, runtime: &tokio::runtime::Runtime) -> u64 {
-    runtime
-        .block_on(manifest.groups())
-        .unwrap()
-        .iter()
-        .map(|g| g.entries)
-        .sum()
-}
+use common::{NoopHome, count, labelfleet, stop};
 
 /// One GET over plain HTTP/1.0 (the server closes the connection after the body):
 /// whether it answered 200.
@@ -69,32 +41,14 @@ fn load(port: u16, path: &str) -> bool {
 /// Runs `jobs` no-op jobs through 4 workers, with a dashboard loaded every second when
 /// `dashboard` is set; returns the seconds to the last entry and the pages loaded.
 fn scenario(jobs: usize, sleep_ms: usize, dashboard: bool) -> (f64, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let runs = dir.path().join("runs");
-    std::fs::create_dir_all(&runs).unwrap();
-    for i in 0..jobs {
-        let job = serde_json::json!({"kind": "noop", "group_id": "bench", "noop": {"sleep_ms": sleep_ms}});
-        std::fs::write(runs.join(format!("job_{i:05}.json")), job.to_string()).unwrap();
-    }
-    let home = dir.path().join("home");
-    let status = labelfleet(&home, &["enqueue", runs.to_str().unwrap(), "--allow-dirty"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "enqueue failed");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let manifest = EmbeddedHome::new(&home).manifest().unwrap();
-
+    let home = NoopHome::enqueue(jobs, sleep_ms as u64);
     let mut server: Option<Child> = None;
-    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
     let loaded = Arc::new(AtomicUsize::new(0));
     let mut client = None;
     if dashboard {
         let mut child = labelfleet(
-            &home,
+            &home.home,
             &[
                 "serve",
                 "--bind",
@@ -106,6 +60,7 @@ fn scenario(jobs: usize, sleep_ms: usize, dashboard: bool) -> (f64, usize) {
             ],
         )
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
         let mut line = String::new();
@@ -118,9 +73,9 @@ fn scenario(jobs: usize, sleep_ms: usize, dashboard: bool) -> (f64, usize) {
             .and_then(|a| a.trim_end_matches('/').rsplit(':').next()?.parse().ok())
             .expect("serve printed its address");
         server = Some(child);
-        let (stop, loaded) = (stop.clone(), loaded.clone());
+        let (done, loaded) = (done.clone(), loaded.clone());
         client = Some(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while !done.load(Ordering::Relaxed) {
                 let tick = Instant::now();
                 for path in ["/", "/groups/bench"] {
                     if load(port, path) {
@@ -136,7 +91,7 @@ fn scenario(jobs: usize, sleep_ms: usize, dashboard: bool) -> (f64, usize) {
     let mut workers: Vec<Child> = (0..4)
         .map(|w| {
             labelfleet(
-                &home,
+                &home.home,
                 &[
                     "worker",
                     "--wait",
@@ -145,32 +100,18 @@ fn scenario(jobs: usize, sleep_ms: usize, dashboard: bool) -> (f64, usize) {
                     &format!("bench-{w}"),
                 ],
             )
-            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap()
         })
         .collect();
-    while recorded(&manifest, &runtime) < jobs as u64 {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the benchmark stalled"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    let elapsed = home.wait_for_all(started);
+    done.store(true, Ordering::Relaxed);
     if let Some(client) = client {
         client.join().unwrap();
     }
-    for child in workers.iter_mut().chain(server.as_mut()) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-    }
-    for child in workers.iter_mut().chain(server.as_mut()) {
-        let _ = child.wait();
-    }
+    workers.extend(server);
+    stop(&mut workers);
     (elapsed, loaded.load(Ordering::Relaxed))
 }
 

