@@ -11,33 +11,16 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::Instant;
 
-use common::{NoopHome, count, labelfleet, stop};
+use common::{NoopHome, count, spawn_workers, stop};
 
 /// Enqueues `jobs` noop jobs of `sleep_ms`, runs `workers` worker processes until all
 /// are recorded, and returns the elapsed seconds.
 fn scenario(jobs: usize, sleep_ms: u64, workers: usize) -> f64 {
     let home = NoopHome::enqueue(jobs, sleep_ms);
     let started = Instant::now();
-    let mut children: Vec<Child> = (0..workers)
-        .map(|w| {
-            labelfleet(
-                &home.home,
-                &[
-                    "worker",
-                    "--wait",
-                    "1",
-                    "--worker-id",
-                    &format!("bench-{w}"),
-                ],
-            )
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let mut children = spawn_workers(&home.home, workers);
     let elapsed = home.wait_for_all(started);
     stop(&mut children);
     elapsed

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{NoopHome, count, labelfleet, stop};
+use common::{NoopHome, count, labelfleet, spawn_workers, stop};
 
 /// One GET over plain HTTP/1.0 (the server closes the connection after the body):
 /// whether it answered 200.
@@ -88,23 +88,7 @@ fn scenario(jobs: usize, sleep_ms: usize, dashboard: bool) -> (f64, usize) {
     }
 
     let started = Instant::now();
-    let mut workers: Vec<Child> = (0..4)
-        .map(|w| {
-            labelfleet(
-                &home.home,
-                &[
-                    "worker",
-                    "--wait",
-                    "1",
-                    "--worker-id",
-                    &format!("bench-{w}"),
-                ],
-            )
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let mut workers = spawn_workers(&home.home, 4);
     let elapsed = home.wait_for_all(started);
     done.store(true, Ordering::Relaxed);
     if let Some(client) = client {

@@ -67,22 +67,20 @@ echo "==> cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
 echo "==> cargo test (building the tests)"
 cargo test --workspace --locked --no-run
-if [ -n "$llama_cpp_pid" ]; then
-  echo "==> waiting for llama-cpp-python's build"
-  if ! wait "$llama_cpp_pid"; then
-    tail -n 40 "$LLAMA_CPP_LOG" >&2
-    echo "building llama-cpp-python[server] failed (log above); the endpoint test needs it" >&2
+# Waits for a background install (PID, LOG, what it is, what needs it); on failure
+# shows the end of its log and stops.
+wait_for() {
+  local pid=$1 log=$2 what=$3 needed_by=$4
+  [ -n "$pid" ] || return 0
+  echo "==> waiting for $what"
+  if ! wait "$pid"; then
+    tail -n 40 "$log" >&2
+    echo "$what failed (log above); $needed_by needs it" >&2
     exit 1
   fi
-fi
-if [ -n "$chromium_pid" ]; then
-  echo "==> waiting for chromium's install"
-  if ! wait "$chromium_pid"; then
-    tail -n 40 "$CHROMIUM_LOG" >&2
-    echo "installing chromium failed (log above); the dashboard's browser test needs it" >&2
-    exit 1
-  fi
-fi
+}
+wait_for "$llama_cpp_pid" "$LLAMA_CPP_LOG" "building llama-cpp-python[server]" "the endpoint test"
+wait_for "$chromium_pid" "$CHROMIUM_LOG" "installing chromium" "the dashboard's browser test"
 echo "==> cargo test"
 cargo test --workspace --locked
 # Disk use, for the next time a machine runs short (test binaries are large).

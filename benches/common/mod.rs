@@ -91,6 +91,27 @@ impl NoopHome {
     }
 }
 
+/// Starts `count` worker processes on `home` (`bench-0`, …), their logs discarded.
+pub fn spawn_workers(home: &Path, count: usize) -> Vec<Child> {
+    (0..count)
+        .map(|w| {
+            labelfleet(
+                home,
+                &[
+                    "worker",
+                    "--wait",
+                    "1",
+                    "--worker-id",
+                    &format!("bench-{w}"),
+                ],
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect()
+}
+
 /// Sends SIGTERM to every process, then waits for each.
 pub fn stop(children: &mut [Child]) {
     for child in children.iter() {
