@@ -6,6 +6,7 @@ use maud::html;
 use serde_json::Value;
 
 use super::State;
+use super::groups::progress_table;
 use super::layout::{Page, bar, job_href, number, shell, text};
 
 /// `/`.
@@ -65,22 +66,7 @@ pub async fn page(Extract(state): State) -> Page {
             }
         }
         h2 { "Groups" }
-        @if groups.is_empty() {
-            p.muted { "No jobs yet: " code { "labelfleet enqueue runs/<folder>" } "." }
-        } @else {
-            table {
-                tr { th { "group" } th { "done" } th { "submitted" } th { "held" } th {} }
-                @for g in &groups {
-                    @let name = g["group_id"].as_str().unwrap_or_default();
-                    @let (d, s) = (g["done"].as_u64().unwrap_or(0), g["submitted"].as_u64().unwrap_or(0));
-                    tr {
-                        td { a href=(format!("/groups/{}", super::layout::encode(name))) { (name) } }
-                        td.num { (d) } td.num { (s) } td.num { (number(&g["waiting_on_dependencies"])) }
-                        td { (bar(&format!("{d}/{s}"))) }
-                    }
-                }
-            }
-        }
+        (progress_table(&fleet))
         @if !dead.is_empty() {
             h2 { "Dead letters" }
             p.muted { "Fix the cause, then " code { "labelfleet redrive --job GROUP/NAME" } "." }

@@ -9,8 +9,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::board::BoardState;
-use labelfleet_core::job::JobKey;
-use labelfleet_core::queue::Envelope;
+use labelfleet_core::job::{JobKey, is_valid_id};
 use labelfleet_manifest::ManifestEntry;
 use maud::{Markup, html};
 use serde_json::Value;
@@ -32,16 +31,21 @@ const KEY_METRICS: [(&str, &str); 9] = [
     ("best_value", "best"),
 ];
 
-/// A group or job name from the path: one segment of the characters names may hold.
-fn name(segment: &str, what: &str) -> Result<String, PageError> {
-    let ok = !segment.is_empty()
-        && segment != "."
-        && segment != ".."
-        && segment
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    ok.then(|| segment.to_string())
+/// A group or job name from the path, valid as enqueue requires: one segment that
+/// cannot be `.` or `..`.
+pub fn name(segment: &str, what: &str) -> Result<String, PageError> {
+    is_valid_id(segment)
+        .then(|| segment.to_string())
         .ok_or_else(|| PageError::bad_request(format!("`{segment}` is not a {what} name")))
+}
+
+/// The item of the fleet snapshot's `list` (`dead_letters`, `workers`) about job `key`.
+fn listed<'a>(fleet: &'a Value, list: &str, key: &str) -> Option<&'a Value> {
+    fleet[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["job"].as_str() == Some(key))
 }
 
 /// A job's state as its group shows it.
@@ -51,18 +55,11 @@ fn state_of(
     board: Option<BoardState>,
     fleet: &Value,
 ) -> &'static str {
-    let listed = |list: &str| {
-        fleet[list]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|x| x["job"].as_str() == Some(key))
-    };
     if entry.is_some() {
         "done"
-    } else if listed("dead_letters") {
+    } else if listed(fleet, "dead_letters", key).is_some() {
         "dead"
-    } else if listed("workers") {
+    } else if listed(fleet, "workers", key).is_some() {
         "running"
     } else if board == Some(BoardState::Held) {
         "held"
@@ -77,18 +74,20 @@ fn state_badge(state: &str) -> Markup {
     html! { span.state.(state) { (state) } }
 }
 
-/// `/groups`.
-pub async fn list(Extract(state): State) -> Page {
-    let fleet = state.snapshots.fleet().await?;
-    let groups = fleet["groups"].as_array().cloned().unwrap_or_default();
-    let body = html! {
-        h1 { "Groups" }
+/// Every group's progress as the fleet snapshot counts it (the fleet page and
+/// `/groups` both show it), each linked to its page and its runs.
+pub fn progress_table(fleet: &Value) -> Markup {
+    let groups = fleet["groups"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    html! {
         @if groups.is_empty() {
             p.muted { "No jobs yet: " code { "labelfleet enqueue runs/<folder>" } "." }
         } @else {
             table {
                 tr { th { "group" } th { "done" } th { "submitted" } th { "held" } th {} th {} }
-                @for g in &groups {
+                @for g in groups {
                     @let name = g["group_id"].as_str().unwrap_or_default();
                     @let (d, s) = (g["done"].as_u64().unwrap_or(0), g["submitted"].as_u64().unwrap_or(0));
                     tr {
@@ -100,6 +99,15 @@ pub async fn list(Extract(state): State) -> Page {
                 }
             }
         }
+    }
+}
+
+/// `/groups`.
+pub async fn list(Extract(state): State) -> Page {
+    let fleet = state.snapshots.fleet().await?;
+    let body = html! {
+        h1 { "Groups" }
+        (progress_table(&fleet))
     };
     Ok(shell("Groups", "Groups", None, body))
 }
@@ -169,17 +177,6 @@ pub async fn group(Extract(state): State, Path(group): Path<String>) -> Page {
     Ok(shell(&format!("Group {group}"), "Groups", None, body))
 }
 
-/// The job's provenance: from its entry when it finished, else from its message.
-fn provenance(
-    entry: Option<&ManifestEntry>,
-    registration: Option<&labelfleet_core::board::BoardJob>,
-) -> Option<labelfleet_core::provenance::Provenance> {
-    entry.and_then(|e| e.provenance.clone()).or_else(|| {
-        let r = registration?;
-        Envelope::open(&r.message.body, "board").ok()?.provenance
-    })
-}
-
 /// A JSON value as indented text, credentials blanked.
 fn pretty(v: &Value) -> String {
     redact(&serde_json::to_string_pretty(v).unwrap_or_default())
@@ -202,30 +199,24 @@ pub async fn job(Extract(state): State, Path((group, job)): Path<(String, String
             "there is no job `{key}`: its group's page lists its jobs"
         )));
     }
+    let key_text = key.to_string();
     let job_state = state_of(
-        &key.to_string(),
+        &key_text,
         entry,
         view.registration.as_ref().map(|r| r.state),
         &fleet,
     );
-    let provenance = provenance(entry, view.registration.as_ref());
-    let dead_reason = fleet["dead_letters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["job"].as_str() == Some(&key.to_string()))
-        .map(|d| text(&d["reason"]));
-    let progress = fleet["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|w| w["job"].as_str() == Some(&key.to_string()))
-        .map(|w| {
-            (
-                text(&w["worker_id"]),
-                w["progress"].as_str().unwrap_or("").to_string(),
-            )
-        });
+    // From the entry once the job finished, else from its message.
+    let provenance = entry
+        .and_then(|e| e.provenance.as_ref())
+        .or_else(|| view.job.as_ref()?.provenance.as_ref());
+    let dead_reason = listed(&fleet, "dead_letters", &key_text).map(|d| text(&d["reason"]));
+    let progress = listed(&fleet, "workers", &key_text).map(|w| {
+        (
+            text(&w["worker_id"]),
+            w["progress"].as_str().unwrap_or("").to_string(),
+        )
+    });
     let prefix = format!("{group}/{job}/");
     let roles: BTreeMap<&str, &str> = entry
         .map(|e| {
@@ -235,11 +226,7 @@ pub async fn job(Extract(state): State, Path((group, job)): Path<(String, String
                 .collect()
         })
         .unwrap_or_default();
-    let has_labels = entry.is_some_and(|e| e.artifacts.contains_key("labels"))
-        || view
-            .files
-            .iter()
-            .any(|f| f.as_str().ends_with("/running_log.json"));
+    let has_labels = view.labels_key().is_some();
     let after: Vec<String> = view
         .registration
         .as_ref()

@@ -12,6 +12,7 @@ use maud::{Markup, html};
 use serde_json::{Map, Value};
 
 use super::State;
+use super::groups::name as job_name;
 use super::layout::{Page, PageError, encode, job_href, shell};
 use crate::cli::redact::redact;
 
@@ -219,26 +220,17 @@ pub async fn page(
     Path((group, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Page {
+    let (group, name) = (job_name(&group, "group")?, job_name(&name, "job")?);
     let key = JobKey {
         group_id: group.clone(),
         name: name.clone(),
     };
     let view = state.snapshots.job(&key).await?;
-    let log_key = match view.entry.as_ref().and_then(|e| e.artifacts.get("labels")) {
-        Some(k) => k.clone(),
-        None => view
-            .files
-            .iter()
-            .map(|f| f.as_str())
-            .filter(|f| f.ends_with("/running_log.json"))
-            .max()
-            .map(str::to_string)
-            .ok_or_else(|| {
-                PageError::not_found(format!(
-                    "job {key} has no labelled turns (no running log) yet"
-                ))
-            })?,
-    };
+    let log_key = view.labels_key().ok_or_else(|| {
+        PageError::not_found(format!(
+            "job {key} has no labelled turns (no running log) yet"
+        ))
+    })?;
     let log = state
         .snapshots
         .json(&log_key)

@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use labelfleet_core::artifacts::ArtifactKey;
 use labelfleet_core::board::{BoardJob, GroupJob};
-use labelfleet_core::job::JobKey;
+use labelfleet_core::job::{Job, JobKey};
+use labelfleet_core::queue::Envelope;
 use labelfleet_manifest::{ManifestEntry, ManifestKey, list_all};
 use labelfleet_worker::Backends;
+use labelfleet_worker::runners::labelling::RUNNING_LOG;
 use serde_json::Value;
 
 use super::cache::Cache;
@@ -31,6 +33,8 @@ pub struct GroupView {
 pub struct JobView {
     /// Its registration on the board, if it was enqueued (held or sent).
     pub registration: Option<BoardJob>,
+    /// The job as its registration's message holds it (config, provenance, rerun).
+    pub job: Option<Job>,
     /// Its manifest entry, if it finished.
     pub entry: Option<ManifestEntry>,
     /// Earlier entries that `enqueue --rerun` superseded, oldest first.
@@ -39,6 +43,18 @@ pub struct JobView {
     pub files: Vec<ArtifactKey>,
     /// Its failed attempts, as the workers recorded them (`attempts/NNN.json`).
     pub attempts: Vec<Value>,
+}
+
+impl JobView {
+    /// The artifact holding its labelled turns: the entry's `labels` once it finished,
+    /// else the running log its current run (a rerun's own folder) has written so far.
+    pub fn labels_key(&self) -> Option<String> {
+        if let Some(entry) = &self.entry {
+            return entry.artifacts.get("labels").cloned();
+        }
+        let log = self.job.as_ref()?.artifact_key(RUNNING_LOG).ok()?;
+        self.files.contains(&log).then(|| log.as_str().to_string())
+    }
 }
 
 /// The backends and a cache per kind of read.
@@ -140,8 +156,12 @@ impl Snapshots {
                         attempts.push(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
                     }
                 }
+                let job = registration
+                    .as_ref()
+                    .and_then(|r| Envelope::open(&r.message.body, "board").ok());
                 Ok(JobView {
                     registration,
+                    job,
                     entry,
                     history,
                     files,
