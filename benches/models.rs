@@ -460,7 +460,8 @@ fn families(device: &candle_core::Device) {
             device,
         )
         .unwrap();
-        ours.pack_for_cpu().unwrap();
+        ours.use_kernels(labelfleet_models::Kernels::Native)
+            .unwrap();
         // Ours: one left-padded batch, then a step per new token for every row.
         let run_ours = || -> Vec<Vec<u32>> {
             let longest = prompts.iter().map(Vec::len).max().unwrap();

@@ -1,4 +1,5 @@
-//! Choosing where a model runs: `cpu`, `cuda` or `cuda:N`.
+//! Choosing where a model runs (`cpu`, `cuda` or `cuda:N`) and which code it runs
+//! there ([`Kernels`]).
 
 use candle_core::Device;
 
@@ -18,14 +19,44 @@ pub fn parse_device(name: &str) -> Result<Device, ModelError> {
     }
 }
 
+/// Which code a model runs on the CPU.
+///
+/// A GPU always runs candle's tensor operations (and candle's CUDA kernels under
+/// them). On the CPU this crate has faster kernels of its own for the same work: the
+/// packed f32 matmul (`sgemm`), 8-bit products on GGUF blocks (`qmatmul`), fused
+/// attention, and an encoder for BERT over plain buffers. [`Kernels::Generic`] turns
+/// them off, so that a CPU runs exactly the operations a GPU does: that is how CI tests
+/// the GPU's code path (its masks, dtypes and shapes) on a machine without one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// This crate's CPU kernels wherever they apply; candle's operations elsewhere.
+    #[default]
+    Native,
+    /// candle's tensor operations only, on every device: the GPU's code path.
+    Generic,
+}
+
+impl Kernels {
+    /// Whether this crate's CPU kernels run for tensors on `device`.
+    pub(crate) fn native_on(self, device: &Device) -> bool {
+        self == Kernels::Native && device.is_cpu()
+    }
+}
+
 fn cuda(ordinal: usize) -> Result<Device, ModelError> {
     if !candle_core::utils::cuda_is_available() {
         return Err(ModelError::Unsupported(format!(
-            "device `cuda:{ordinal}`: this build of labelfleet has no CUDA support; rebuild with \
-             `--features cuda` on a machine with the CUDA toolkit"
+            "device `cuda:{ordinal}`: this build of labelfleet has no CUDA support; run the job \
+             on a worker built with `--features cuda`, or give it `\"device\": \"cpu\"`"
         )));
     }
-    Ok(Device::new_cuda(ordinal)?)
+    Device::new_cuda(ordinal).map_err(|e| {
+        ModelError::Unsupported(format!(
+            "device `cuda:{ordinal}` did not open ({e}); this machine has no usable GPU at \
+             that ordinal (`nvidia-smi -L` lists them): run the job on a GPU worker, or give \
+             it `\"device\": \"cpu\"`"
+        ))
+    })
 }
 
 /// Fixes the CPU thread count candle uses, once, for the whole process.

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use crate::ModelError;
+use crate::{Kernels, ModelError};
 
 /// A sentence embedding model loaded from a folder with `config.json`,
 /// `tokenizer.json` and `model.safetensors`.
@@ -20,7 +20,7 @@ pub struct SentenceEmbedder {
 }
 
 /// The encoder for the device: on the CPU, the one written for it over plain buffers;
-/// elsewhere, candle tensor operations.
+/// elsewhere (or with [`Kernels::Generic`]), candle tensor operations.
 enum Encoder {
     Cpu(CpuEncoder),
     Tensors(BertEncoder),
@@ -32,6 +32,16 @@ pub const MAX_TOKENS: usize = 256;
 impl SentenceEmbedder {
     /// Loads the model in `dir` onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<SentenceEmbedder, ModelError> {
+        SentenceEmbedder::load_with_kernels(dir, device, Kernels::Native)
+    }
+
+    /// [`SentenceEmbedder::load`] running `kernels`: [`Kernels::Generic`] makes a CPU
+    /// run the tensor operations a GPU runs.
+    pub fn load_with_kernels(
+        dir: &Path,
+        device: &Device,
+        kernels: Kernels,
+    ) -> Result<SentenceEmbedder, ModelError> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))
@@ -61,7 +71,7 @@ impl SentenceEmbedder {
         }
         // SAFETY: the file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        let model = if device.is_cpu() {
+        let model = if kernels.native_on(device) {
             Encoder::Cpu(CpuEncoder::load(vb, &config)?)
         } else {
             Encoder::Tensors(BertEncoder::load(vb, &config)?)

@@ -19,7 +19,9 @@
 //! Behind both, the CPU kernels (`kernels/`, a layer of their own) that candle lacks or
 //! runs slowly for these shapes: `sgemm` (f32 against weights packed at load),
 //! `qmatmul` (8-bit integer products straight on GGUF blocks) and `attention` (one
-//! decoding step, fused).
+//! decoding step, fused). A GPU runs candle's tensor operations instead; loading with
+//! [`Kernels::Generic`] makes a CPU run those too, which is how the GPU's code path is
+//! tested without a GPU.
 //!
 //! Data flows one way: a job names a [`ModelSource`] → the worker resolves and loads
 //! it once (and keeps it across jobs) → prompts go in, [`Completion`]s come out.
@@ -62,12 +64,12 @@ mod tokenizer;
 pub mod train;
 
 pub use candle_core::Device;
-pub use device::{parse_device, pin_cpu_threads};
+pub use device::{Kernels, parse_device, pin_cpu_threads};
 pub use embed::{MAX_TOKENS, SentenceEmbedder};
 pub use error::ModelError;
 pub use generate::{BatchTiming, CausalLm, Completion, Finish, GenerationParams};
 pub use llama::{HfWeights, LORA_TARGETS, Llama, LlamaConfig, ModelFamily, WeightFormat};
-pub use load::{ADAPTER_CONFIG, load_causal_lm};
+pub use load::{ADAPTER_CONFIG, load_causal_lm, load_causal_lm_with_kernels};
 pub use lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};
 pub use source::ModelSource;
 pub use tokenizer::TextTokenizer;

@@ -4,26 +4,37 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use crate::ModelError;
 use crate::generate::CausalLm;
 use crate::llama::{Llama, LlamaConfig, WeightFormat};
 use crate::lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};
 use crate::tokenizer::TextTokenizer;
+use crate::{Kernels, ModelError};
 
 /// Loads the causal LM at `path`: a `.gguf` file, a folder holding one, or a folder with
 /// `config.json`, `tokenizer.json` and `*.safetensors` (llama, mistral or qwen2), or a
 /// LoRA adapter folder (`adapter_config.json`), merged into its base model at load.
 ///
-/// On the CPU, dense f32 layers are then packed for inference (see
-/// [`Llama::pack_for_cpu`](crate::Llama)); a model to train comes from
+/// On the CPU, its layers are then packed for this crate's kernels (see
+/// [`Llama::use_kernels`](crate::Llama)); a model to train comes from
 /// [`crate::TrainableLm`] instead.
 pub fn load_causal_lm(
     path: &Path,
     format: WeightFormat,
     device: &Device,
 ) -> Result<CausalLm, ModelError> {
+    load_causal_lm_with_kernels(path, format, device, Kernels::Native)
+}
+
+/// [`load_causal_lm`] running `kernels`: [`Kernels::Generic`] makes a CPU run the
+/// tensor operations a GPU runs.
+pub fn load_causal_lm_with_kernels(
+    path: &Path,
+    format: WeightFormat,
+    device: &Device,
+    kernels: Kernels,
+) -> Result<CausalLm, ModelError> {
     let mut lm = load_unpacked(path, format, device)?;
-    lm.model.pack_for_cpu()?;
+    lm.model.use_kernels(kernels)?;
     Ok(lm)
 }
 

@@ -1,11 +1,25 @@
 //! The batched llama against candle-transformers' own quantized llama, and generation
-//! with the real SmolLM2-135M GGUF.
+//! with the real SmolLM2-135M GGUF, on both code paths: this crate's CPU kernels and
+//! the tensor operations a GPU runs ([`Kernels::Generic`]).
 
 mod common;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use labelfleet_models::{GenerationParams, WeightFormat, load_causal_lm};
+use labelfleet_models::{
+    GenerationParams, Kernels, WeightFormat, load_causal_lm, load_causal_lm_with_kernels,
+};
+
+/// SmolLM2's GGUF loaded on the CPU in `format`, running `kernels`.
+fn smollm2(format: WeightFormat, kernels: Kernels) -> labelfleet_models::CausalLm {
+    load_causal_lm_with_kernels(
+        &common::model(common::SMOLLM2),
+        format,
+        &Device::Cpu,
+        kernels,
+    )
+    .unwrap()
+}
 
 fn chat(question: &str) -> String {
     format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
@@ -73,7 +87,7 @@ fn logits(lm: &labelfleet_models::CausalLm, steps: &[Vec<u32>]) -> Vec<Vec<f32>>
 #[test]
 fn logits_match_candle_transformers_quantized_llama() {
     let path = common::model(common::SMOLLM2);
-    let lm = load_causal_lm(&path, WeightFormat::Stored, &Device::Cpu).unwrap();
+    let lm = smollm2(WeightFormat::Stored, Kernels::Native);
     let ids = lm
         .tokenizer
         .encode(&chat(
@@ -92,8 +106,12 @@ fn logits_match_candle_transformers_quantized_llama() {
         .unsqueeze(0)
         .unwrap();
     let expected = row(reference.forward(&input, 0));
-    let ours = logits(&lm, &[ids]).remove(0);
+    let ours = logits(&lm, std::slice::from_ref(&ids)).remove(0);
     assert_close_within_rounding_noise(&expected, &ours, "the prompt's last position");
+    // The GPU's path runs candle's quantized matmul, as the reference does.
+    let generic = smollm2(WeightFormat::Stored, Kernels::Generic);
+    let theirs = logits(&generic, &[ids]).remove(0);
+    assert_close_within_rounding_noise(&expected, &theirs, "generic: the last position");
 }
 
 /// The quantized model, through our packed kernel, against the same model dequantized to
@@ -103,6 +121,7 @@ fn logits_match_candle_transformers_quantized_llama() {
 fn the_packed_kernel_matches_the_dequantized_model() {
     let path = common::model(common::SMOLLM2);
     let packed = load_causal_lm(&path, WeightFormat::Stored, &Device::Cpu).unwrap();
+    let generic = smollm2(WeightFormat::Stored, Kernels::Generic);
     let dense = load_causal_lm(&path, WeightFormat::F32, &Device::Cpu).unwrap();
     let ids = packed.tokenizer.encode(&chat("Name a city.")).unwrap();
     assert!(ids.len() <= 32);
@@ -121,17 +140,21 @@ fn the_packed_kernel_matches_the_dequantized_model() {
             step.to_vec2().unwrap(),
         ]
     };
-    for (i, (a, b)) in run(&packed).iter().zip(run(&dense)).enumerate() {
-        for (x, y) in a.iter().zip(&b) {
-            assert_close_within_rounding_noise(x, y, &format!("step {i}"));
+    let reference = run(&dense);
+    for (lm, what) in [(&packed, "packed"), (&generic, "generic")] {
+        for (i, (a, b)) in run(lm).iter().zip(&reference).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert_close_within_rounding_noise(x, y, &format!("{what}, step {i}"));
+            }
         }
     }
 }
 
 /// `load_causal_lm` packs f32 layers on the CPU for our own matmul (and prompts take
 /// the fused attention either way); the same GGUF read without packing runs candle's
-/// matmul. Both are unrounded f32, so they agree to float noise, over a prompt and a
-/// cached step of two rows.
+/// matmul, and with [`Kernels::Generic`] candle's attention too. All are unrounded
+/// f32, so they agree to float noise, over a padded prompt and a cached step of two
+/// rows.
 #[test]
 fn dense_layers_packed_for_the_cpu_match_candles_matmul() {
     let gguf = common::model(common::SMOLLM2);
@@ -154,9 +177,16 @@ fn dense_layers_packed_for_the_cpu_match_candles_matmul() {
         rows.extend(step.to_vec2::<f32>().unwrap());
         rows
     };
-    for (i, (a, b)) in run(&packed.model).iter().zip(run(&unpacked)).enumerate() {
-        let worst = largest_difference(a, &b);
-        assert!(worst < 1e-3, "row {i}: largest logit difference {worst}");
+    let generic = smollm2(WeightFormat::F32, Kernels::Generic);
+    let reference = run(&unpacked);
+    for (model, what) in [(&packed.model, "packed"), (&generic.model, "generic")] {
+        for (i, (a, b)) in run(model).iter().zip(&reference).enumerate() {
+            let worst = largest_difference(a, b);
+            assert!(
+                worst < 1e-3,
+                "{what}, row {i}: largest logit difference {worst}"
+            );
+        }
     }
 }
 
@@ -186,12 +216,12 @@ fn greedy_generation_is_deterministic_and_answers() {
 /// from the one decoded alone, as llama.cpp's do.)
 #[test]
 fn a_batch_of_uneven_prompts_decodes_as_each_would_alone() {
-    let lm = load_causal_lm(
-        &common::model(common::SMOLLM2),
-        WeightFormat::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    for kernels in [Kernels::Native, Kernels::Generic] {
+        uneven_prompts_decode_as_alone(&smollm2(WeightFormat::F32, kernels));
+    }
+}
+
+fn uneven_prompts_decode_as_alone(lm: &labelfleet_models::CausalLm) {
     let params = GenerationParams {
         max_new_tokens: 16,
         stop: vec!["<|im_end|>".into()],
@@ -209,7 +239,12 @@ fn a_batch_of_uneven_prompts_decodes_as_each_would_alone() {
     assert!(timing.new_tokens > 0);
     for (prompt, together) in prompts.iter().zip(&batched) {
         let (alone, _) = lm.generate(std::slice::from_ref(prompt), &params).unwrap();
-        assert_eq!(&alone[0], together, "prompt {prompt:?}");
+        assert_eq!(
+            &alone[0],
+            together,
+            "{:?}, prompt {prompt:?}",
+            lm.model.kernels()
+        );
     }
 }
 

@@ -1,5 +1,6 @@
 //! MiniLM sentence embeddings against an independent numpy forward over the same
-//! safetensors (`scripts/reference/minilm_numpy.py`).
+//! safetensors (`scripts/reference/minilm_numpy.py`), on both code paths: the CPU
+//! encoder over plain buffers and the tensor operations a GPU runs.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use candle_core::Device;
-use labelfleet_models::SentenceEmbedder;
+use labelfleet_models::{Kernels, SentenceEmbedder};
 
 fn python() -> std::path::PathBuf {
     let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
@@ -42,7 +43,6 @@ fn reference(sentences: &[String]) -> Vec<Vec<f32>> {
 
 #[test]
 fn embeddings_match_an_independent_numpy_forward() {
-    let embedder = SentenceEmbedder::load(&common::model(common::MINILM), &Device::Cpu).unwrap();
     let sentences: Vec<String> = [
         "I need a cheap hotel in the centre of town.",
         "Context: for train, the destination is cambridge. System: Where are you leaving from? User: From London, on Friday please.",
@@ -52,18 +52,34 @@ fn embeddings_match_an_independent_numpy_forward() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    // A batch holds sentences of different lengths, so padding is exercised too.
-    let ours = embedder.embed(&sentences, 3).unwrap();
     let expected = reference(&sentences);
+    for kernels in [Kernels::Native, Kernels::Generic] {
+        let model = common::model(common::MINILM);
+        let embedder = SentenceEmbedder::load_with_kernels(&model, &Device::Cpu, kernels).unwrap();
+        check(&embedder, &sentences, &expected, kernels);
+    }
+}
+
+fn check(
+    embedder: &SentenceEmbedder,
+    sentences: &[String],
+    expected: &[Vec<f32>],
+    kernels: Kernels,
+) {
+    // A batch holds sentences of different lengths, so padding is exercised too.
+    let ours = embedder.embed(sentences, 3).unwrap();
     assert_eq!(ours.len(), expected.len());
-    for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+    for (i, (a, b)) in ours.iter().zip(expected).enumerate() {
         assert_eq!(a.len(), embedder.dimension());
         let worst = a
             .iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "sentence {i}: largest difference {worst}");
+        assert!(
+            worst < 1e-4,
+            "{kernels:?}, sentence {i}: largest difference {worst}"
+        );
         let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5);
     }

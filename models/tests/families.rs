@@ -3,6 +3,8 @@
 //! prompts and two cached decoding steps match the reference run over each row's
 //! sequence alone to 1e-4, and a row of a batch gives what its prompt gives alone. A
 //! sliding window (starcoder2) hides exactly what it should, in prefill and decoding.
+//! Each check runs both code paths: this crate's CPU kernels and the tensor operations
+//! a GPU runs ([`Kernels::Generic`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{qwen3, starcoder2};
-use labelfleet_models::{Llama, families};
+use labelfleet_models::{Kernels, Llama, families};
 use serde_json::{Value, json};
 
 const VOCAB: usize = 64;
@@ -112,20 +114,26 @@ fn starcoder2_model(dir: &Path, window: usize) -> (Value, PathBuf) {
     (config, save(dir, &shapes))
 }
 
-/// Our model, through the family its `model_type` names.
-fn ours(config: &Value, weights: &Path) -> Llama {
+/// Our model, through the family its `model_type` names, readied for inference with
+/// `kernels`.
+fn ours(config: &Value, weights: &Path, kernels: Kernels) -> Llama {
     let model_type = config["model_type"].as_str().unwrap();
     let family = families::by_model_type(model_type).unwrap();
     let (shape, tie) = family.config(config).unwrap();
-    Llama::from_safetensors(
+    let mut model = Llama::from_safetensors(
         &[weights.to_path_buf()],
         shape,
         tie,
         DType::F32,
         &Device::Cpu,
     )
-    .unwrap()
+    .unwrap();
+    model.use_kernels(kernels).unwrap();
+    model
 }
+
+/// Both code paths: this crate's CPU kernels and a GPU's tensor operations.
+const BOTH: [Kernels; 2] = [Kernels::Native, Kernels::Generic];
 
 fn var_builder(weights: &Path) -> VarBuilder<'static> {
     // SAFETY: the file is not modified while mapped.
@@ -234,13 +242,16 @@ fn check_family(model: &Llama, mut reference: Reference, what: &str) {
 fn qwen3_matches_candle_transformers_over_a_padded_batch_and_decoding() {
     let dir = tempfile::tempdir().unwrap();
     let (config, weights) = qwen3_model(dir.path());
-    let model = ours(&config, &weights);
-    assert_eq!(
-        model.config().head_dim,
-        16,
-        "heads wider than hidden / heads"
-    );
-    check_family(&model, qwen3_reference(&config, &weights), "qwen3");
+    for kernels in BOTH {
+        let model = ours(&config, &weights, kernels);
+        assert_eq!(
+            model.config().head_dim,
+            16,
+            "heads wider than hidden / heads"
+        );
+        let what = format!("qwen3, {kernels:?}");
+        check_family(&model, qwen3_reference(&config, &weights), &what);
+    }
 }
 
 #[test]
@@ -250,12 +261,11 @@ fn starcoder2_matches_candle_transformers_over_a_padded_batch_and_decoding() {
     // in prefill only (and one position wider than Hugging Face's), so the comparison
     // holds the window out; the test below checks it.
     let (config, weights) = starcoder2_model(dir.path(), 64);
-    let model = ours(&config, &weights);
-    check_family(
-        &model,
-        starcoder2_reference(&config, &weights),
-        "starcoder2",
-    );
+    for kernels in BOTH {
+        let model = ours(&config, &weights, kernels);
+        let what = format!("starcoder2, {kernels:?}");
+        check_family(&model, starcoder2_reference(&config, &weights), &what);
+    }
 }
 
 /// With a window of 3 positions and 2 layers, the last position's logits depend on the
@@ -264,9 +274,15 @@ fn starcoder2_matches_candle_transformers_over_a_padded_batch_and_decoding() {
 /// paths (the prompt's mask, the decoding step's visible keys) apply the same window.
 #[test]
 fn a_sliding_window_hides_what_it_should_in_prefill_and_decoding() {
+    for kernels in BOTH {
+        a_sliding_window_hides_what_it_should(kernels);
+    }
+}
+
+fn a_sliding_window_hides_what_it_should(kernels: Kernels) {
     let dir = tempfile::tempdir().unwrap();
     let (config, weights) = starcoder2_model(dir.path(), 3);
-    let model = ours(&config, &weights);
+    let model = ours(&config, &weights, kernels);
     assert_eq!(model.config().sliding_window, Some(3));
     let last = |ids: &[u32]| -> Vec<f32> {
         let mut cache = model.new_cache(1);
@@ -301,7 +317,10 @@ fn a_sliding_window_hides_what_it_should_in_prefill_and_decoding() {
             .remove(0);
     }
     let worst = largest_difference(&decoded, &reference);
-    assert!(worst < 1e-4, "decoding differs from prefill by {worst}");
+    assert!(
+        worst < 1e-4,
+        "{kernels:?}: decoding differs from prefill by {worst}"
+    );
 }
 
 /// A padded row of a windowed model gives what its prompt gives alone: the window
@@ -310,7 +329,12 @@ fn a_sliding_window_hides_what_it_should_in_prefill_and_decoding() {
 fn padding_does_not_move_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let (config, weights) = starcoder2_model(dir.path(), 3);
-    let model = ours(&config, &weights);
+    for kernels in BOTH {
+        padding_leaves_the_window(&ours(&config, &weights, kernels));
+    }
+}
+
+fn padding_leaves_the_window(model: &Llama) {
     let prompt: Vec<u32> = vec![7, 8, 9, 10, 11, 12];
     let mut cache = model.new_cache(2);
     let padded: Vec<u32> = std::iter::repeat_n(0, 4).chain(prompt.clone()).collect();
@@ -325,7 +349,8 @@ fn padding_does_not_move_the_window() {
         .unwrap()
         .to_vec2()
         .unwrap();
-    assert!(largest_difference(&batch[0], &alone[0]) < 1e-5);
+    let worst = largest_difference(&batch[0], &alone[0]);
+    assert!(worst < 1e-5, "{:?}: {worst}", model.kernels());
 }
 
 /// qwen3 from GGUF: the random safetensors written as a GGUF file under llama.cpp's
@@ -336,7 +361,7 @@ fn qwen3_from_gguf_matches_qwen3_from_safetensors() {
     use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
     let dir = tempfile::tempdir().unwrap();
     let (config, weights) = qwen3_model(dir.path());
-    let from_safetensors = ours(&config, &weights);
+    let from_safetensors = ours(&config, &weights, Kernels::Native);
     let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
     let mut named: Vec<(String, QTensor)> = Vec::new();
     let mut put = |gguf: String, hf: String| {

@@ -1,12 +1,14 @@
 //! The batched llama on safetensors in the Hugging Face layout (non-interleaved rotary
 //! pairs, grouped-query attention), against candle-transformers' llama on the same
-//! random weights; padded rows must give what each prompt gives alone.
+//! random weights; padded rows must give what each prompt gives alone. Each check runs
+//! both code paths: this crate's CPU kernels and the tensor operations a GPU runs
+//! ([`Kernels::Generic`]).
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as reference;
-use labelfleet_models::{Llama, LlamaConfig};
+use labelfleet_models::{Kernels, Llama, LlamaConfig};
 
 const VOCAB: usize = 64;
 const HIDDEN: usize = 32;
@@ -18,7 +20,7 @@ const KV_HEADS: usize = 2;
 fn random_weights(dir: &std::path::Path) -> std::path::PathBuf {
     let device = Device::Cpu;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let mut rng = Seeded(0x1abe_1f1e_e7);
+    let mut rng = Seeded(0x001a_be1f_1ee7);
     let mut put = |name: String, shape: (usize, usize)| {
         let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.normal() * 0.2).collect();
         let t = Tensor::from_vec(values, shape, &device).unwrap();
@@ -90,19 +92,33 @@ impl Seeded {
     }
 }
 
-#[test]
-fn padded_batches_match_candle_transformers_llama() {
-    let dir = tempfile::tempdir().unwrap();
-    let weights = random_weights(dir.path());
-    let config = test_config();
-    let ours = Llama::from_safetensors(
-        std::slice::from_ref(&weights),
-        config,
+/// The model in `weights` as a worker runs it: loaded in `dtype`, then readied for
+/// inference with `kernels`.
+fn load(weights: &std::path::Path, dtype: DType, kernels: Kernels) -> Llama {
+    let mut model = Llama::from_safetensors(
+        &[weights.to_path_buf()],
+        test_config(),
         false,
-        DType::F32,
+        dtype,
         &Device::Cpu,
     )
     .unwrap();
+    model.use_kernels(kernels).unwrap();
+    model
+}
+
+#[test]
+fn padded_batches_match_candle_transformers_llama() {
+    for kernels in [Kernels::Native, Kernels::Generic] {
+        padded_batch_matches_candle_transformers_llama(kernels);
+    }
+}
+
+fn padded_batch_matches_candle_transformers_llama(kernels: Kernels) {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = random_weights(dir.path());
+    let ours = load(&weights, DType::F32, kernels);
+    assert_eq!(ours.kernels(), kernels);
 
     let hf: reference::LlamaConfig = serde_json::from_value(serde_json::json!({
         "hidden_size": HIDDEN, "intermediate_size": FFN, "vocab_size": VOCAB,
@@ -154,14 +170,15 @@ fn padded_batches_match_candle_transformers_llama() {
             .fold(0f32, f32::max);
         assert!(
             worst < 1e-4,
-            "{what}: largest logit difference {worst} for {ids:?}"
+            "{kernels:?}, {what}: largest logit difference {worst} for {ids:?}"
         );
     };
     for (row, ids) in logits.iter().zip([&short, &long]) {
         check(row, ids, "prompt");
     }
-    // Two decoding steps from the cache: the fused attention, with row 0 still hiding
-    // its padding, against the reference run over each whole sequence.
+    // Two decoding steps from the cache (the fused attention, or the masked tensor
+    // operations), with row 0 still hiding its padding, against the reference run
+    // over each whole sequence.
     let mut sequences = [short, long];
     for next in [[11u32, 12], [13, 4]] {
         let step: Vec<Vec<f32>> = ours
@@ -181,18 +198,16 @@ fn padded_batches_match_candle_transformers_llama() {
 /// decoding steps.
 #[test]
 fn half_precision_tracks_f32() {
+    for kernels in [Kernels::Native, Kernels::Generic] {
+        half_precision_tracks_f32_with(kernels);
+    }
+}
+
+fn half_precision_tracks_f32_with(kernels: Kernels) {
     let dir = tempfile::tempdir().unwrap();
     let weights = random_weights(dir.path());
-    let config = test_config();
     let run = |dtype: DType| -> Vec<Vec<Vec<f32>>> {
-        let model = Llama::from_safetensors(
-            std::slice::from_ref(&weights),
-            config.clone(),
-            false,
-            dtype,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let model = load(&weights, dtype, kernels);
         let mut cache = model.new_cache(2);
         let mut steps = vec![
             model
@@ -232,10 +247,12 @@ fn half_precision_tracks_f32() {
             .zip(reference.iter().flatten().flatten())
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        eprintln!("{dtype:?}: largest logit difference {worst} (logits up to {scale})");
+        eprintln!(
+            "{kernels:?}, {dtype:?}: largest logit difference {worst} (logits up to {scale})"
+        );
         assert!(
             worst / scale < tolerance,
-            "{dtype:?}: largest difference {worst} against logits up to {scale}"
+            "{kernels:?}, {dtype:?}: largest difference {worst} against logits up to {scale}"
         );
         // And it is really held in that precision: it differs from f32 at all.
         assert!(worst > 0.0, "{dtype:?} gave f32's logits exactly");

@@ -1,6 +1,8 @@
 //! Training with candle: a tiny llama learns, a resumed run repeats an uninterrupted
 //! one, the training forward pass equals the inference one, LoRA adapters train and
 //! merge, and a GGUF model converts to a trainable one without changing its outputs.
+//! Training runs candle's tensor operations on every device; what it saves is checked
+//! on both inference paths (this crate's CPU kernels, and a GPU's tensor operations).
 
 mod common;
 
@@ -14,7 +16,8 @@ use labelfleet_models::train::{
     optimizer_step, random_weights,
 };
 use labelfleet_models::{
-    HfWeights, Llama, LoraConfig, TokenizedExample, TrainableLm, WeightFormat, load_causal_lm,
+    HfWeights, Kernels, Llama, LoraConfig, TokenizedExample, TrainableLm, WeightFormat,
+    load_causal_lm, load_causal_lm_with_kernels,
 };
 
 /// (prompt, completion) pairs from the bundled MultiWOZ sample: the user's words, then
@@ -169,7 +172,14 @@ fn the_scoring_loss_equals_the_training_loss() {
     let dir = tempfile::tempdir().unwrap();
     lm.save(dir.path()).unwrap();
     let packed = load_causal_lm(dir.path(), WeightFormat::F32, &Device::Cpu).unwrap();
-    for model in [&lm.model, &packed.model] {
+    let generic = load_causal_lm_with_kernels(
+        dir.path(),
+        WeightFormat::F32,
+        &Device::Cpu,
+        Kernels::Generic,
+    )
+    .unwrap();
+    for model in [&lm.model, &packed.model, &generic.model] {
         let mut reports = Vec::new();
         let loss = mean_completion_loss(model, &examples, 5, &mut |done, total| {
             reports.push((done, total))
@@ -228,14 +238,21 @@ fn lora_adapters_train_and_merge_into_the_base() {
     let adapter_dir = dir.path().join("adapter");
     reloaded.save(&adapter_dir).unwrap();
     assert!(adapter_dir.join("adapter_config.json").exists());
-    let merged = load_causal_lm(&adapter_dir, WeightFormat::F32, &Device::Cpu).unwrap();
-    let merged_loss = completion_nll(&merged.model, &batch).unwrap().0;
     let trained_loss = completion_nll(&adapted.model, &batch).unwrap().0;
-    let (a, b) = (
-        merged_loss.to_scalar::<f32>().unwrap(),
-        trained_loss.to_scalar::<f32>().unwrap(),
-    );
-    assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "{a} vs {b}");
+    for kernels in [Kernels::Native, Kernels::Generic] {
+        let merged =
+            load_causal_lm_with_kernels(&adapter_dir, WeightFormat::F32, &Device::Cpu, kernels)
+                .unwrap();
+        let merged_loss = completion_nll(&merged.model, &batch).unwrap().0;
+        let (a, b) = (
+            merged_loss.to_scalar::<f32>().unwrap(),
+            trained_loss.to_scalar::<f32>().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-3 * a.abs().max(1.0),
+            "{kernels:?}: {a} vs {b}"
+        );
+    }
 }
 
 #[test]

@@ -6,8 +6,8 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use super::cache::{KvCache, LayerKv};
 use super::layers::{Layer, Positions};
 use super::{Llama, LlamaConfig};
-use crate::ModelError;
 use crate::kernels::attention;
+use crate::{Kernels, ModelError};
 
 pub(super) fn rope_tables(
     config: &LlamaConfig,
@@ -259,11 +259,12 @@ impl Llama {
             }
         };
         let scale = 1.0 / (head_dim as f64).sqrt();
+        let fused = self.kernels == Kernels::Native;
         let attended = match visible {
-            Some(visible) if attention::fits(&q) => {
+            Some(visible) if fused && attention::fits(&q) => {
                 attention::decode_step(&q, &k, &v, visible, scale as f32)?
             }
-            _ if !training && attention::fits_prompt(&q) => {
+            _ if fused && !training && attention::fits_prompt(&q) => {
                 attention::prompt(&q, &k, &v, mask, scale as f32)?
             }
             _ => self.attention(&q, &k, &v, mask, training)?,

@@ -10,7 +10,6 @@ use candle_core::{Device, Tensor};
 use super::layers::{Layer, Linear, Norm};
 use super::{Llama, LlamaConfig, WeightFormat};
 use crate::ModelError;
-use crate::kernels::qmatmul::PackedWeights;
 
 fn gguf_u32(content: &gguf_file::Content, key: &str) -> Result<usize, ModelError> {
     content
@@ -198,13 +197,9 @@ impl Llama {
                     QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?
                 }
             };
-            // Our kernel and candle's matmul share one copy of the blocks.
-            let q = std::sync::Arc::new(q);
-            let matmul = QMatMul::from_arc(q.clone())?;
-            Ok(match PackedWeights::from_qtensor(q) {
-                Some(packed) => Linear::Packed(packed, matmul, bias),
-                None => Linear::Quantized(matmul, bias),
-            })
+            // `Llama::use_kernels` adds our 8-bit kernel on the CPU.
+            let matmul = QMatMul::from_arc(std::sync::Arc::new(q))?;
+            Ok(Linear::Quantized(matmul, bias))
         };
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = embeddings_q.dequantize(device)?.to_dtype(dtype)?;

@@ -10,8 +10,9 @@
 //! Weights come from a GGUF file (quantized matmuls, optionally re-quantized at load) or
 //! from safetensors in the Hugging Face layout (dense matmuls). For inference on the
 //! CPU, quantized layers use the integer kernel of `qmatmul`, dense f32 layers are packed
-//! for `sgemm` (see `Llama::pack_for_cpu`), and attention is fused (`attention`); for
-//! training and on GPUs everything stays candle tensor operations.
+//! for `sgemm` (see `Llama::use_kernels`), and attention is fused (`attention`); for
+//! training, on GPUs and with [`Kernels::Generic`] everything stays candle tensor
+//! operations.
 //!
 //! One idea per file: [`LlamaConfig`] and [`WeightFormat`] (`config`), the layers'
 //! parts (`layers`), the key/value cache (`cache`), loading from GGUF (`gguf`) or
@@ -36,7 +37,7 @@ pub use self::forward::argmax_rows;
 use self::forward::rope_tables;
 pub use self::gguf::HfWeights;
 pub(crate) use self::layers::{Layer, Linear, Norm, tensor_bytes};
-use crate::ModelError;
+use crate::{Kernels, ModelError};
 
 /// A llama-family causal LM that decodes batches of left-padded prompts.
 pub struct Llama {
@@ -48,6 +49,8 @@ pub struct Llama {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// Whether the fused attention kernels run (see [`Llama::use_kernels`]).
+    kernels: Kernels,
 }
 
 impl Llama {
@@ -73,6 +76,7 @@ impl Llama {
             cos,
             sin,
             device: device.clone(),
+            kernels: Kernels::Native,
         })
     }
 

@@ -1,12 +1,15 @@
-//! Changing a loaded model's projections: LoRA updates attached or merged, and dense
-//! f32 weights packed for the CPU kernel.
+//! Changing a loaded model's projections: LoRA updates attached or merged, and weights
+//! packed for the CPU kernels.
 
 use candle_core::{DType, Tensor};
 
+use candle_core::quantized::QMatMul;
+
 use super::layers::Linear;
 use super::{LORA_TARGETS, Llama};
-use crate::ModelError;
+use crate::kernels::qmatmul::PackedWeights;
 use crate::kernels::sgemm::PackedLinear;
+use crate::{Kernels, ModelError};
 
 impl Llama {
     /// Wraps projection `target` (`q_proj`, `v_proj`, … see [`LORA_TARGETS`]) of
@@ -52,15 +55,24 @@ impl Llama {
         Ok(())
     }
 
-    /// Repacks every layer's dense f32 projections, on the CPU, for the register-tile
-    /// matmul of `kernels::sgemm`, which beats candle's on these shapes and adds the
-    /// bias as it writes. Inference only: packed layers carry no gradients,
-    /// and adapters can no longer be merged into them, so [`crate::load_causal_lm`]
-    /// calls this last. The output projection stays as it is (it often shares the
-    /// embedding matrix, which packing would copy).
-    pub fn pack_for_cpu(&mut self) -> Result<(), ModelError> {
-        if !self.device.is_cpu() {
+    /// Readies a loaded model for inference with `kernels`. With [`Kernels::Native`] on
+    /// the CPU, dense f32 projections are repacked for the register-tile matmul of
+    /// `kernels::sgemm` (which beats candle's on these shapes and adds the bias as it
+    /// writes), Q4_1 and Q8_0 ones get the 8-bit kernel of `kernels::qmatmul` for
+    /// decoding, and attention is fused. With [`Kernels::Generic`], or on a GPU, the
+    /// model keeps candle's tensor operations throughout.
+    ///
+    /// Inference only: packed layers carry no gradients, and adapters can no longer be
+    /// merged into them, so [`crate::load_causal_lm`] calls this last. A dense output
+    /// projection stays as it is (it often shares the embedding matrix, which packing
+    /// would copy).
+    pub fn use_kernels(&mut self, kernels: Kernels) -> Result<(), ModelError> {
+        self.kernels = kernels;
+        if !kernels.native_on(&self.device) {
             return Ok(());
+        }
+        if let Some(packed) = pack_quantized(&self.lm_head) {
+            self.lm_head = packed;
         }
         for layer in &mut self.layers {
             let slots = [
@@ -73,6 +85,10 @@ impl Llama {
                 Some(&mut layer.down),
             ];
             for slot in slots.into_iter().flatten() {
+                if let Some(packed) = pack_quantized(slot) {
+                    *slot = packed;
+                    continue;
+                }
                 let Linear::Dense(dense) = slot else {
                     continue;
                 };
@@ -91,6 +107,11 @@ impl Llama {
             }
         }
         Ok(())
+    }
+
+    /// The code the model runs (see [`Llama::use_kernels`]).
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     fn projection(&mut self, layer: usize, target: &str) -> Result<&mut Linear, ModelError> {
@@ -134,4 +155,14 @@ impl Llama {
             }
         })
     }
+}
+
+/// `linear` with our 8-bit kernel beside candle's quantized matmul, when its blocks are
+/// a format the kernel reads; both share one copy of the blocks.
+fn pack_quantized(linear: &Linear) -> Option<Linear> {
+    let Linear::Quantized(matmul @ QMatMul::QTensor(blocks), bias) = linear else {
+        return None;
+    };
+    let packed = PackedWeights::from_qtensor(blocks.clone())?;
+    Some(Linear::Packed(packed, matmul.clone(), bias.clone()))
 }
