@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use labelfleet_core::job::{
     DatasetFormat, DatasetRef, DialogueSelection, GenerationSpec, Job, JobBody, ModelRef,
-    RetrieverSpec, SelfLabelSpec, WeightFormat,
+    RetrieverSpec, SelfLabelSpec,
 };
 use labelfleet_dst::{Format, read_dataset};
 
@@ -100,7 +100,6 @@ fn model(path: &str, device: &str) -> ModelRef {
     ModelRef {
         path: Some(path.to_string()),
         device: device.to_string(),
-        weights: WeightFormat::default(),
         ..ModelRef::default()
     }
 }

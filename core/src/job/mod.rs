@@ -698,7 +698,15 @@ mod tests {
         let JobBody::SelfLabel(spec) = &job.body else {
             panic!("a self_label body")
         };
-        assert_eq!(spec.model.weights, WeightFormat::Bf16);
+        assert_eq!(spec.model.weight_format(), WeightFormat::Bf16);
+        // Left out, the weights follow the device: bf16 on a GPU, f32 on a CPU.
+        let mut model = spec.model.clone();
+        model.weights = None;
+        assert_eq!(model.weight_format(), WeightFormat::Bf16);
+        model.device = "cpu".into();
+        assert_eq!(model.weight_format(), WeightFormat::F32);
+        model.weights = Some(WeightFormat::F16);
+        assert_eq!(model.weight_format(), WeightFormat::F16);
     }
 
     #[test]

@@ -328,7 +328,7 @@ impl RetrainSpec {
         self.model.check(&at("model"))?;
         if matches!(
             self.model.weights,
-            super::self_label::WeightFormat::F16 | super::self_label::WeightFormat::Bf16
+            Some(super::self_label::WeightFormat::F16 | super::self_label::WeightFormat::Bf16)
         ) {
             return fail(
                 "model.weights",

@@ -190,9 +190,9 @@ pub struct ModelRef {
     pub device: String,
     /// How the causal LM's weights are held: `stored` or `q8_0` (a GGUF model's
     /// quantized blocks), `f32`, `f16` or `bf16` (dense, in that precision); see the
-    /// README.
-    #[serde(default)]
-    pub weights: WeightFormat,
+    /// README. When absent, [`ModelRef::weight_format`] picks by device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<WeightFormat>,
     /// An OpenAI-compatible server's base URL (`http://host:8000/v1`): the causal LM
     /// runs there (vLLM, SGLang, llama.cpp's server, a hosted API), through its
     /// completions API, instead of on the worker.
@@ -250,13 +250,14 @@ pub enum WeightFormat {
     /// Re-quantized to Q8_0 at load.
     #[serde(rename = "q8_0")]
     Q8_0,
-    /// Dequantized to f32: fastest for long prompts on a CPU.
+    /// Dequantized to f32: fastest for long prompts on a CPU, and the CPU's default.
     #[default]
     F32,
     /// Dense f16 weights, activations and KV cache: half f32's memory, and what GPU
     /// tensor cores run.
     F16,
-    /// Dense bf16, as `f16` with f32's range: the usual choice on recent GPUs.
+    /// Dense bf16, as `f16` with f32's range: the usual choice on recent GPUs, and their
+    /// default.
     Bf16,
 }
 
@@ -333,6 +334,19 @@ impl Default for GenerationSpec {
 }
 
 impl ModelRef {
+    /// How the weights are held: as the job says, else `bf16` on a GPU (half f32's
+    /// memory and bandwidth, what its tensor cores run, with f32's range) and `f32` on
+    /// a CPU (batch-invariant, and the fastest for long prompts there). Read it after
+    /// the worker has placed the model on its device.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
+            .unwrap_or(if self.device.trim().starts_with("cuda") {
+                WeightFormat::Bf16
+            } else {
+                WeightFormat::F32
+            })
+    }
+
     /// Checks the fields' combination; errors name the field under `at`.
     pub fn check(&self, at: &str) -> Result<(), (String, String)> {
         let err = |field: &str, message: &str| Err((format!("{at}.{field}"), message.to_string()));
@@ -391,7 +405,7 @@ impl Default for ModelRef {
             file: None,
             checkpoint: None,
             device: default_device(),
-            weights: WeightFormat::default(),
+            weights: None,
             endpoint: None,
             name: None,
             api_key_env: None,

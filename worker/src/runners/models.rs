@@ -216,13 +216,13 @@ impl ModelCache {
             embedder: false,
             path: path.clone(),
             device: model.device.clone(),
-            weights: model.weights,
+            weights: model.weight_format(),
         };
         let loaded = self.get_or_load(key, || {
             let device =
                 parse_device(&model.device).map_err(|e| JobFailure::new(e.to_string()))?;
             let started = std::time::Instant::now();
-            let lm = load_causal_lm(&path, model.weights, &device).map_err(|e| {
+            let lm = load_causal_lm(&path, model.weight_format(), &device).map_err(|e| {
                 JobFailure::new(format!("loading the model at {}: {e}", path.display()))
             })?;
             tracing::info!(model = %path.display(), device = %model.device, seconds = started.elapsed().as_secs_f64(), "causal LM loaded");
@@ -315,5 +315,24 @@ mod tests {
         assert_eq!(cache.held_models(), 1);
         cache.causal_lm(&b).unwrap();
         assert_eq!(cache.held_models(), 1);
+    }
+
+    /// A job that asks for a GPU on a worker without one fails with the reason and
+    /// what to do, for the causal LM and the retriever alike, and nothing is held.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_gpu_job_on_a_worker_without_cuda_fails_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = tiny(dir.path(), 3);
+        model.device = "cuda:0".into();
+        let cache = ModelCache::new(u64::MAX);
+        let lm = cache.causal_lm(&model).map(|_| ()).unwrap_err().to_string();
+        let embedder = cache.embedder(&model).map(|_| ()).unwrap_err().to_string();
+        for err in [lm, embedder] {
+            assert!(err.contains("`cuda:0`"), "{err}");
+            assert!(err.contains("no CUDA support"), "{err}");
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+        assert_eq!(cache.held_models(), 0);
     }
 }
