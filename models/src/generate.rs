@@ -103,14 +103,45 @@ impl CausalLm {
         prompts: &[String],
         params: &GenerationParams,
     ) -> Result<(Vec<Completion>, BatchTiming), ModelError> {
-        let mut timing = BatchTiming::default();
-        if prompts.is_empty() {
-            return Ok((Vec::new(), timing));
-        }
         let encoded: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| self.tokenizer.encode(p))
             .collect::<Result<_, _>>()?;
+        let seeds: Vec<u64> = prompts
+            .iter()
+            .map(|p| prompt_seed(params.seed, p))
+            .collect();
+        self.complete(&encoded, &seeds, params)
+    }
+
+    /// [`CausalLm::generate`] for prompts already tokenized, such as a benchmark's,
+    /// which must feed two engines the same ids. Each row samples from its own seed,
+    /// drawn from `params.seed` and its ids.
+    pub fn generate_tokens(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerationParams,
+    ) -> Result<(Vec<Completion>, BatchTiming), ModelError> {
+        let seeds: Vec<u64> = prompts
+            .iter()
+            .map(|ids| {
+                let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+                prompt_seed(params.seed, &String::from_utf8_lossy(&bytes))
+            })
+            .collect();
+        self.complete(prompts, &seeds, params)
+    }
+
+    fn complete(
+        &self,
+        encoded: &[Vec<u32>],
+        seeds: &[u64],
+        params: &GenerationParams,
+    ) -> Result<(Vec<Completion>, BatchTiming), ModelError> {
+        let mut timing = BatchTiming::default();
+        if encoded.is_empty() {
+            return Ok((Vec::new(), timing));
+        }
         let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
         if longest == 0 {
             return Err(ModelError::Invalid(
@@ -128,19 +159,19 @@ impl CausalLm {
                     .collect()
             })
             .collect();
-        let mut rows: Vec<Row> = prompts
+        let mut rows: Vec<Row> = seeds
             .iter()
-            .zip(&encoded)
+            .zip(encoded)
             .enumerate()
-            .map(|(index, (p, e))| Row {
+            .map(|(index, (&seed, e))| Row {
                 index,
                 generated: Vec::new(),
-                rng: StdRng::seed_from_u64(prompt_seed(params.seed, p)),
+                rng: StdRng::seed_from_u64(seed),
                 prompt_tokens: e.len(),
             })
             .collect();
-        let mut done: Vec<Option<Completion>> = vec![None; prompts.len()];
-        let mut cache = self.model.new_cache(prompts.len());
+        let mut done: Vec<Option<Completion>> = vec![None; encoded.len()];
+        let mut cache = self.model.new_cache(encoded.len());
         let started = Instant::now();
         let mut logits = self.model.forward(&tokens, &padding, &mut cache)?;
         timing.prefill_seconds = started.elapsed().as_secs_f64();
@@ -156,17 +187,29 @@ impl CausalLm {
                     timing.new_tokens += 1;
                     None
                 };
-                let mut text = self.tokenizer.decode(&row.generated)?;
-                let stop_at = params
-                    .stop
-                    .iter()
-                    .filter_map(|s| text.find(s.as_str()))
-                    .min();
+                // Decoding the text each step costs as much as a small model's step
+                // on a GPU: only stop strings need it.
+                let mut text = if params.stop.is_empty() {
+                    None
+                } else {
+                    Some(self.tokenizer.decode(&row.generated)?)
+                };
+                let stop_at = text.as_deref().and_then(|text| {
+                    params
+                        .stop
+                        .iter()
+                        .filter_map(|s| text.find(s.as_str()))
+                        .min()
+                });
                 let finish = finish
                     .or(stop_at.map(|_| Finish::Stop))
                     .or((row.generated.len() >= params.max_new_tokens).then_some(Finish::Length));
                 match finish {
                     Some(finish) => {
+                        let mut text = match text.take() {
+                            Some(text) => text,
+                            None => self.tokenizer.decode(&row.generated)?,
+                        };
                         if let Some(at) = stop_at {
                             text.truncate(at);
                         }

@@ -208,6 +208,22 @@ fn greedy_generation_is_deterministic_and_answers() {
     let (second, _) = lm.generate(&prompt, &params).unwrap();
     assert_eq!(first, second, "greedy decoding of one prompt must not vary");
     assert!(first[0].text.contains("Paris"), "{:?}", first[0].text);
+    // The same prompt as token ids completes the same; without stop strings the text
+    // is decoded once, at the end, and is the same text up to where the stop fell.
+    let ids = lm.tokenizer.encode(&prompt[0]).unwrap();
+    let (from_ids, _) = lm.generate_tokens(&[ids], &params).unwrap();
+    assert_eq!(from_ids, first);
+    let unstopped = GenerationParams {
+        stop: Vec::new(),
+        ..params
+    };
+    let (long, _) = lm.generate(&prompt, &unstopped).unwrap();
+    assert!(long[0].new_tokens >= first[0].new_tokens);
+    assert!(
+        long[0].text.starts_with(&first[0].text),
+        "{:?}",
+        long[0].text
+    );
 }
 
 /// With f32 weights (self_label's default), a prompt decodes the same in any batch. (With
