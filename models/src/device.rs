@@ -51,8 +51,12 @@ fn cuda(ordinal: usize) -> Result<Device, ModelError> {
         )));
     }
     Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace when RUST_BACKTRACE is set: the reason is its
+        // first line.
+        let e = e.to_string();
+        let reason = e.lines().next().unwrap_or_default();
         ModelError::Unsupported(format!(
-            "device `cuda:{ordinal}` did not open ({e}); this machine has no usable GPU at \
+            "device `cuda:{ordinal}` did not open ({reason}); this machine has no usable GPU at \
              that ordinal (`nvidia-smi -L` lists them): run the job on a GPU worker, or give \
              it `\"device\": \"cpu\"`"
         ))

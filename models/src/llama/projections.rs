@@ -62,8 +62,9 @@ impl Llama {
     /// decoding, and attention is fused. With [`Kernels::Generic`], or on a GPU, the
     /// model keeps candle's tensor operations throughout.
     ///
-    /// Inference only: packed layers carry no gradients, and adapters can no longer be
-    /// merged into them, so [`crate::load_causal_lm`] calls this last. A dense output
+    /// Call it once, on a model as loaded: packing cannot be undone. Inference only:
+    /// packed layers carry no gradients, and adapters can no longer be merged into
+    /// them, so [`crate::load_causal_lm`] calls this last. A dense output
     /// projection stays as it is (it often shares the embedding matrix, which packing
     /// would copy).
     pub fn use_kernels(&mut self, kernels: Kernels) -> Result<(), ModelError> {
