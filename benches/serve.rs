@@ -12,8 +12,10 @@
 //! count and length.
 
 mod common;
+#[path = "../tests/common/served.rs"]
+mod served;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -63,15 +65,7 @@ fn scenario(jobs: usize, sleep_ms: usize, dashboard: bool) -> (f64, usize) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .and_then(|a| a.trim_end_matches('/').rsplit(':').next()?.parse().ok())
-            .expect("serve printed its address");
+        let port = served::served_port(&mut child);
         server = Some(child);
         let (done, loaded) = (done.clone(), loaded.clone());
         client = Some(std::thread::spawn(move || {

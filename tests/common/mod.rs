@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod served;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
