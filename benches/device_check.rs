@@ -5,7 +5,7 @@
 //! sentence-transformers, and compares.
 //!
 //! Requests (`op`):
-//! - `generate`: loads `model` (`weights`, `device`, `kernels`) and completes the
+//! - `generate`: loads `model` (`weights`, `device`, `generic`) and completes the
 //!   first `b` of `prompts` (token ids, greedy, `new_tokens` each) for each `b` in
 //!   `batches`, after one warm-up; prefill and decode tokens/s, the better of
 //!   `repeats` runs.

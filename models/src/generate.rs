@@ -88,9 +88,9 @@ struct Row {
     prompt_tokens: usize,
 }
 
-fn prompt_seed(seed: u64, prompt: &str) -> u64 {
+fn prompt_seed(seed: u64, prompt: &[u8]) -> u64 {
     // FNV-1a: stable across runs and platforms, unlike std's hasher.
-    prompt.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+    prompt.iter().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -109,7 +109,7 @@ impl CausalLm {
             .collect::<Result<_, _>>()?;
         let seeds: Vec<u64> = prompts
             .iter()
-            .map(|p| prompt_seed(params.seed, p))
+            .map(|p| prompt_seed(params.seed, p.as_bytes()))
             .collect();
         self.complete(&encoded, &seeds, params)
     }
@@ -126,7 +126,7 @@ impl CausalLm {
             .iter()
             .map(|ids| {
                 let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-                prompt_seed(params.seed, &String::from_utf8_lossy(&bytes))
+                prompt_seed(params.seed, &bytes)
             })
             .collect();
         self.complete(prompts, &seeds, params)
