@@ -14,7 +14,10 @@
 //!
 //! - [`TrainableLm`] fine-tunes such a model (fully, or LoRA adapters with
 //!   [`LoraConfig`]) on [`TokenizedExample`]s with the [`train`] module's AdamW,
-//!   schedule and clipping, and saves it where [`load_causal_lm`] reads it back.
+//!   schedule and clipping, and saves it where [`load_causal_lm`] reads it back. Its
+//!   backward pass skips what candle would compute for nothing: frozen projections
+//!   send gradients to their inputs only (`frozen`), and softmax, RMS norm and rotary
+//!   embeddings run candle's fused kernels with hand-written gradients (`fused`).
 //!
 //! Behind both, the CPU kernels (`kernels/`, a layer of their own) that candle lacks or
 //! runs slowly for these shapes: `sgemm` (f32 against weights packed at load),
@@ -52,6 +55,8 @@ mod device;
 mod embed;
 mod error;
 pub mod families;
+mod frozen;
+mod fused;
 mod generate;
 mod kernels;
 pub mod llama;
@@ -59,6 +64,8 @@ mod load;
 mod lora;
 mod positions;
 mod source;
+#[cfg(test)]
+mod test_values;
 pub mod tiny;
 mod tokenizer;
 pub mod train;

@@ -237,14 +237,13 @@ impl Llama {
             layer.k_norm.as_ref(),
         )?;
         let v = heads(layer.wv.forward(&normed)?, c.num_kv_heads, None)?;
-        let rope = match (c.rope_interleaved, training) {
-            (true, false) => candle_nn::rotary_emb::rope_i,
-            (true, true) => candle_nn::rotary_emb::rope_i_slow,
-            (false, false) => candle_nn::rotary_emb::rope,
-            (false, true) => candle_nn::rotary_emb::rope_slow,
+        let rope = |t: &Tensor| match (c.rope_interleaved, training) {
+            (true, false) => candle_nn::rotary_emb::rope_i(t, cos, sin),
+            (false, false) => candle_nn::rotary_emb::rope(t, cos, sin),
+            (interleaved, true) => crate::fused::rope(t, cos, sin, interleaved),
         };
-        let q = rope(&q, cos, sin)?;
-        let k = rope(&k, cos, sin)?;
+        let q = rope(&q)?;
+        let k = rope(&k)?;
         let (k, v) = match cache {
             None => (k, v),
             Some(Some(layer)) => layer.append(&k, &v)?,
@@ -306,7 +305,7 @@ impl Llama {
             .reshape((rows, kv_heads, groups, len, total))?
             .broadcast_add(&mask.unsqueeze(2)?)?;
         let weights = if training {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            crate::fused::softmax_last_dim(&scores)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };

@@ -71,6 +71,9 @@ impl Linear {
                     None => Ok(y),
                 }
             }
+            Linear::Dense(l) if crate::frozen::is_frozen_for(l, x) => {
+                crate::frozen::frozen_linear(l, x)
+            }
             Linear::Dense(l) => crate::positions::over_positions(l, x),
             Linear::PackedDense(packed) => packed.forward_tensor(x),
             Linear::Lora { base, a, b, scale } => {
@@ -114,8 +117,9 @@ impl Norm {
         tensor_bytes(&self.weight) + self.bias.as_ref().map_or(0, tensor_bytes)
     }
 
-    /// Normalises the last dimension of `x`: candle's fused kernels for inference,
-    /// their composite (differentiable) forms for training.
+    /// Normalises the last dimension of `x`: candle's fused kernels, with a backward
+    /// pass for training (`crate::fused`) where they are RMS norms; a layer norm trains
+    /// through its composite (differentiable) form.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
@@ -124,7 +128,7 @@ impl Norm {
     ) -> candle_core::Result<Tensor> {
         match (&self.bias, training) {
             (None, false) => candle_nn::ops::rms_norm(x, &self.weight, eps),
-            (None, true) => candle_nn::ops::rms_norm_slow(x, &self.weight, eps),
+            (None, true) => crate::fused::rms_norm(x, &self.weight, eps),
             (Some(bias), false) => candle_nn::ops::layer_norm(x, &self.weight, bias, eps),
             (Some(bias), true) => candle_nn::ops::layer_norm_slow(x, &self.weight, bias, eps),
         }

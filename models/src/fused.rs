@@ -1,0 +1,380 @@
+//! candle's fused kernels (softmax over the last dimension, RMS norm, rotary
+//! embeddings) with a backward pass, for training.
+//!
+//! candle-nn's fused kernels have no backward pass, so training composed each one from
+//! elementwise operations: a softmax is five of them forward and about fifteen backward,
+//! each writing a fresh tensor as large as the attention scores. Here each op runs the
+//! fused kernel forward, on a copy of its input outside the graph, and a [`Graft`]
+//! joins the result back to the input with the op's gradient written out by hand: a
+//! softmax's backward pass is four elementwise passes. The fused kernels exist on the
+//! CPU and on CUDA, and the graft only copies, so both devices take this code.
+
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, CustomOp3, D, Layout, MetalStorage, Result, Shape, Tensor,
+};
+
+/// Softmax over the last dimension.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let value = candle_nn::ops::softmax_last_dim(&x.detach())?;
+    graft(x, None, value, Rule::Softmax)
+}
+
+/// RMS norm of the last dimension, scaled by `weight`; `weight` gets a gradient when
+/// it is trained.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let value = candle_nn::ops::rms_norm(&x.detach(), &weight.detach(), eps)?;
+    graft(&x, Some(weight), value, Rule::RmsNorm(eps))
+}
+
+/// Rotary embedding of `x` `(rows, heads, len, head_dim)`: halves rotated together
+/// (`interleaved` false, llama's layout) or neighbouring pairs (`interleaved` true).
+/// `cos` and `sin` are tables, not trained.
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let value = apply_rope(&x.detach(), cos, sin, interleaved)?;
+    let rule = Rule::Rope {
+        cos: cos.detach(),
+        sin: sin.detach(),
+        interleaved,
+    };
+    graft(&x, None, value, rule)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    if interleaved {
+        candle_nn::rotary_emb::rope_i(x, cos, sin)
+    } else {
+        candle_nn::rotary_emb::rope(x, cos, sin)
+    }
+}
+
+/// The gradient rule of a fused op.
+enum Rule {
+    Softmax,
+    RmsNorm(f32),
+    Rope {
+        cos: Tensor,
+        sin: Tensor,
+        interleaved: bool,
+    },
+}
+
+impl Rule {
+    /// The gradients of the input and of the parameter (when there is one and it is
+    /// trained), given the op's `value` and the gradient `grad` of its result.
+    fn backward(
+        &self,
+        x: &Tensor,
+        parameter: Option<&Tensor>,
+        value: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        match self {
+            Rule::Softmax => {
+                // dx = y ⊙ (g − Σ g ⊙ y)
+                let weighted = (grad * value)?;
+                let dot = weighted.sum_keepdim(D::Minus1)?;
+                Ok(((weighted - value.broadcast_mul(&dot)?)?, None))
+            }
+            Rule::RmsNorm(eps) => {
+                // y = x ⊙ r ⊙ w with r = (mean x² + eps)^-½ per row:
+                // dx = r ⊙ (g ⊙ w) − x ⊙ r³ ⊙ mean(x ⊙ g ⊙ w), dw = Σ_rows g ⊙ x ⊙ r.
+                let weight = parameter.expect("an RMS norm has a weight");
+                let r = (x.sqr()?.mean_keepdim(D::Minus1)? + *eps as f64)?
+                    .sqrt()?
+                    .recip()?;
+                let scaled = grad.broadcast_mul(weight)?;
+                let dot = (x * &scaled)?.mean_keepdim(D::Minus1)?;
+                let dx = (scaled.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+                let dw = if weight.track_op() {
+                    let width = weight.elem_count();
+                    let per_row = (grad * x.broadcast_mul(&r)?)?;
+                    Some(
+                        per_row
+                            .reshape(((), width))?
+                            .sum(0)?
+                            .reshape(weight.shape())?,
+                    )
+                } else {
+                    None
+                };
+                Ok((dx, dw))
+            }
+            Rule::Rope {
+                cos,
+                sin,
+                interleaved,
+            } => {
+                // A rotation's transpose is the rotation by the opposite angle.
+                Ok((apply_rope(grad, cos, &sin.neg()?, *interleaved)?, None))
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Rule::Softmax => "graft-softmax",
+            Rule::RmsNorm(_) => "graft-rms-norm",
+            Rule::Rope { .. } => "graft-rope",
+        }
+    }
+}
+
+/// Joins `value`, computed from `x` (and `parameter`) outside the graph, back to them:
+/// its result equals `value`, and gradients reach `x` and `parameter` by `rule`.
+fn graft(x: &Tensor, parameter: Option<&Tensor>, value: Tensor, rule: Rule) -> Result<Tensor> {
+    let tracked = x.track_op() || parameter.is_some_and(Tensor::track_op);
+    if !tracked {
+        return Ok(value);
+    }
+    match parameter {
+        None => x.apply_op2(&value, Graft(rule)),
+        Some(parameter) => x.apply_op3(parameter, &value, Graft(rule)),
+    }
+}
+
+/// The custom op behind [`graft`]: forward, a copy of the value (its last argument).
+struct Graft(Rule);
+
+/// A contiguous copy of a storage's view, on its own device.
+fn copy<S>(storage: &S, layout: &Layout) -> Result<(S, Shape)>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
+    // SAFETY: every element is written by the copy below before it is read.
+    let mut out = unsafe {
+        storage
+            .device()
+            .alloc_uninit(layout.shape(), storage.dtype())?
+    };
+    storage.copy_strided_src(&mut out, 0, layout)?;
+    Ok((out, layout.shape().clone()))
+}
+
+impl CustomOp2 for Graft {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        value: &CpuStorage,
+        layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        copy(value, layout)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        value: &CudaStorage,
+        layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        copy(value, layout)
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        value: &MetalStorage,
+        layout: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        copy(value, layout)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        value: &Tensor,
+        _result: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, _) = self.0.backward(x, None, value, grad)?;
+        Ok((Some(dx), None))
+    }
+}
+
+impl CustomOp3 for Graft {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        value: &CpuStorage,
+        layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        copy(value, layout)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        value: &CudaStorage,
+        layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        copy(value, layout)
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+        value: &MetalStorage,
+        layout: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        copy(value, layout)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        parameter: &Tensor,
+        value: &Tensor,
+        _result: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp) = self.0.backward(x, Some(parameter), value, grad)?;
+        Ok((Some(dx), dp, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+    use crate::test_values::{max_difference, tensor};
+
+    /// The value and the gradients (of the input, and of `parameter` when given) of
+    /// `Σ op(x) ⊙ weights`, so that every output element has its own gradient.
+    fn value_and_gradients(
+        op: impl Fn(&Tensor) -> Result<Tensor>,
+        x: &Var,
+        parameter: Option<&Var>,
+        weights: &Tensor,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
+        let y = op(x.as_tensor()).unwrap();
+        let grads = (&y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = grads.get(x.as_tensor()).unwrap().clone();
+        let dp = parameter.map(|p| grads.get(p.as_tensor()).unwrap().clone());
+        (y, dx, dp)
+    }
+
+    fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
+        assert_eq!(a.dims(), b.dims(), "{what}");
+        let difference = max_difference(a, b);
+        assert!(difference < 2e-5, "{what}: {difference}");
+    }
+
+    #[test]
+    fn softmax_equals_the_composite_one_forward_and_backward() {
+        // Scores under a mask: -inf entries must get zero weight and zero gradient.
+        let mut scores = tensor(&[2, 3, 4, 6], 1).affine(4.0, 0.0).unwrap();
+        let mask: Vec<f32> = (0..24)
+            .map(|i| {
+                if i % 6 > i / 6 + 2 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (4, 6), scores.device()).unwrap();
+        scores = scores.broadcast_add(&mask).unwrap();
+        let x = Var::from_tensor(&scores).unwrap();
+        let weights = tensor(&[2, 3, 4, 6], 2);
+        let (y, dx, _) = value_and_gradients(softmax_last_dim, &x, None, &weights);
+        let composite = |t: &Tensor| candle_nn::ops::softmax(t, D::Minus1);
+        let (y_ref, dx_ref, _) = value_and_gradients(composite, &x, None, &weights);
+        assert_close("softmax", &y, &y_ref);
+        assert_close("softmax gradient", &dx, &dx_ref);
+        assert!(
+            dx.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .all(|g| g.is_finite())
+        );
+    }
+
+    #[test]
+    fn rms_norm_equals_the_composite_one_for_trained_and_frozen_weights() {
+        let x = Var::from_tensor(&tensor(&[2, 5, 8], 3)).unwrap();
+        let weights = tensor(&[2, 5, 8], 4);
+        let scale = (tensor(&[8], 5) + 1.5).unwrap();
+        // Trained weights (a full fine-tune): both gradients.
+        let w = Var::from_tensor(&scale).unwrap();
+        let fused = |t: &Tensor| rms_norm(t, w.as_tensor(), 1e-5);
+        let composite = |t: &Tensor| candle_nn::ops::rms_norm_slow(t, w.as_tensor(), 1e-5);
+        let (y, dx, dw) = value_and_gradients(fused, &x, Some(&w), &weights);
+        let (y_ref, dx_ref, dw_ref) = value_and_gradients(composite, &x, Some(&w), &weights);
+        assert_close("rms norm", &y, &y_ref);
+        assert_close("rms norm input gradient", &dx, &dx_ref);
+        assert_close("rms norm weight gradient", &dw.unwrap(), &dw_ref.unwrap());
+        // Frozen weights (LoRA): the input's gradient alone, the same as before.
+        let fused = |t: &Tensor| rms_norm(t, &scale, 1e-5);
+        let (_, dx_frozen, _) = value_and_gradients(fused, &x, None, &weights);
+        assert_close("rms norm, frozen weights", &dx_frozen, &dx_ref);
+    }
+
+    #[test]
+    fn rope_equals_the_composite_one_in_both_layouts() {
+        let x = Var::from_tensor(&tensor(&[2, 3, 5, 8], 6)).unwrap();
+        let weights = tensor(&[2, 3, 5, 8], 7);
+        let angles = tensor(&[5, 4], 8).affine(3.0, 0.0).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        for interleaved in [false, true] {
+            let fused = |t: &Tensor| rope(t, &cos, &sin, interleaved);
+            let composite = |t: &Tensor| {
+                if interleaved {
+                    candle_nn::rotary_emb::rope_i_slow(t, &cos, &sin)
+                } else {
+                    candle_nn::rotary_emb::rope_slow(t, &cos, &sin)
+                }
+            };
+            let (y, dx, _) = value_and_gradients(fused, &x, None, &weights);
+            let (y_ref, dx_ref, _) = value_and_gradients(composite, &x, None, &weights);
+            assert_close(&format!("rope, interleaved {interleaved}"), &y, &y_ref);
+            assert_close(
+                &format!("rope gradient, interleaved {interleaved}"),
+                &dx,
+                &dx_ref,
+            );
+        }
+    }
+
+    #[test]
+    fn untracked_inputs_get_the_value_without_a_graph() {
+        let x = tensor(&[3, 4], 9);
+        let y = softmax_last_dim(&x).unwrap();
+        assert!(!y.track_op());
+        assert_close(
+            "untracked softmax",
+            &y,
+            &candle_nn::ops::softmax_last_dim(&x).unwrap(),
+        );
+    }
+}
