@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::ModelError;
+use crate::kernels::adamw::{AdamWUpdate, update_in_place};
+use crate::{Kernels, ModelError};
 
 /// AdamW's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,6 +40,7 @@ pub struct AdamW {
     second: Vec<Tensor>,
     steps: usize,
     config: AdamWConfig,
+    kernels: Kernels,
 }
 
 impl AdamW {
@@ -59,7 +61,16 @@ impl AdamW {
             second,
             steps: 0,
             config,
+            kernels: Kernels::Native,
         })
+    }
+
+    /// The same optimizer updating with `kernels`: [`Kernels::Native`] (the default)
+    /// updates parameters on the CPU in place (`kernels::adamw`);
+    /// [`Kernels::Generic`] uses tensor operations, as on a GPU.
+    pub fn with_kernels(mut self, kernels: Kernels) -> AdamW {
+        self.kernels = kernels;
+        self
     }
 
     /// Optimizer steps taken.
@@ -83,11 +94,30 @@ impl AdamW {
                 continue;
             };
             let g = g.detach();
+            let theta = var.as_tensor().detach();
+            let decays = c.weight_decay > 0.0 && theta.rank() >= 2;
+            if self.kernels.native_on(theta.device()) {
+                let update = AdamWUpdate {
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    eps: c.eps as f32,
+                    lr: lr as f32,
+                    fix1: fix1 as f32,
+                    fix2: fix2 as f32,
+                    keep: if decays {
+                        (1.0 - lr * c.weight_decay) as f32
+                    } else {
+                        1.0
+                    },
+                };
+                if update_in_place(&theta, &self.first[i], &self.second[i], &g, update)? {
+                    continue;
+                }
+            }
             let m = ((&self.first[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.second[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / fix1)? / ((&v / fix2)?.sqrt()? + c.eps)?)?;
-            let theta = var.as_tensor().detach();
-            let decayed = if c.weight_decay > 0.0 && theta.rank() >= 2 {
+            let decayed = if decays {
                 (&theta * (1.0 - lr * c.weight_decay))?
             } else {
                 theta
@@ -99,14 +129,15 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments as named tensors (`first.NAME`, `second.NAME`) for a checkpoint.
-    pub fn state(&self) -> HashMap<String, Tensor> {
+    /// The moments as named tensors (`first.NAME`, `second.NAME`) for a checkpoint:
+    /// copies, since the moments are updated in place after this.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>, ModelError> {
         let mut out = HashMap::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
-            out.insert(format!("first.{name}"), self.first[i].clone());
-            out.insert(format!("second.{name}"), self.second[i].clone());
+            out.insert(format!("first.{name}"), self.first[i].copy()?);
+            out.insert(format!("second.{name}"), self.second[i].copy()?);
         }
-        out
+        Ok(out)
     }
 
     /// Restores moments saved by [`AdamW::state`] after `steps` steps.
@@ -124,8 +155,9 @@ impl AdamW {
                         ModelError::Format(format!("the optimizer state has no `{prefix}.{name}`"))
                     })
             };
-            self.first[i] = get("first")?;
-            self.second[i] = get("second")?;
+            // Copies, which the in-place update may then change.
+            self.first[i] = get("first")?.copy()?;
+            self.second[i] = get("second")?.copy()?;
         }
         self.steps = steps;
         Ok(())

@@ -146,7 +146,10 @@ fn write_checkpoint(
     };
     let bytes = |t| safetensors_bytes(&t).map_err(|e| JobFailure::new(e.to_string()));
     let params = bytes(lm.parameter_tensors())?;
-    let moments = bytes(optimizer.state())?;
+    let moments = optimizer
+        .state()
+        .map_err(|e| JobFailure::new(format!("copying the optimizer's moments: {e}")))?;
+    let moments = bytes(moments)?;
     runtime.block_on(async {
         ctx.write_artifact(
             job,
