@@ -1,24 +1,18 @@
-//! candle's fused kernels (softmax over the last dimension, RMS norm, rotary
-//! embeddings) with a backward pass, for training.
+//! candle's fused kernels (RMS norm, rotary embeddings) with a backward pass, for
+//! training.
 //!
 //! candle-nn's fused kernels have no backward pass, so training composed each one from
-//! elementwise operations: a softmax is five of them forward and about fifteen backward,
-//! each writing a fresh tensor as large as the attention scores. Here each op runs the
-//! fused kernel forward, on a copy of its input outside the graph, and a [`Graft`]
-//! joins the result back to the input with the op's gradient written out by hand: a
-//! softmax's backward pass is four elementwise passes. The fused kernels exist on the
-//! CPU and on CUDA, and the graft only copies, so both devices take this code.
+//! elementwise operations, each writing a fresh tensor, and a backward pass about three
+//! times as long. Here each op runs the fused kernel forward, on its input outside the
+//! graph, and a [`Graft`] joins the result back to the input with the op's gradient
+//! written out by hand. The fused kernels exist on the CPU and on CUDA, and the graft
+//! only copies, so both devices take this code. (Attention, whose softmax is the largest
+//! of these, is one node of its own: `fused_attention`.)
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, D, Layout, MetalStorage, Result, Shape, Tensor,
 };
-
-/// Softmax over the last dimension.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let value = candle_nn::ops::softmax_last_dim(&x.detach())?;
-    graft(x, None, value, Rule::Softmax)
-}
 
 /// RMS norm of the last dimension, scaled by `weight`; `weight` gets a gradient when
 /// it is trained.
@@ -52,7 +46,6 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Resu
 
 /// The gradient rule of a fused op.
 enum Rule {
-    Softmax,
     RmsNorm(f32),
     Rope {
         cos: Tensor,
@@ -63,21 +56,14 @@ enum Rule {
 
 impl Rule {
     /// The gradients of the input and of the parameter (when there is one and it is
-    /// trained), given the op's `value` and the gradient `grad` of its result.
+    /// trained), given the gradient `grad` of the op's result.
     fn backward(
         &self,
         x: &Tensor,
         parameter: Option<&Tensor>,
-        value: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Option<Tensor>)> {
         match self {
-            Rule::Softmax => {
-                // dx = y ⊙ (g − Σ g ⊙ y)
-                let weighted = (grad * value)?;
-                let dot = weighted.sum_keepdim(D::Minus1)?;
-                Ok(((weighted - value.broadcast_mul(&dot)?)?, None))
-            }
             Rule::RmsNorm(eps) => {
                 // y = x ⊙ r ⊙ w with r = (mean x² + eps)^-½ per row:
                 // dx = r ⊙ (g ⊙ w) − x ⊙ r³ ⊙ mean(x ⊙ g ⊙ w), dw = Σ_rows g ⊙ x ⊙ r.
@@ -115,7 +101,6 @@ impl Rule {
 
     fn name(&self) -> &'static str {
         match self {
-            Rule::Softmax => "graft-softmax",
             Rule::RmsNorm(_) => "graft-rms-norm",
             Rule::Rope { .. } => "graft-rope",
         }
@@ -139,7 +124,7 @@ fn graft(x: &Tensor, parameter: Option<&Tensor>, value: Tensor, rule: Rule) -> R
 struct Graft(Rule);
 
 /// A contiguous copy of a storage's view, on its own device.
-fn copy<S>(storage: &S, layout: &Layout) -> Result<(S, Shape)>
+pub(crate) fn copy<S>(storage: &S, layout: &Layout) -> Result<(S, Shape)>
 where
     S: BackendStorage,
     S::Device: BackendDevice<Storage = S>,
@@ -192,11 +177,11 @@ impl CustomOp2 for Graft {
     fn bwd(
         &self,
         x: &Tensor,
-        value: &Tensor,
+        _value: &Tensor,
         _result: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, _) = self.0.backward(x, None, value, grad)?;
+        let (dx, _) = self.0.backward(x, None, grad)?;
         Ok((Some(dx), None))
     }
 }
@@ -246,11 +231,11 @@ impl CustomOp3 for Graft {
         &self,
         x: &Tensor,
         parameter: &Tensor,
-        value: &Tensor,
+        _value: &Tensor,
         _result: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp) = self.0.backward(x, Some(parameter), value, grad)?;
+        let (dx, dp) = self.0.backward(x, Some(parameter), grad)?;
         Ok((Some(dx), dp, None))
     }
 }
@@ -286,38 +271,6 @@ mod tests {
         assert_eq!(a.dims(), b.dims(), "{what}");
         let difference = max_difference(a, b);
         assert!(difference < 2e-5, "{what}: {difference}");
-    }
-
-    #[test]
-    fn softmax_equals_the_composite_one_forward_and_backward() {
-        // Scores under a mask: -inf entries must get zero weight and zero gradient.
-        let mut scores = tensor(&[2, 3, 4, 6], 1).affine(4.0, 0.0).unwrap();
-        let mask: Vec<f32> = (0..24)
-            .map(|i| {
-                if i % 6 > i / 6 + 2 {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (4, 6), scores.device()).unwrap();
-        scores = scores.broadcast_add(&mask).unwrap();
-        let x = Var::from_tensor(&scores).unwrap();
-        let weights = tensor(&[2, 3, 4, 6], 2);
-        let (y, dx, _) = value_and_gradients(softmax_last_dim, &x, None, &weights);
-        let composite = |t: &Tensor| candle_nn::ops::softmax(t, D::Minus1);
-        let (y_ref, dx_ref, _) = value_and_gradients(composite, &x, None, &weights);
-        assert_close("softmax", &y, &y_ref);
-        assert_close("softmax gradient", &dx, &dx_ref);
-        assert!(
-            dx.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .all(|g| g.is_finite())
-        );
     }
 
     #[test]
@@ -368,13 +321,10 @@ mod tests {
 
     #[test]
     fn untracked_inputs_get_the_value_without_a_graph() {
-        let x = tensor(&[3, 4], 9);
-        let y = softmax_last_dim(&x).unwrap();
+        let (x, weight) = (tensor(&[3, 4], 9), tensor(&[4], 10));
+        let y = rms_norm(&x, &weight, 1e-5).unwrap();
         assert!(!y.track_op());
-        assert_close(
-            "untracked softmax",
-            &y,
-            &candle_nn::ops::softmax_last_dim(&x).unwrap(),
-        );
+        let direct = candle_nn::ops::rms_norm(&x, &weight, 1e-5).unwrap();
+        assert_close("untracked norm", &y, &direct);
     }
 }

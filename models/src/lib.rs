@@ -57,6 +57,7 @@ mod error;
 pub mod families;
 mod frozen;
 mod fused;
+mod fused_attention;
 mod generate;
 mod kernels;
 pub mod llama;

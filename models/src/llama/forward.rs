@@ -263,10 +263,21 @@ impl Llama {
             Some(visible) if fused && attention::fits(&q) => {
                 attention::decode_step(&q, &k, &v, visible, scale as f32)?
             }
-            _ if fused && !training && attention::fits_prompt(&q) => {
+            _ if training => {
+                // The value without a graph, by the inference path; one node's
+                // hand-written backward pass (`fused_attention`) gives the gradients.
+                let (q_, k_, v_) = (q.detach(), k.detach(), v.detach());
+                let value = if fused && attention::fits_prompt(&q) {
+                    attention::prompt(&q_, &k_, &v_, mask, scale as f32)?
+                } else {
+                    self.attention(&q_, &k_, &v_, mask)?
+                };
+                crate::fused_attention::attention(&q, &k, &v, mask, scale, value)?
+            }
+            _ if fused && attention::fits_prompt(&q) => {
                 attention::prompt(&q, &k, &v, mask, scale as f32)?
             }
-            _ => self.attention(&q, &k, &v, mask, training)?,
+            _ => self.attention(&q, &k, &v, mask)?,
         };
         let x = (x + layer.wo.forward(&attended)?)?;
         let normed = layer.ffn_norm.forward(&x, eps, training)?;
@@ -279,39 +290,29 @@ impl Llama {
         x + layer.down.forward(&inner)?
     }
 
-    /// Attention as tensor operations, for prompts (and training): `q` `(rows, heads,
-    /// len, head_dim)` over `k`, `v` `(rows, kv_heads, total, head_dim)` under `mask`
-    /// `(rows, 1, len, total)`; returns `(rows, len, hidden)`.
+    /// Attention as tensor operations, for prompts (and a training step's forward
+    /// value on a GPU): `q` `(rows, heads, len, head_dim)` over `k`, `v` `(rows,
+    /// kv_heads, total, head_dim)` under `mask` `(rows, 1, len, total)`; returns `(rows,
+    /// len, hidden)`.
     fn attention(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         mask: &Tensor,
-        training: bool,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (rows, _, len, head_dim) = q.dims4()?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         // The query heads that share a key/value head sit side by side in `q`, so one
         // matmul per key/value head serves all of them: the cache is read in place,
-        // never copied out once per query head.
+        // never copied out once per query head. In half precision the scores are
+        // summed in f32: f16 overflows past 65,504.
         let (kv_heads, groups) = (c.num_kv_heads, c.num_heads / c.num_kv_heads);
-        let total = k.dim(2)?;
-        let q = q.reshape((rows, kv_heads, groups * len, head_dim))?;
-        // In half precision the scores are summed in f32: f16 overflows past 65,504.
-        let dtype = q.dtype();
-        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?
-            .reshape((rows, kv_heads, groups, len, total))?
-            .broadcast_add(&mask.unsqueeze(2)?)?;
-        let weights = if training {
-            crate::fused::softmax_last_dim(&scores)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let grouped = q.reshape((rows, kv_heads, groups * len, head_dim))?;
+        let weights = crate::fused_attention::weights(&grouped, k, mask, scale, groups)?;
         let attended = weights
-            .reshape((rows, kv_heads, groups * len, total))?
-            .to_dtype(dtype)?
+            .to_dtype(q.dtype())?
             .matmul(v)?
             .reshape((rows, c.num_heads, len, head_dim))?
             .transpose(1, 2)?
