@@ -251,6 +251,8 @@ fn peak_rss_mib() -> Option<u64> {
 fn main() {
     // SAFETY: nothing has started a thread yet.
     unsafe { labelfleet_models::pin_cpu_threads() };
+    // SAFETY: as above.
+    unsafe { labelfleet_models::keep_freed_memory() };
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).unwrap();
     if input.trim().is_empty() {

@@ -350,6 +350,8 @@ fn self_label(device_name: &str) {
 fn main() {
     // SAFETY: nothing has started a thread yet.
     unsafe { labelfleet_models::pin_cpu_threads() };
+    // SAFETY: as above.
+    unsafe { labelfleet_models::keep_freed_memory() };
     if std::env::args().any(|a| a == "--list") {
         return;
     }

@@ -154,6 +154,8 @@ fn report(
 fn main() {
     // SAFETY: nothing has started a thread yet.
     unsafe { labelfleet_models::pin_cpu_threads() };
+    // SAFETY: as above.
+    unsafe { labelfleet_models::keep_freed_memory() };
     let device =
         parse_device(&std::env::var("LABELFLEET_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()))
             .unwrap();

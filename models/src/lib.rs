@@ -16,8 +16,10 @@
 //!   [`LoraConfig`]) on [`TokenizedExample`]s with the [`train`] module's AdamW,
 //!   schedule and clipping, and saves it where [`load_causal_lm`] reads it back. Its
 //!   backward pass skips what candle would compute for nothing: frozen projections
-//!   send gradients to their inputs only (`frozen`), and softmax, RMS norm and rotary
-//!   embeddings run candle's fused kernels with hand-written gradients (`fused`).
+//!   send gradients to their inputs only (`frozen`), RMS norm and rotary embeddings
+//!   run candle's fused kernels with hand-written gradients (`fused`), and attention
+//!   is one node whose backward pass recomputes its weights (`fused_attention`).
+//!   [`keep_freed_memory`] stops each step faulting its buffers in afresh.
 //!
 //! Behind both, the CPU kernels (`kernels/`, a layer of their own) that candle lacks or
 //! runs slowly for these shapes: `sgemm` (f32 against weights packed at load),
@@ -63,6 +65,7 @@ mod kernels;
 pub mod llama;
 mod load;
 mod lora;
+mod memory;
 mod positions;
 mod source;
 #[cfg(test)]
@@ -79,6 +82,7 @@ pub use generate::{BatchTiming, CausalLm, Completion, Finish, GenerationParams};
 pub use llama::{HfWeights, LORA_TARGETS, Llama, LlamaConfig, ModelFamily, WeightFormat};
 pub use load::{ADAPTER_CONFIG, load_causal_lm, load_causal_lm_with_kernels};
 pub use lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};
+pub use memory::keep_freed_memory;
 pub use source::ModelSource;
 pub use tokenizer::TextTokenizer;
 pub use train::{TokenizedExample, TrainableLm};

@@ -201,6 +201,8 @@ impl std::error::Error for Exit {}
 pub fn main() -> ExitCode {
     // SAFETY: nothing has started a thread yet.
     unsafe { labelfleet_models::pin_cpu_threads() };
+    // SAFETY: as above.
+    unsafe { labelfleet_models::keep_freed_memory() };
     let cli = Cli::parse_from(arguments());
     if !matches!(cli.command, Command::Worker(_) | Command::Launch(_)) {
         // `status | head` closes the pipe early: end quietly, as other tools do,
