@@ -3,8 +3,9 @@
 //! merge, and a GGUF model converts to a trainable one without changing its outputs.
 //! The backward pass matches finite differences, and AdamW's in-place CPU update
 //! matches its tensor form.
-//! Training runs candle's tensor operations on every device; what it saves is checked
-//! on both inference paths (this crate's CPU kernels, and a GPU's tensor operations).
+//! Training runs candle's tensor operations on a GPU and two CPU kernels of this crate
+//! (attention's forward value, AdamW); the finite-difference check runs both paths, and
+//! what training saves is checked on both inference paths.
 
 mod common;
 
@@ -317,12 +318,24 @@ fn gradients_match_finite_differences() {
         alpha: 8.0,
         targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
     };
-    for lora in [None, Some(lora)] {
+    let cases = [
+        (None, Kernels::Native),
+        (Some(lora.clone()), Kernels::Native),
+        (None, Kernels::Generic),
+        (Some(lora), Kernels::Generic),
+    ];
+    for (lora, kernels) in cases {
         let adapted = lora.is_some();
-        let (lm, examples) = tiny(11, lora);
+        let (mut lm, examples) = tiny(11, lora);
+        if kernels == Kernels::Generic {
+            // The GPU's path: nothing is packed, only the kernels are switched off.
+            lm.model.use_kernels(Kernels::Generic).unwrap();
+        }
         if adapted {
             // B starts at zero, which zeroes A's gradient: a few steps first.
-            let mut optimizer = AdamW::new(lm.parameters(), AdamWConfig::default()).unwrap();
+            let mut optimizer = AdamW::new(lm.parameters(), AdamWConfig::default())
+                .unwrap()
+                .with_kernels(kernels);
             train(&lm, &mut optimizer, &examples, 0, 5, 1e-2);
         }
         let batch: Vec<&TokenizedExample> = examples[..4].iter().collect();
@@ -349,7 +362,10 @@ fn gradients_match_finite_differences() {
             })
             .sum::<f64>()
             .sqrt();
-        assert!(norm > 1e-3, "lora {adapted}: gradient norm {norm}");
+        assert!(
+            norm > 1e-3,
+            "lora {adapted}, {kernels:?}: gradient norm {norm}"
+        );
         let originals: Vec<Tensor> = params
             .iter()
             .map(|(_, v)| v.as_tensor().copy().unwrap())
@@ -366,7 +382,7 @@ fn gradients_match_finite_differences() {
         loss_at(0.0);
         assert!(
             (numeric - norm).abs() < 0.01 * norm,
-            "lora {adapted}: finite differences {numeric}, backward pass {norm}"
+            "lora {adapted}, {kernels:?}: finite differences {numeric}, backward pass {norm}"
         );
     }
 }
