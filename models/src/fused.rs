@@ -11,7 +11,7 @@
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp2, CustomOp3, D, Layout, MetalStorage, Result, Shape, Tensor,
+    CpuStorage, CudaStorage, CustomOp2, D, Layout, MetalStorage, Result, Shape, Storage, Tensor,
 };
 
 /// RMS norm of the last dimension, scaled by `weight`; `weight` gets a gradient when
@@ -19,7 +19,7 @@ use candle_core::{
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let x = x.contiguous()?;
     let value = candle_nn::ops::rms_norm(&x.detach(), &weight.detach(), eps)?;
-    graft(&x, Some(weight), value, Rule::RmsNorm(eps))
+    graft(&x, weight, value, Rule::RmsNorm(eps))
 }
 
 /// Rotary embedding of `x` `(rows, heads, len, head_dim)`: halves rotated together
@@ -33,7 +33,8 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) ->
         sin: sin.detach(),
         interleaved,
     };
-    graft(&x, None, value, rule)
+    // The table stands in as the op's second input; it gets no gradient.
+    graft(&x, cos, value, rule)
 }
 
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
@@ -55,19 +56,19 @@ enum Rule {
 }
 
 impl Rule {
-    /// The gradients of the input and of the parameter (when there is one and it is
-    /// trained), given the gradient `grad` of the op's result.
+    /// The gradients of the input and of the parameter (when it is trained), given the
+    /// gradient `grad` of the op's result.
     fn backward(
         &self,
         x: &Tensor,
-        parameter: Option<&Tensor>,
+        parameter: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Option<Tensor>)> {
         match self {
             Rule::RmsNorm(eps) => {
                 // y = x ⊙ r ⊙ w with r = (mean x² + eps)^-½ per row:
                 // dx = r ⊙ (g ⊙ w) − x ⊙ r³ ⊙ mean(x ⊙ g ⊙ w), dw = Σ_rows g ⊙ x ⊙ r.
-                let weight = parameter.expect("an RMS norm has a weight");
+                let weight = parameter;
                 let r = (x.sqr()?.mean_keepdim(D::Minus1)? + *eps as f64)?
                     .sqrt()?
                     .recip()?;
@@ -107,28 +108,35 @@ impl Rule {
     }
 }
 
-/// Joins `value`, computed from `x` (and `parameter`) outside the graph, back to them:
+/// Joins `value`, computed from `x` and `parameter` outside the graph, back to them:
 /// its result equals `value`, and gradients reach `x` and `parameter` by `rule`.
-fn graft(x: &Tensor, parameter: Option<&Tensor>, value: Tensor, rule: Rule) -> Result<Tensor> {
-    let tracked = x.track_op() || parameter.is_some_and(Tensor::track_op);
-    if !tracked {
+fn graft(x: &Tensor, parameter: &Tensor, value: Tensor, rule: Rule) -> Result<Tensor> {
+    if !(x.track_op() || parameter.track_op()) {
         return Ok(value);
     }
-    match parameter {
-        None => x.apply_op2(&value, Graft(rule)),
-        Some(parameter) => x.apply_op3(parameter, &value, Graft(rule)),
-    }
+    x.apply_op2(parameter, Graft { rule, value })
 }
 
-/// The custom op behind [`graft`]: forward, a copy of the value (its last argument).
-struct Graft(Rule);
+/// The custom op behind [`graft`]: forward, a copy of the value it holds.
+struct Graft {
+    rule: Rule,
+    value: Tensor,
+}
 
-/// A contiguous copy of a storage's view, on its own device.
-pub(crate) fn copy<S>(storage: &S, layout: &Layout) -> Result<(S, Shape)>
+/// A contiguous copy of `value`, whose storage `unwrap` picks out as one device's.
+/// Custom ops whose forward value was computed beforehand return it this way.
+pub(crate) fn copy_of<S>(
+    value: &Tensor,
+    unwrap: impl Fn(&Storage) -> Option<&S>,
+) -> Result<(S, Shape)>
 where
     S: BackendStorage,
     S::Device: BackendDevice<Storage = S>,
 {
+    let (storage, layout) = value.storage_and_layout();
+    let Some(storage) = unwrap(&storage) else {
+        candle_core::bail!("a fused op's value is on another device than its inputs");
+    };
     // SAFETY: every element is written by the copy below before it is read.
     let mut out = unsafe {
         storage
@@ -139,56 +147,31 @@ where
     Ok((out, layout.shape().clone()))
 }
 
-impl CustomOp2 for Graft {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        value: &CpuStorage,
-        layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        copy(value, layout)
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        value: &CudaStorage,
-        layout: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        copy(value, layout)
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        value: &MetalStorage,
-        layout: &Layout,
-    ) -> Result<(MetalStorage, Shape)> {
-        copy(value, layout)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        _value: &Tensor,
-        _result: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, _) = self.0.backward(x, None, grad)?;
-        Ok((Some(dx), None))
+/// The storage of each device, for [`copy_of`].
+pub(crate) fn cpu(storage: &Storage) -> Option<&CpuStorage> {
+    match storage {
+        Storage::Cpu(s) => Some(s),
+        _ => None,
     }
 }
 
-impl CustomOp3 for Graft {
+pub(crate) fn cuda(storage: &Storage) -> Option<&CudaStorage> {
+    match storage {
+        Storage::Cuda(s) => Some(s),
+        _ => None,
+    }
+}
+
+pub(crate) fn metal(storage: &Storage) -> Option<&MetalStorage> {
+    match storage {
+        Storage::Metal(s) => Some(s),
+        _ => None,
+    }
+}
+
+impl CustomOp2 for Graft {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.rule.name()
     }
 
     fn cpu_fwd(
@@ -197,10 +180,8 @@ impl CustomOp3 for Graft {
         _: &Layout,
         _: &CpuStorage,
         _: &Layout,
-        value: &CpuStorage,
-        layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        copy(value, layout)
+        copy_of(&self.value, cpu)
     }
 
     fn cuda_fwd(
@@ -209,10 +190,8 @@ impl CustomOp3 for Graft {
         _: &Layout,
         _: &CudaStorage,
         _: &Layout,
-        value: &CudaStorage,
-        layout: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        copy(value, layout)
+        copy_of(&self.value, cuda)
     }
 
     fn metal_fwd(
@@ -221,22 +200,19 @@ impl CustomOp3 for Graft {
         _: &Layout,
         _: &MetalStorage,
         _: &Layout,
-        value: &MetalStorage,
-        layout: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        copy(value, layout)
+        copy_of(&self.value, metal)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         parameter: &Tensor,
-        _value: &Tensor,
         _result: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dp) = self.0.backward(x, Some(parameter), grad)?;
-        Ok((Some(dx), dp, None))
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp) = self.rule.backward(x, parameter, grad)?;
+        Ok((Some(dx), dp))
     }
 }
 

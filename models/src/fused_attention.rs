@@ -14,6 +14,8 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp3, D, DType, Layout, MetalStorage, Result, Shape, Tensor,
 };
 
+use crate::fused::{copy_of, cpu, cuda, metal};
+
 /// `softmax(q·kᵀ·scale + mask)·v` as one graph node over `q` `(rows, heads, len, hd)`,
 /// `k`, `v` `(rows, kv_heads, total, hd)` and `mask` `(rows, 1, len, total)`, whose
 /// value is `value` `(rows, len, heads·hd)`, computed by the caller without a graph.
@@ -61,20 +63,6 @@ struct Attention {
     scale: f64,
 }
 
-impl Attention {
-    fn copied<S>(&self, unwrap: impl Fn(&candle_core::Storage) -> Option<&S>) -> Result<(S, Shape)>
-    where
-        S: candle_core::backend::BackendStorage,
-        S::Device: candle_core::backend::BackendDevice<Storage = S>,
-    {
-        let (storage, layout) = self.value.storage_and_layout();
-        match unwrap(&storage) {
-            Some(storage) => crate::fused::copy(storage, layout),
-            None => candle_core::bail!("fused attention: the value is on another device"),
-        }
-    }
-}
-
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -89,10 +77,7 @@ impl CustomOp3 for Attention {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.copied(|s| match s {
-            candle_core::Storage::Cpu(s) => Some(s),
-            _ => None,
-        })
+        copy_of(&self.value, cpu)
     }
 
     fn cuda_fwd(
@@ -104,10 +89,7 @@ impl CustomOp3 for Attention {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.copied(|s| match s {
-            candle_core::Storage::Cuda(s) => Some(s),
-            _ => None,
-        })
+        copy_of(&self.value, cuda)
     }
 
     fn metal_fwd(
@@ -119,10 +101,7 @@ impl CustomOp3 for Attention {
         _: &MetalStorage,
         _: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        self.copied(|s| match s {
-            candle_core::Storage::Metal(s) => Some(s),
-            _ => None,
-        })
+        copy_of(&self.value, metal)
     }
 
     fn bwd(

@@ -88,6 +88,27 @@ fn train(
     losses
 }
 
+/// Rank-4 adapters on attention's q and v and the feed-forward's down projection.
+fn adapters() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+    }
+}
+
+/// The largest absolute difference between two tensors of one shape.
+fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
@@ -197,11 +218,7 @@ fn the_scoring_loss_equals_the_training_loss() {
 
 #[test]
 fn lora_adapters_train_and_merge_into_the_base() {
-    let lora = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-    };
+    let lora = adapters();
     let (full, examples) = tiny(5, None);
     let (adapted, _) = tiny(5, Some(lora));
     // B starts at zero: the adapted model starts as the base.
@@ -224,17 +241,7 @@ fn lora_adapters_train_and_merge_into_the_base() {
     let dir = tempfile::tempdir().unwrap();
     let base_dir = dir.path().join("base");
     full.save(&base_dir).unwrap();
-    let reloaded = TrainableLm::load(
-        &base_dir,
-        Some(LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-        }),
-        5,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let reloaded = TrainableLm::load(&base_dir, Some(adapters()), 5, &Device::Cpu).unwrap();
     reloaded
         .restore_parameters(&adapted.parameter_tensors())
         .unwrap();
@@ -312,12 +319,9 @@ fn mean_loss(lm: &TrainableLm, batch: &[&TokenizedExample]) -> Tensor {
 fn gradients_match_finite_differences() {
     // The derivative of the loss along its own gradient `g` is `|g|`: measured by central
     // differences over every trainable number at once, it checks the whole backward
-    // pass (the fused softmax, norm and rotary gradients, the frozen projections).
-    let lora = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-    };
+    // pass (the attention node, the fused norm and rotary gradients, the frozen
+    // projections).
+    let lora = adapters();
     let cases = [
         (None, Kernels::Native),
         (Some(lora.clone()), Kernels::Native),
@@ -430,43 +434,16 @@ fn the_in_place_adamw_update_equals_the_tensor_one() {
         }
     }
     for ((name, a), (_, b)) in native_params.iter().zip(&generic_params) {
-        let difference = (a.as_tensor() - b.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let moved = (a.as_tensor()
-            - start(a.dims(), if name == "norm.weight" { 2 } else { 1 }).as_tensor())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+        let difference = max_difference(a.as_tensor(), b.as_tensor());
+        let salt = if name == "norm.weight" { 2 } else { 1 };
+        let moved = max_difference(a.as_tensor(), start(a.dims(), salt).as_tensor());
         assert!(moved > 1e-2, "{name} did not move: {moved}");
         assert!(difference < 1e-6, "{name}: {difference}");
     }
     let (a, b) = (native.state().unwrap(), generic.state().unwrap());
     assert_eq!(a.len(), 4);
     for (name, moment) in &a {
-        let difference = (moment - &b[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let difference = max_difference(moment, &b[name]);
         // Moments reach about 15: within a few f32 roundings of each other.
         assert!(difference < 1e-5, "{name}: {difference}");
     }
