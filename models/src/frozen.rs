@@ -11,6 +11,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 
+use crate::storage;
+
 /// `x · weightᵀ` for `x: (rows, in)` and `weight: (out, in)`, where `weight` receives no
 /// gradient: the backward pass computes only `grad · weight`, the gradient of `x`.
 pub(crate) fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
@@ -22,15 +24,13 @@ pub(crate) fn frozen_matmul(x: &Tensor, weight: &Tensor) -> candle_core::Result<
 /// [`crate::positions::over_positions`] does, with its weights frozen: only `x` (and
 /// the bias, if it is a variable) receives a gradient.
 pub(crate) fn frozen_linear(linear: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let inputs = dims.pop().unwrap_or(1);
-    let positions = dims.iter().product::<usize>();
-    let mut y = frozen_matmul(&x.reshape((positions, inputs))?, linear.weight())?;
-    if let Some(bias) = linear.bias() {
-        y = y.broadcast_add(bias)?;
-    }
-    dims.push(y.dim(1)?);
-    y.reshape(dims)
+    crate::positions::map_positions(x, |flat| {
+        let y = frozen_matmul(flat, linear.weight())?;
+        match linear.bias() {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    })
 }
 
 /// Whether `linear` applied to `x` should run as [`frozen_linear`]: gradients flow
@@ -63,17 +63,31 @@ fn forward<S: BackendStorage>(
     Ok((y, Shape::from((rows, outputs))))
 }
 
+impl NoWeightGradient {
+    /// The forward pass on one device, whose storage `unwrap` picks out.
+    fn forward_on<S: BackendStorage>(
+        &self,
+        x: &S,
+        layout: &Layout,
+        unwrap: impl Fn(&Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, Shape)> {
+        let (storage, weight_layout) = self.weight.storage_and_layout();
+        match unwrap(&storage) {
+            Some(weight) => forward(x, layout, weight, weight_layout),
+            None => candle_core::bail!(
+                "frozen matmul: the input and the weights are on different devices"
+            ),
+        }
+    }
+}
+
 impl CustomOp1 for NoWeightGradient {
     fn name(&self) -> &'static str {
         "frozen-matmul"
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (storage, weight_layout) = self.weight.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(weight) => forward(x, layout, weight, weight_layout),
-            _ => candle_core::bail!("frozen matmul: the input is on the CPU, the weights are not"),
-        }
+        self.forward_on(x, layout, storage::cpu)
     }
 
     fn cuda_fwd(
@@ -81,11 +95,7 @@ impl CustomOp1 for NoWeightGradient {
         x: &CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (storage, weight_layout) = self.weight.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(weight) => forward(x, layout, weight, weight_layout),
-            _ => candle_core::bail!("frozen matmul: the input is on a GPU, the weights are not"),
-        }
+        self.forward_on(x, layout, storage::cuda)
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {

@@ -9,10 +9,11 @@
 //! only copies, so both devices take this code. (Attention, whose softmax is the largest
 //! of these, is one node of its own: `fused_attention`.)
 
-use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp2, D, Layout, MetalStorage, Result, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp2, D, Layout, MetalStorage, Result, Shape, Tensor,
 };
+
+use crate::storage::{copy_of, cpu, cuda, metal};
 
 /// RMS norm of the last dimension, scaled by `weight`; `weight` gets a gradient when
 /// it is trained.
@@ -121,52 +122,6 @@ fn graft(x: &Tensor, parameter: &Tensor, value: Tensor, rule: Rule) -> Result<Te
 struct Graft {
     rule: Rule,
     value: Tensor,
-}
-
-/// A contiguous copy of `value`, whose storage `unwrap` picks out as one device's.
-/// Custom ops whose forward value was computed beforehand return it this way.
-pub(crate) fn copy_of<S>(
-    value: &Tensor,
-    unwrap: impl Fn(&Storage) -> Option<&S>,
-) -> Result<(S, Shape)>
-where
-    S: BackendStorage,
-    S::Device: BackendDevice<Storage = S>,
-{
-    let (storage, layout) = value.storage_and_layout();
-    let Some(storage) = unwrap(&storage) else {
-        candle_core::bail!("a fused op's value is on another device than its inputs");
-    };
-    // SAFETY: every element is written by the copy below before it is read.
-    let mut out = unsafe {
-        storage
-            .device()
-            .alloc_uninit(layout.shape(), storage.dtype())?
-    };
-    storage.copy_strided_src(&mut out, 0, layout)?;
-    Ok((out, layout.shape().clone()))
-}
-
-/// The storage of each device, for [`copy_of`].
-pub(crate) fn cpu(storage: &Storage) -> Option<&CpuStorage> {
-    match storage {
-        Storage::Cpu(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(crate) fn cuda(storage: &Storage) -> Option<&CudaStorage> {
-    match storage {
-        Storage::Cuda(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(crate) fn metal(storage: &Storage) -> Option<&MetalStorage> {
-    match storage {
-        Storage::Metal(s) => Some(s),
-        _ => None,
-    }
 }
 
 impl CustomOp2 for Graft {

@@ -14,7 +14,7 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp3, D, DType, Layout, MetalStorage, Result, Shape, Tensor,
 };
 
-use crate::fused::{copy_of, cpu, cuda, metal};
+use crate::storage::{copy_of, cpu, cuda, metal};
 
 /// `softmax(q·kᵀ·scale + mask)·v` as one graph node over `q` `(rows, heads, len, hd)`,
 /// `k`, `v` `(rows, kv_heads, total, hd)` and `mask` `(rows, 1, len, total)`, whose

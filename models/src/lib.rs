@@ -68,6 +68,7 @@ mod lora;
 mod memory;
 mod positions;
 mod source;
+mod storage;
 #[cfg(test)]
 mod test_values;
 pub mod tiny;

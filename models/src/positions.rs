@@ -9,10 +9,19 @@ use candle_nn::Linear;
 /// runs one matmul per row of the batch, each only as tall as a prompt; one matmul as
 /// tall as the whole batch keeps the CPU's matmul kernel busier.
 pub(crate) fn over_positions(linear: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    map_positions(x, |flat| linear.forward(flat))
+}
+
+/// `f` applied to `x` `(…, input)` flattened to `(positions, input)`; its
+/// `(positions, output)` result is shaped back to `(…, output)`.
+pub(crate) fn map_positions(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let input = dims.pop().unwrap_or(1);
     let positions = dims.iter().product::<usize>();
-    let y = linear.forward(&x.reshape((positions, input))?)?;
+    let y = f(&x.reshape((positions, input))?)?;
     dims.push(y.dim(1)?);
     y.reshape(dims)
 }

@@ -259,6 +259,15 @@ impl Llama {
         };
         let scale = 1.0 / (head_dim as f64).sqrt();
         let fused = self.kernels == Kernels::Native;
+        // A prompt's attention: the fused CPU kernel where it applies, tensor
+        // operations elsewhere.
+        let prompt = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            if fused && attention::fits_prompt(q) {
+                attention::prompt(q, k, v, mask, scale as f32)
+            } else {
+                self.attention(q, k, v, mask)
+            }
+        };
         let attended = match visible {
             Some(visible) if fused && attention::fits(&q) => {
                 attention::decode_step(&q, &k, &v, visible, scale as f32)?
@@ -266,18 +275,10 @@ impl Llama {
             _ if training => {
                 // The value without a graph, by the inference path; one node's
                 // hand-written backward pass (`fused_attention`) gives the gradients.
-                let (q_, k_, v_) = (q.detach(), k.detach(), v.detach());
-                let value = if fused && attention::fits_prompt(&q) {
-                    attention::prompt(&q_, &k_, &v_, mask, scale as f32)?
-                } else {
-                    self.attention(&q_, &k_, &v_, mask)?
-                };
+                let value = prompt(&q.detach(), &k.detach(), &v.detach())?;
                 crate::fused_attention::attention(&q, &k, &v, mask, scale, value)?
             }
-            _ if fused && attention::fits_prompt(&q) => {
-                attention::prompt(&q, &k, &v, mask, scale as f32)?
-            }
-            _ => self.attention(&q, &k, &v, mask)?,
+            _ => prompt(&q, &k, &v)?,
         };
         let x = (x + layer.wo.forward(&attended)?)?;
         let normed = layer.ffn_norm.forward(&x, eps, training)?;
