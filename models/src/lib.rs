@@ -79,7 +79,7 @@ pub use candle_core::Device;
 pub use device::{Kernels, parse_device, pin_cpu_threads};
 pub use embed::{MAX_TOKENS, SentenceEmbedder};
 pub use error::ModelError;
-pub use generate::{BatchTiming, CausalLm, Completion, Finish, GenerationParams};
+pub use generate::{BatchTiming, CausalLm, Completion, Confidence, Finish, GenerationParams};
 pub use llama::{HfWeights, LORA_TARGETS, Llama, LlamaConfig, ModelFamily, WeightFormat};
 pub use load::{ADAPTER_CONFIG, load_causal_lm, load_causal_lm_with_kernels};
 pub use lora::{ADAPTER_WEIGHTS, AdapterConfig, LoraConfig};

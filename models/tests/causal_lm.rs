@@ -255,13 +255,63 @@ fn uneven_prompts_decode_as_alone(lm: &labelfleet_models::CausalLm) {
     assert!(timing.new_tokens > 0);
     for (prompt, together) in prompts.iter().zip(&batched) {
         let (alone, _) = lm.generate(std::slice::from_ref(prompt), &params).unwrap();
+        // The same tokens; their log-probabilities agree to float noise (a padded
+        // row's sums run over other lengths).
+        let (a, b) = (alone[0].confidence.unwrap(), together.confidence.unwrap());
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-3 && (a.min_logprob - b.min_logprob).abs() < 1e-3,
+            "{a:?} alone, {b:?} in the batch"
+        );
         assert_eq!(
-            &alone[0],
-            together,
+            labelfleet_models::Completion {
+                confidence: together.confidence,
+                ..alone[0].clone()
+            },
+            *together,
             "{:?}, prompt {prompt:?}",
             lm.model.kernels()
         );
     }
+}
+
+/// A completion's confidence is its tokens' log-probabilities, as a forward pass over
+/// the prompt and the completion, one token at a time, gives them.
+#[test]
+fn the_confidence_is_the_completions_log_probability() {
+    let lm = smollm2(WeightFormat::F32, Kernels::Native);
+    let params = GenerationParams {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let prompt = lm.tokenizer.encode(&chat("Name a colour.")).unwrap();
+    let (completion, _) = lm
+        .generate_tokens(std::slice::from_ref(&prompt), &params)
+        .unwrap();
+    let completion = &completion[0];
+    assert_eq!(completion.finish, labelfleet_models::Finish::Length);
+    let generated = lm.tokenizer.encode(&completion.text).unwrap();
+    assert_eq!(generated.len(), 6, "{:?}", completion.text);
+    let mut steps = vec![prompt];
+    steps.extend(generated[..5].iter().map(|&t| vec![t]));
+    let token_logprobs: Vec<f64> = logits(&lm, &steps)
+        .iter()
+        .zip(&generated)
+        .map(|(row, &token)| {
+            let peak = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&x| (x as f64 - peak).exp()).sum();
+            row[token as usize] as f64 - peak - sum.ln()
+        })
+        .collect();
+    let expected_sum: f64 = token_logprobs.iter().sum();
+    let expected_min = token_logprobs.iter().copied().fold(0.0, f64::min);
+    let got = completion
+        .confidence
+        .expect("a local model reports confidence");
+    assert!(expected_min < 0.0, "{token_logprobs:?}");
+    assert!(
+        (got.logprob - expected_sum).abs() < 1e-3 && (got.min_logprob - expected_min).abs() < 1e-3,
+        "{got:?}, expected sum {expected_sum} and min {expected_min} from {token_logprobs:?}"
+    );
 }
 
 #[test]

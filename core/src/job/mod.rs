@@ -50,8 +50,8 @@ pub use self::json::{canonical_json, parse_json, type_name};
 use self::json::{deserialize_at, expect_string, quote_list};
 pub use self::noop::NoopSpec;
 pub use self::retrain::{
-    CheckpointSpec, DataSource, GoldData, LORA_TARGETS, LoraSpec, RetrainSpec, Schedule,
-    SplitPolicy, SplitSpec, SplitUse, TrainingData, TrainingSpec,
+    CheckpointSpec, ConfidenceFilter, ConfidenceMeasure, DataSource, GoldData, LORA_TARGETS,
+    LoraSpec, RetrainSpec, Schedule, SplitPolicy, SplitSpec, SplitUse, TrainingData, TrainingSpec,
 };
 pub use self::self_label::{
     CheckpointRef, DialogueSelection, GenerationSpec, ModelRef, PromptMode, RetrieverSpec,
@@ -670,6 +670,38 @@ mod tests {
         let err = parse(v).unwrap_err();
         assert_eq!(err.path, "eval");
         assert!(err.message.contains("unknown key `eval`"), "{err}");
+    }
+
+    #[test]
+    fn a_confidence_filter_keeps_a_share_and_ranks_by_a_known_measure() {
+        let retrain = |confident: Value| {
+            json!({
+                "kind": "retrain",
+                "group_id": "demo",
+                "retrain": {
+                    "model": {"path": "m"},
+                    "data": {"new": [{"group": "labels"}], "confident": confident}
+                }
+            })
+        };
+        let job = parse(retrain(json!({"keep": 0.5}))).unwrap();
+        let JobBody::Retrain(spec) = &job.body else {
+            panic!("a retrain body")
+        };
+        assert_eq!(
+            spec.data.confident,
+            Some(ConfidenceFilter {
+                keep: 0.5,
+                by: ConfidenceMeasure::MinLogprob
+            })
+        );
+        for keep in [0.0, -0.1, 1.5] {
+            let err = parse(retrain(json!({"keep": keep}))).unwrap_err();
+            assert_eq!(err.path, "retrain.data.confident.keep", "{err}");
+        }
+        let err = parse(retrain(json!({"keep": 0.5, "by": "vibes"}))).unwrap_err();
+        assert!(err.path.starts_with("retrain.data.confident"), "{err}");
+        assert!(err.message.contains("min_logprob"), "{err}");
     }
 
     #[test]

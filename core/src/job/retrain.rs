@@ -61,6 +61,35 @@ pub struct TrainingData {
     /// Skip retraining (and say so in the manifest) when `new` holds fewer examples.
     #[serde(default)]
     pub min_new_examples: usize,
+    /// Train on only the self-labelled turns (`group` sources, old or new) that the
+    /// labeller was surest of; gold turns are all kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confident: Option<ConfidenceFilter>,
+}
+
+/// Which self-labelled turns a retrain keeps: the share `keep` of them (all groups
+/// together) that rank highest `by` the labeller's confidence.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidenceFilter {
+    /// The share of self-labelled turns kept, in (0, 1].
+    pub keep: f64,
+    /// What they are ranked by.
+    #[serde(default)]
+    pub by: ConfidenceMeasure,
+}
+
+/// A labelled turn's confidence, from its completion's token log-probabilities (which
+/// `self_label` records for a local model's labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfidenceMeasure {
+    /// The least likely token's log-probability: a completion is as doubtful as its
+    /// most doubtful value.
+    #[default]
+    MinLogprob,
+    /// The whole completion's log-probability (longer updates rank lower).
+    Logprob,
 }
 
 /// A source of labelled turns.
@@ -339,6 +368,14 @@ impl RetrainSpec {
             return fail(
                 "data",
                 "no data: list sources under `old` and/or `new` ({\"group\": G} or {\"gold\": {path, format}})",
+            );
+        }
+        if let Some(confident) = &self.data.confident
+            && !(confident.keep > 0.0 && confident.keep <= 1.0)
+        {
+            return fail(
+                "data.confident.keep",
+                "expected the share of self-labelled turns to keep, above 0 and at most 1",
             );
         }
         let r = self.split.ratios;

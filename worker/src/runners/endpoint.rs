@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use labelfleet_core::job::ModelRef;
 use labelfleet_core::text::capped;
-use labelfleet_models::{Completion, Finish, GenerationParams};
+use labelfleet_models::{Completion, Confidence, Finish, GenerationParams};
 use rand::Rng;
 use serde_json::{Value, json};
 
@@ -255,5 +255,67 @@ fn parse_completion(text: &str, params: &GenerationParams) -> Result<Completion,
         prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0) as usize,
         new_tokens: usage["completion_tokens"].as_u64().unwrap_or(0) as usize,
         finish,
+        confidence: confidence_of(choice),
     })
+}
+
+/// The completion's [`Confidence`] where the server sent its tokens' log-probabilities
+/// (`logprobs.token_logprobs`, which labelfleet does not ask for: llama.cpp's server,
+/// for one, refuses the request unless started with `logits_all`).
+fn confidence_of(choice: &Value) -> Option<Confidence> {
+    let tokens = choice["logprobs"]["token_logprobs"].as_array()?;
+    let mut confidence = Confidence::default();
+    for logprob in tokens {
+        confidence.add(logprob.as_f64().filter(|l| l.is_finite())?);
+    }
+    (!tokens.is_empty()).then_some(confidence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> GenerationParams {
+        GenerationParams {
+            stop: vec!["\n".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_response_with_token_logprobs_carries_their_confidence() {
+        let response = json!({
+            "choices": [{
+                "text": "hotel-area: north\nleft over",
+                "finish_reason": "length",
+                "logprobs": {"token_logprobs": [-0.25, -1.5, -0.25]}
+            }],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 3}
+        });
+        let completion = parse_completion(&response.to_string(), &params()).unwrap();
+        assert_eq!(completion.text, "hotel-area: north");
+        assert_eq!(completion.finish, Finish::Stop);
+        assert_eq!(
+            completion.confidence,
+            Some(Confidence {
+                logprob: -2.0,
+                min_logprob: -1.5
+            })
+        );
+    }
+
+    #[test]
+    fn a_response_without_usable_logprobs_has_no_confidence() {
+        for logprobs in [
+            json!(null),
+            json!({"token_logprobs": []}),
+            json!({"token_logprobs": [-0.5, null]}),
+        ] {
+            let response = json!({
+                "choices": [{"text": "x", "finish_reason": "stop", "logprobs": logprobs}],
+            });
+            let completion = parse_completion(&response.to_string(), &params()).unwrap();
+            assert_eq!(completion.confidence, None, "{logprobs}");
+        }
+    }
 }

@@ -51,6 +51,31 @@ pub struct LabelledTurn {
     pub new_tokens: usize,
     /// Seconds of the batch this turn was labelled in.
     pub batch_seconds: f64,
+    /// How sure the labeller was of the completion, where it said (absent for an
+    /// endpoint that sent no log-probabilities, and in logs written before labelfleet
+    /// recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<TurnConfidence>,
+}
+
+/// A labelled turn's confidence: its completion's token log-probabilities under the
+/// labeller (`retrain`'s `data.confident` ranks self-labels by them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TurnConfidence {
+    /// The whole completion's log-probability, the token that ended it included.
+    pub logprob: f64,
+    /// Its least likely token's log-probability.
+    pub min_logprob: f64,
+}
+
+impl TurnConfidence {
+    /// The number `measure` ranks turns by (higher is surer).
+    pub fn score(&self, measure: labelfleet_core::job::ConfidenceMeasure) -> f64 {
+        match measure {
+            labelfleet_core::job::ConfidenceMeasure::MinLogprob => self.min_logprob,
+            labelfleet_core::job::ConfidenceMeasure::Logprob => self.logprob,
+        }
+    }
 }
 
 impl LabelledTurn {
@@ -277,6 +302,10 @@ impl Labelling {
                     prompt_tokens: completion.prompt_tokens,
                     new_tokens: completion.new_tokens,
                     batch_seconds: seconds,
+                    confidence: completion.confidence.map(|c| TurnConfidence {
+                        logprob: c.logprob,
+                        min_logprob: c.min_logprob,
+                    }),
                 };
                 if keep && let Some(r) = self.retrieval.as_mut() {
                     r.index.push(IndexedTurn {

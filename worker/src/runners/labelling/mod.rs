@@ -24,7 +24,7 @@ use labelfleet_dst::{Dialogue, Prediction};
 use labelfleet_manifest::list_all;
 use serde_json::json;
 
-pub use self::batches::LabelledTurn;
+pub use self::batches::{LabelledTurn, TurnConfidence};
 use self::batches::{Labelling, Retrieval, RunningLog, embed_into, log_bytes};
 pub use self::labeller::Labeller;
 use self::retrieval::ExampleIndex;
@@ -75,12 +75,23 @@ fn auto_batch_size(device: &str, model: &labelfleet_models::Llama) -> usize {
     }
 }
 
-/// Labelled turns of earlier `self_label` jobs in `group`, as index entries (without
-/// embeddings yet).
+/// One turn an earlier `self_label` job labelled.
+pub(crate) struct GroupTurn {
+    /// Where it came from: `group/run:dialogue#turn`.
+    pub source: String,
+    /// Its dialogue.
+    pub dialogue_id: String,
+    /// Its context and the update the model gave it.
+    pub example: Example,
+    /// The labeller's confidence in that update, where it was recorded.
+    pub confidence: Option<TurnConfidence>,
+}
+
+/// Labelled turns of earlier `self_label` jobs in `group`.
 pub(crate) async fn group_examples(
     group: &str,
     ctx: &JobContext,
-) -> Result<Vec<(String, String, Example)>, JobFailure> {
+) -> Result<Vec<GroupTurn>, JobFailure> {
     let entries = list_all(&*ctx.manifest, group)
         .await
         .map_err(|e| JobFailure::new(format!("listing manifest group {group}: {e}")))?;
@@ -95,14 +106,15 @@ pub(crate) async fn group_examples(
         let log: RunningLog = serde_json::from_slice(&bytes)
             .map_err(|e| JobFailure::new(format!("{key}: not a running log: {e}")))?;
         for t in log.turns {
-            out.push((
-                format!(
+            out.push(GroupTurn {
+                source: format!(
                     "{}/{}:{}#{}",
                     entry.group_id, entry.run_id, t.turn.dialogue_id, t.turn.turn_id
                 ),
-                t.turn.dialogue_id.clone(),
-                t.example(),
-            ));
+                dialogue_id: t.turn.dialogue_id.clone(),
+                example: t.example(),
+                confidence: t.confidence,
+            });
         }
     }
     Ok(out)
@@ -198,7 +210,12 @@ pub async fn label(
         None => Vec::new(),
     };
     for group in &groups {
-        seeds.extend(group_examples(group, ctx).await?);
+        seeds.extend(
+            group_examples(group, ctx)
+                .await?
+                .into_iter()
+                .map(|t| (t.source, t.dialogue_id, t.example)),
+        );
     }
     if let Some(gold) = retriever.as_ref().and_then(|r| r.gold_examples.clone()) {
         let gold = tokio::task::spawn_blocking(move || read_data(&gold.path, gold.format))

@@ -9,7 +9,7 @@ use labelfleet_dst::prompt::Example;
 
 use crate::runner::{JobContext, JobFailure};
 use crate::runners::data::read_data;
-use crate::runners::labelling::group_examples;
+use crate::runners::labelling::{GroupTurn, TurnConfidence, group_examples};
 
 /// Dialogues a `--mini` retrain job takes from each source.
 pub const MINI_DIALOGUES: usize = 4;
@@ -23,7 +23,20 @@ pub struct LabelledDialogue {
     pub dialogue_id: String,
     /// Its turns as examples (context and the update labelled for it).
     pub examples: Vec<Example>,
+    /// The labeller's confidence in each example's update, in the order of `examples`
+    /// (`None` for gold turns, and for labels that carry none).
+    pub confidence: Vec<Option<TurnConfidence>>,
 }
+
+impl LabelledDialogue {
+    /// Whether its labels come from a model (a `group` source) rather than gold data.
+    pub fn is_self_labelled(&self) -> bool {
+        self.source.starts_with(GROUP_PREFIX)
+    }
+}
+
+/// How a `group` source's dialogues name their source.
+const GROUP_PREFIX: &str = "group:";
 
 impl LabelledDialogue {
     /// A total order over dialogues that does not depend on how they were read.
@@ -42,19 +55,23 @@ pub async fn gather(
     for source in sources {
         let mut dialogues = match source {
             DataSource::Group(group) => {
-                let mut by_dialogue: BTreeMap<String, Vec<Example>> = BTreeMap::new();
-                for (_, dialogue_id, example) in group_examples(group, ctx).await? {
-                    by_dialogue.entry(dialogue_id).or_default().push(example);
+                let mut by_dialogue: BTreeMap<String, Vec<GroupTurn>> = BTreeMap::new();
+                for turn in group_examples(group, ctx).await? {
+                    by_dialogue
+                        .entry(turn.dialogue_id.clone())
+                        .or_default()
+                        .push(turn);
                 }
                 if by_dialogue.is_empty() {
                     tracing::warn!(group, "the group holds no labelled turns yet");
                 }
                 by_dialogue
                     .into_iter()
-                    .map(|(dialogue_id, examples)| LabelledDialogue {
-                        source: format!("group:{group}"),
+                    .map(|(dialogue_id, turns)| LabelledDialogue {
+                        source: format!("{GROUP_PREFIX}{group}"),
                         dialogue_id,
-                        examples,
+                        confidence: turns.iter().map(|t| t.confidence).collect(),
+                        examples: turns.into_iter().map(|t| t.example).collect(),
                     })
                     .collect::<Vec<_>>()
             }
@@ -69,6 +86,7 @@ pub async fn gather(
                     .map(|d| LabelledDialogue {
                         source: format!("gold:{}", gold.path),
                         examples: d.turns.iter().map(Example::of_gold_turn).collect(),
+                        confidence: vec![None; d.turns.len()],
                         dialogue_id: d.dialogue_id,
                     })
                     .collect()

@@ -10,6 +10,7 @@
 //! (loadable by `self_label` and `eval` as `"checkpoint": "group/job"`), and the
 //! training curve in `curve.json`.
 
+mod confident;
 mod data;
 mod splits;
 mod trainer;
@@ -248,14 +249,23 @@ impl JobRunner for RetrainRunner {
         let started = std::time::Instant::now();
         let mut spec = (**spec).clone();
         let hash = job.config_hash();
-        let old = data::gather(&spec.data.old, ctx, job.mini).await?;
-        let new = data::gather(&spec.data.new, ctx, job.mini).await?;
+        let mut old = data::gather(&spec.data.old, ctx, job.mini).await?;
+        let mut new = data::gather(&spec.data.new, ctx, job.mini).await?;
+        let filtered = match &spec.data.confident {
+            Some(filter) => Some(confident::keep_confident([&mut old, &mut new], filter)?),
+            None => None,
+        };
         let (old_turns, new_turns) = (data::turn_count(&old), data::turn_count(&new));
         let mut counts: BTreeMap<String, u64> = [
             ("old_examples".to_string(), old_turns as u64),
             ("new_examples".to_string(), new_turns as u64),
         ]
         .into();
+        if let Some(filtered) = filtered {
+            tracing::info!(job = %job.key(), self_labelled = filtered.candidates, kept = filtered.kept, "self-labelled turns filtered by confidence");
+            counts.insert("self_labels_seen".into(), filtered.candidates as u64);
+            counts.insert("self_labels_kept".into(), filtered.kept as u64);
+        }
         if new_turns < spec.data.min_new_examples {
             let reason = format!(
                 "{new_turns} new examples, fewer than min_new_examples = {}",

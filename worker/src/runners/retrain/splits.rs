@@ -113,6 +113,7 @@ mod tests {
                 source: prefix.to_string(),
                 dialogue_id: format!("{prefix}{i:03}"),
                 examples: Vec::new(),
+                confidence: Vec::new(),
             })
             .collect()
     }
