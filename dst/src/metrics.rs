@@ -26,6 +26,13 @@ pub struct ValueMatcher {
     pub threshold: f64,
 }
 
+impl Default for ValueMatcher {
+    /// Similarity 0.95: what `self_label` scores with, and `eval`'s default.
+    fn default() -> Self {
+        ValueMatcher { threshold: 0.95 }
+    }
+}
+
 impl ValueMatcher {
     /// Whether two values match.
     pub fn matches(&self, a: &str, b: &str) -> bool {

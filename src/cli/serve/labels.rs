@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Path, RawQuery, State as Extract};
-use labelfleet_core::job::JobKey;
+use labelfleet_core::job::{JobBody, JobKey};
 use labelfleet_dst::metrics::ValueMatcher;
 use maud::{Markup, html};
 use serde_json::{Map, Value};
@@ -43,13 +43,13 @@ impl SlotDiff {
     }
 }
 
-/// Each slot of `predicted` and `gold` with how they compare (values matched as the
-/// scores match them), sorted by slot.
+/// Each slot of `predicted` and `gold` with how they compare (values matched by
+/// `matcher`, as the job's scores matched them), sorted by slot.
 pub fn diff(
     predicted: &Map<String, Value>,
     gold: &Map<String, Value>,
+    matcher: ValueMatcher,
 ) -> Vec<(String, SlotDiff, String, String)> {
-    let matcher = ValueMatcher { threshold: 0.95 };
     let as_text =
         |v: Option<&Value>| v.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
     let slots: BTreeSet<&String> = predicted.keys().chain(gold.keys()).collect();
@@ -100,13 +100,13 @@ impl Row<'_> {
     }
 }
 
-fn read_row(turn: &Value) -> Row<'_> {
+fn read_row(turn: &Value, matcher: ValueMatcher) -> Row<'_> {
     let empty = Map::new();
     let predicted = turn["slot_values"].as_object().unwrap_or(&empty);
     let gold = turn["gold_slot_values"].as_object();
     Row {
         turn,
-        diff: diff(predicted, gold.unwrap_or(&empty)),
+        diff: diff(predicted, gold.unwrap_or(&empty), matcher),
         has_gold: gold.is_some(),
         valid: turn["valid"].as_bool().unwrap_or(true),
     }
@@ -179,6 +179,7 @@ fn turn_card(row: &Row) -> Markup {
             div { b { (t["dialogue_id"].as_str().unwrap_or("?")) " turn " (t["turn_id"]) }
                 @if !row.valid { " " span.state.dead { "invalid completion" } }
                 @if row.right() { " " span.state.done { "right" } }
+                @if let Some(c) = confidence(t) { " " span.muted { (c) } }
             }
             div.utt { b { "system" } (t["system_utterance"].as_str().unwrap_or("")) }
             div.utt { b { "user" } (t["user_utterance"].as_str().unwrap_or("")) }
@@ -214,6 +215,18 @@ fn turn_card(row: &Row) -> Markup {
     }
 }
 
+/// The labeller's confidence in a turn's completion, as probabilities, where the log
+/// recorded it.
+fn confidence(turn: &Value) -> Option<String> {
+    let c = &turn["confidence"];
+    let (whole, least) = (c["logprob"].as_f64()?, c["min_logprob"].as_f64()?);
+    Some(format!(
+        "p = {:.2} (least likely token {:.2})",
+        whole.exp(),
+        least.exp()
+    ))
+}
+
 /// `/groups/{group}/jobs/{name}/labels`.
 pub async fn page(
     Extract(state): State,
@@ -237,11 +250,18 @@ pub async fn page(
         .await?
         .ok_or_else(|| PageError::not_found(format!("{log_key} is missing")))?;
     let f = filters(query.as_deref());
+    // An eval scores with its own `fuzzy_threshold`; self_label with the default.
+    let matcher = match view.job.as_ref().map(|j| &j.body) {
+        Some(JobBody::Eval(spec)) => ValueMatcher {
+            threshold: spec.fuzzy_threshold,
+        },
+        _ => ValueMatcher::default(),
+    };
     let rows: Vec<Row> = log["turns"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(read_row)
+        .map(|turn| read_row(turn, matcher))
         .collect();
     let mut dialogues: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut per_slot: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
@@ -348,7 +368,12 @@ mod tests {
         let predicted = json!({"hotel-area": "north", "hotel-stars": "4", "train-day": "monday"});
         let gold =
             json!({"hotel-area": "north", "hotel-stars": "3", "hotel-name": "acorn guest house"});
-        let d = diff(predicted.as_object().unwrap(), gold.as_object().unwrap());
+        let matcher = ValueMatcher::default();
+        let d = diff(
+            predicted.as_object().unwrap(),
+            gold.as_object().unwrap(),
+            matcher,
+        );
         let kinds: Vec<(&str, SlotDiff)> = d.iter().map(|(s, k, _, _)| (s.as_str(), *k)).collect();
         assert_eq!(
             kinds,
@@ -360,15 +385,41 @@ mod tests {
             ]
         );
         let turn = json!({"slot_values": predicted, "gold_slot_values": gold, "valid": true});
-        let row = read_row(&turn);
+        let row = read_row(&turn, matcher);
         assert!(row.wrong() && !row.right());
         assert_eq!(
             row.domains().into_iter().collect::<Vec<_>>(),
             ["hotel", "train"]
         );
         let empty = json!({"slot_values": {}, "gold_slot_values": {}, "valid": true});
-        assert!(read_row(&empty).right());
+        assert!(read_row(&empty, matcher).right());
         let invalid = json!({"slot_values": {}, "gold_slot_values": {}, "valid": false});
-        assert!(read_row(&invalid).wrong());
+        assert!(read_row(&invalid, matcher).wrong());
+    }
+
+    #[test]
+    fn a_turn_s_confidence_shows_as_probabilities() {
+        let turn = json!({"confidence": {"logprob": -0.5, "min_logprob": -0.25}});
+        assert_eq!(
+            confidence(&turn).as_deref(),
+            Some("p = 0.61 (least likely token 0.78)")
+        );
+        assert_eq!(confidence(&json!({})), None);
+    }
+
+    #[test]
+    fn values_match_as_loosely_as_the_job_scored_them() {
+        let predicted = json!({"hotel-name": "acorn guesthouse"});
+        let gold = json!({"hotel-name": "acorn guest house"});
+        let kind = |threshold| {
+            diff(
+                predicted.as_object().unwrap(),
+                gold.as_object().unwrap(),
+                ValueMatcher { threshold },
+            )[0]
+            .1
+        };
+        assert_eq!(kind(0.9), SlotDiff::Same);
+        assert_eq!(kind(1.0), SlotDiff::Wrong);
     }
 }

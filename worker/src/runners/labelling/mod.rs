@@ -351,11 +351,7 @@ pub async fn label(
             slot_values: t.turn.slot_values.clone(),
         })
         .collect();
-    let scores = score(
-        &labelling.dialogues,
-        &predictions,
-        ValueMatcher { threshold: 0.95 },
-    );
+    let scores = score(&labelling.dialogues, &predictions, ValueMatcher::default());
     let has_gold = labelling.has_gold;
     let seconds = spent();
     let turn_count = turns.len() as u64;
