@@ -123,12 +123,30 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
             }
         }),
     );
+    // Retraining on the gold dialogues and the surer half of the model's own labels.
+    common::write_job(
+        &dir,
+        "again.json",
+        &json!({
+            "kind": "retrain",
+            "group_id": "tiny",
+            "after": ["label"],
+            "retrain": {
+                "model": {"checkpoint": "tiny/train"},
+                "data": {"old": [{"gold": {"path": SAMPLE, "format": "multiwoz21"}}],
+                         "new": [{"group": "tiny"}],
+                         "confident": {"keep": 0.5}},
+                "split": {"policy": "keep_old", "ratios": [0.6, 0.2, 0.2]},
+                "training": {"steps": 2, "batch_size": 4, "eval_every": 2, "max_tokens": 160}
+            }
+        }),
+    );
     fleet.ok(&["enqueue", dir.to_str().unwrap(), "--allow-dirty"]);
     let mut worker = fleet.spawn_worker("w", &["--wait", "1", "--idle-exit", "5"]);
     assert!(worker.wait(Duration::from_secs(600)).success());
 
     let entries = fleet.entries("tiny");
-    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert_eq!(entries.len(), 4, "{entries:?}");
     let train = entries.iter().find(|e| e.run_id == "train").unwrap();
     assert_eq!(train.kind, "retrain");
     assert_eq!(train.counts["steps"], 60);
@@ -185,9 +203,32 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
         train.counts["old_examples"]
     );
 
-    // The checkpoint loads in self_label.
+    // The checkpoint loads in self_label, which records how sure it was of each label.
     let label = entries.iter().find(|e| e.run_id == "label").unwrap();
     assert_eq!(label.counts["turns"], 2);
+    let log = artifact(&fleet, &label.artifacts["labels"]);
+    let mut surest: Vec<f64> = log["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let c = &t["confidence"];
+            let (whole, least) = (
+                c["logprob"].as_f64().unwrap(),
+                c["min_logprob"].as_f64().unwrap(),
+            );
+            assert!(whole <= least && least <= 0.0, "{c}");
+            least
+        })
+        .collect();
+    surest.sort_by(|a, b| b.total_cmp(a));
+
+    // The next retrain kept the surer of those two labels (both, should they tie).
+    let again = entries.iter().find(|e| e.run_id == "again").unwrap();
+    let kept = surest.iter().filter(|&&s| s >= surest[0]).count() as u64;
+    assert_eq!(again.counts["self_labels_seen"], 2, "{:?}", again.counts);
+    assert_eq!(again.counts["self_labels_kept"], kept);
+    assert_eq!(again.counts["new_examples"], kept);
 
     // eval labels two gold dialogues with the checkpoint and measures its loss there.
     let eval = entries.iter().find(|e| e.run_id == "eval").unwrap();
@@ -200,12 +241,12 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
     assert!((0.0..=1.0).contains(&jga));
     assert!(eval.counts["loss_tokens"] > 0);
 
-    // Both jobs used the checkpoint; the worker fetched it once.
+    // Three jobs used the checkpoint; the worker fetched it once.
     let events = worker.events();
     assert_eq!(common::find(&events, "checkpoint fetched", None).len(), 1);
     assert_eq!(
         common::find(&events, "checkpoint already fetched", None).len(),
-        1
+        2
     );
 }
 
