@@ -123,7 +123,8 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
             }
         }),
     );
-    // Retraining on the gold dialogues and the surer half of the model's own labels.
+    // Retraining on the gold dialogues, twice an epoch, and the surer half of the
+    // model's own labels.
     common::write_job(
         &dir,
         "again.json",
@@ -133,7 +134,7 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
             "after": ["label"],
             "retrain": {
                 "model": {"checkpoint": "tiny/train"},
-                "data": {"old": [{"gold": {"path": SAMPLE, "format": "multiwoz21"}}],
+                "data": {"old": [{"gold": {"path": SAMPLE, "format": "multiwoz21", "repeat": 2}}],
                          "new": [{"group": "tiny"}],
                          "confident": {"keep": 0.5}},
                 "split": {"policy": "keep_old", "ratios": [0.6, 0.2, 0.2]},
@@ -229,6 +230,28 @@ fn a_retrained_model_learns_and_labels_in_self_label() {
     assert_eq!(again.counts["self_labels_seen"], 2, "{:?}", again.counts);
     assert_eq!(again.counts["self_labels_kept"], kept);
     assert_eq!(again.counts["new_examples"], kept);
+    let gold = read_dataset(&repo_root().join(SAMPLE), Format::Multiwoz21).unwrap();
+    let listed = artifact(&fleet, &again.artifacts["splits"]);
+    let gold_train_turns: u64 = listed["train"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|id| {
+            id.as_str()
+                .unwrap()
+                .strip_prefix(&format!("gold:{SAMPLE}#"))
+        })
+        .map(|id| {
+            let d = gold.iter().find(|d| d.dialogue_id == id).unwrap();
+            d.turns.len() as u64
+        })
+        .sum();
+    assert!(gold_train_turns > 0);
+    assert_eq!(
+        again.counts["train_examples"],
+        2 * gold_train_turns + kept,
+        "gold turns train twice an epoch"
+    );
 
     // eval labels two gold dialogues with the checkpoint and measures its loss there.
     let eval = entries.iter().find(|e| e.run_id == "eval").unwrap();

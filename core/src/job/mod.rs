@@ -705,6 +705,28 @@ mod tests {
     }
 
     #[test]
+    fn gold_data_repeats_at_least_once() {
+        let retrain = |repeat: Value| {
+            json!({
+                "kind": "retrain",
+                "group_id": "demo",
+                "retrain": {
+                    "model": {"path": "m"},
+                    "data": {"new": [{"group": "labels"},
+                                     {"gold": {"path": "g.json", "format": "icdst", "repeat": repeat}}]}
+                }
+            })
+        };
+        let job = parse(retrain(json!(3))).unwrap();
+        let JobBody::Retrain(spec) = &job.body else {
+            panic!("a retrain body")
+        };
+        assert!(matches!(&spec.data.new[1], DataSource::Gold(g) if g.repeat == 3));
+        let err = parse(retrain(json!(0))).unwrap_err();
+        assert_eq!(err.path, "retrain.data.new[1].gold.repeat", "{err}");
+    }
+
+    #[test]
     fn half_precision_weights_are_for_inference_only() {
         let retrain = json!({
             "kind": "retrain",

@@ -113,6 +113,14 @@ pub struct GoldData {
     /// Use only the first N dialogues (file order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_dialogues: Option<usize>,
+    /// Each of these dialogues trains this many times an epoch: gold data weighted up
+    /// against many self-labels. Validation and test sets hold them once.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeat: usize,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl GoldData {
@@ -377,6 +385,18 @@ impl RetrainSpec {
                 "data.confident.keep",
                 "expected the share of self-labelled turns to keep, above 0 and at most 1",
             );
+        }
+        for (set, sources) in [("old", &self.data.old), ("new", &self.data.new)] {
+            for (i, source) in sources.iter().enumerate() {
+                if let DataSource::Gold(gold) = source
+                    && gold.repeat == 0
+                {
+                    return fail(
+                        &format!("data.{set}[{i}].gold.repeat"),
+                        "expected at least 1 (how many times each dialogue trains an epoch)",
+                    );
+                }
+            }
         }
         let r = self.split.ratios;
         if r.iter().any(|x| !(0.0..=1.0).contains(x)) || (r.iter().sum::<f64>() - 1.0).abs() > 1e-6

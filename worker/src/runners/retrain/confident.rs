@@ -97,6 +97,7 @@ mod tests {
                     })
                 })
                 .collect(),
+            repeat: 1,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct LabelledDialogue {
     /// The labeller's confidence in each example's update, in the order of `examples`
     /// (`None` for gold turns, and for labels that carry none).
     pub confidence: Vec<Option<TurnConfidence>>,
+    /// How many times it trains an epoch (its source's `repeat`; 1 for a group).
+    pub repeat: usize,
 }
 
 impl LabelledDialogue {
@@ -72,6 +74,7 @@ pub async fn gather(
                         dialogue_id,
                         confidence: turns.iter().map(|t| t.confidence).collect(),
                         examples: turns.into_iter().map(|t| t.example).collect(),
+                        repeat: 1,
                     })
                     .collect::<Vec<_>>()
             }
@@ -87,6 +90,7 @@ pub async fn gather(
                         source: format!("gold:{}", gold.path),
                         examples: d.turns.iter().map(Example::of_gold_turn).collect(),
                         confidence: vec![None; d.turns.len()],
+                        repeat: gold.repeat,
                         dialogue_id: d.dialogue_id,
                     })
                     .collect()

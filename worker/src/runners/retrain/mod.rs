@@ -24,7 +24,7 @@ use labelfleet_models::{LoraConfig, TokenizedExample, TrainableLm, parse_device}
 use serde_json::json;
 
 pub use self::data::LabelledDialogue;
-pub use self::splits::{Splits, split};
+pub use self::splits::{Splits, repeated, split};
 pub use self::trainer::{CurvePoint, RunState, ValidPoint};
 use self::trainer::{Event, TrainingRun, mean_loss};
 use crate::runner::{JobContext, JobFailure, JobOutput, JobRunner};
@@ -278,7 +278,7 @@ impl JobRunner for RetrainRunner {
                 artifacts: BTreeMap::new(),
             });
         }
-        let splits = split(old, new, &spec.split);
+        let mut splits = split(old, new, &spec.split);
         if splits.train.is_empty() {
             return Err(JobFailure::new(
                 "the training split is empty: check `data` and `split` (which data each split takes)",
@@ -294,6 +294,8 @@ impl JobRunner for RetrainRunner {
             )
             .await?,
         );
+        // After the listing, which names each dialogue once.
+        splits.train = repeated(std::mem::take(&mut splits.train));
         if job.mini {
             // A smoke test: a few small steps show that the model loads, trains and
             // saves; the batch size of a full run would only make them slower.

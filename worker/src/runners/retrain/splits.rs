@@ -56,6 +56,15 @@ fn take(
     }
 }
 
+/// The training set with each dialogue as many times as its source's `repeat` asks
+/// (the copies beside the original: the trainer shuffles every epoch).
+pub fn repeated(train: Vec<LabelledDialogue>) -> Vec<LabelledDialogue> {
+    train
+        .into_iter()
+        .flat_map(|d| std::iter::repeat_n(d.clone(), d.repeat.max(1)))
+        .collect()
+}
+
 /// Splits old and new dialogues by `spec`.
 pub fn split(old: Vec<LabelledDialogue>, new: Vec<LabelledDialogue>, spec: &SplitSpec) -> Splits {
     match spec.policy {
@@ -114,12 +123,21 @@ mod tests {
                 dialogue_id: format!("{prefix}{i:03}"),
                 examples: Vec::new(),
                 confidence: Vec::new(),
+                repeat: 1,
             })
             .collect()
     }
 
     fn ids(ds: &[LabelledDialogue]) -> BTreeSet<String> {
         ds.iter().map(|d| d.dialogue_id.clone()).collect()
+    }
+
+    #[test]
+    fn a_repeated_dialogue_trains_that_many_times_beside_the_others() {
+        let mut train = dialogues("g", 2);
+        train[1].repeat = 3;
+        let ids: Vec<String> = repeated(train).into_iter().map(|d| d.dialogue_id).collect();
+        assert_eq!(ids, ["g000", "g001", "g001", "g001"]);
     }
 
     fn spec(policy: SplitPolicy) -> SplitSpec {
