@@ -164,6 +164,10 @@ fn an_endpoint_model_retries_counts_tokens_and_keeps_its_key_to_the_header() {
 
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 6, "4 turns, one 429 and one 500 retried");
+    assert_eq!(
+        entry.counts["endpoint_retries"], 2,
+        "the entry counts the retries"
+    );
     for request in &seen {
         let auth: Vec<&String> = request
             .headers

@@ -11,6 +11,7 @@
 //! message that could reach a log, an artifact or `status`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use labelfleet_core::job::ModelRef;
@@ -44,6 +45,8 @@ struct Inner {
     name: String,
     key: Option<String>,
     client: reqwest::Client,
+    /// Requests retried so far, each try after the first counted.
+    retries: AtomicU64,
 }
 
 /// What one request's failure means.
@@ -83,6 +86,7 @@ impl EndpointModel {
                 name: model.name.clone().unwrap_or_default(),
                 key,
                 client,
+                retries: AtomicU64::new(0),
             }),
             concurrency: model.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY),
             runtime,
@@ -92,6 +96,11 @@ impl EndpointModel {
     /// Requests in flight at once.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// Requests retried since the model was made (a job's `endpoint_retries`).
+    pub fn retried(&self) -> u64 {
+        self.inner.retries.load(Ordering::Relaxed)
     }
 
     /// Completes every prompt, at most `concurrency` requests in flight; the
@@ -166,6 +175,7 @@ impl Inner {
                         .min(MAX_PAUSE)
                         .mul_f64(rand::rng().random_range(0.5..1.0));
                     let pause = asked.map_or(backoff, |a| a.max(backoff));
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(endpoint = %self.url, attempt, retry_in_ms = pause.as_millis() as u64, error = %self.scrub(&last), "endpoint request failed; retrying");
                     tokio::time::sleep(pause).await;
                 }

@@ -15,6 +15,12 @@ pub trait Labeller: Send + Sync {
         prompts: &[String],
         params: &GenerationParams,
     ) -> Result<Vec<Completion>, JobFailure>;
+
+    /// Requests it has retried so far (an endpoint's 429s, 5xx, timeouts): a local
+    /// model never retries.
+    fn retried_requests(&self) -> u64 {
+        0
+    }
 }
 
 impl Labeller for CausalLm {
@@ -36,5 +42,9 @@ impl Labeller for EndpointModel {
         params: &GenerationParams,
     ) -> Result<Vec<Completion>, JobFailure> {
         self.generate(prompts, params)
+    }
+
+    fn retried_requests(&self) -> u64 {
+        self.retried()
     }
 }

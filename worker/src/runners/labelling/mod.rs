@@ -403,14 +403,20 @@ pub async fn label(
         seconds,
         "labelled"
     );
+    let mut counts: std::collections::BTreeMap<String, u64> = [
+        ("dialogues".to_string(), labelling.dialogues.len() as u64),
+        ("turns".to_string(), turn_count),
+        ("invalid_completions".to_string(), invalid),
+        ("seed_examples".to_string(), seeded as u64),
+    ]
+    .into();
+    if labelling.spec.model.endpoint.is_some() {
+        // This delivery's retried requests: a server that often refuses shows here,
+        // not only in the worker's log.
+        counts.insert("endpoint_retries".into(), labelling.lm.retried_requests());
+    }
     let output = JobOutput {
-        counts: [
-            ("dialogues".to_string(), labelling.dialogues.len() as u64),
-            ("turns".to_string(), turn_count),
-            ("invalid_completions".to_string(), invalid),
-            ("seed_examples".to_string(), seeded as u64),
-        ]
-        .into(),
+        counts,
         metrics,
         artifacts,
     };
