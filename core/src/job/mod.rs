@@ -672,22 +672,28 @@ mod tests {
         assert!(err.message.contains("unknown key `eval`"), "{err}");
     }
 
+    /// A retrain job of a model at `m` on `data`.
+    fn retrain_on(data: Value) -> Value {
+        json!({
+            "kind": "retrain",
+            "group_id": "demo",
+            "retrain": {"model": {"path": "m"}, "data": data}
+        })
+    }
+
+    fn retrain_spec(job: Value) -> RetrainSpec {
+        match parse(job).unwrap().body {
+            JobBody::Retrain(spec) => *spec,
+            other => panic!("a retrain body, not {other:?}"),
+        }
+    }
+
     #[test]
     fn a_confidence_filter_keeps_a_share_and_ranks_by_a_known_measure() {
         let retrain = |confident: Value| {
-            json!({
-                "kind": "retrain",
-                "group_id": "demo",
-                "retrain": {
-                    "model": {"path": "m"},
-                    "data": {"new": [{"group": "labels"}], "confident": confident}
-                }
-            })
+            retrain_on(json!({"new": [{"group": "labels"}], "confident": confident}))
         };
-        let job = parse(retrain(json!({"keep": 0.5}))).unwrap();
-        let JobBody::Retrain(spec) = &job.body else {
-            panic!("a retrain body")
-        };
+        let spec = retrain_spec(retrain(json!({"keep": 0.5})));
         assert_eq!(
             spec.data.confident,
             Some(ConfidenceFilter {
@@ -707,20 +713,10 @@ mod tests {
     #[test]
     fn gold_data_repeats_at_least_once() {
         let retrain = |repeat: Value| {
-            json!({
-                "kind": "retrain",
-                "group_id": "demo",
-                "retrain": {
-                    "model": {"path": "m"},
-                    "data": {"new": [{"group": "labels"},
-                                     {"gold": {"path": "g.json", "format": "icdst", "repeat": repeat}}]}
-                }
-            })
+            let gold = json!({"path": "g.json", "format": "icdst", "repeat": repeat});
+            retrain_on(json!({"new": [{"group": "labels"}, {"gold": gold}]}))
         };
-        let job = parse(retrain(json!(3))).unwrap();
-        let JobBody::Retrain(spec) = &job.body else {
-            panic!("a retrain body")
-        };
+        let spec = retrain_spec(retrain(json!(3)));
         assert!(matches!(&spec.data.new[1], DataSource::Gold(g) if g.repeat == 3));
         let err = parse(retrain(json!(0))).unwrap_err();
         assert_eq!(err.path, "retrain.data.new[1].gold.repeat", "{err}");
