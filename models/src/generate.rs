@@ -67,8 +67,8 @@ pub struct Completion {
 
 /// The log-probabilities of a completion's tokens under the model's own distribution
 /// (before any temperature), the token that ended it included: what a labelling job
-/// keeps to tell its likely labels from its guesses.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// keeps to tell its likely labels from its guesses (in its running log, as this).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Confidence {
     /// Sum over the tokens: the log-probability of the whole completion.
     pub logprob: f64,

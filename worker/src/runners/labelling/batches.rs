@@ -10,7 +10,7 @@ use labelfleet_dst::prompt::{
     Example, apply_update, build_compact_prompt, build_prompt, parse_update, retrieval_text,
 };
 use labelfleet_dst::{Dialogue, Turn};
-use labelfleet_models::{GenerationParams, SentenceEmbedder};
+use labelfleet_models::{Confidence, GenerationParams, SentenceEmbedder};
 use serde::{Deserialize, Serialize};
 
 use super::labeller::Labeller;
@@ -55,27 +55,8 @@ pub struct LabelledTurn {
     /// endpoint that sent no log-probabilities, and in logs written before labelfleet
     /// recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<TurnConfidence>,
-}
-
-/// A labelled turn's confidence: its completion's token log-probabilities under the
-/// labeller (`retrain`'s `data.confident` ranks self-labels by them).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TurnConfidence {
-    /// The whole completion's log-probability, the token that ended it included.
-    pub logprob: f64,
-    /// Its least likely token's log-probability.
-    pub min_logprob: f64,
-}
-
-impl TurnConfidence {
-    /// The number `measure` ranks turns by (higher is surer).
-    pub fn score(&self, measure: labelfleet_core::job::ConfidenceMeasure) -> f64 {
-        match measure {
-            labelfleet_core::job::ConfidenceMeasure::MinLogprob => self.min_logprob,
-            labelfleet_core::job::ConfidenceMeasure::Logprob => self.logprob,
-        }
-    }
+    /// (`retrain`'s `data.confident` ranks self-labels by it.)
+    pub confidence: Option<Confidence>,
 }
 
 impl LabelledTurn {
@@ -302,10 +283,7 @@ impl Labelling {
                     prompt_tokens: completion.prompt_tokens,
                     new_tokens: completion.new_tokens,
                     batch_seconds: seconds,
-                    confidence: completion.confidence.map(|c| TurnConfidence {
-                        logprob: c.logprob,
-                        min_logprob: c.min_logprob,
-                    }),
+                    confidence: completion.confidence,
                 };
                 if keep && let Some(r) = self.retrieval.as_mut() {
                     r.index.push(IndexedTurn {

@@ -24,7 +24,7 @@ use labelfleet_dst::{Dialogue, Prediction};
 use labelfleet_manifest::list_all;
 use serde_json::json;
 
-pub use self::batches::{LabelledTurn, TurnConfidence};
+pub use self::batches::LabelledTurn;
 use self::batches::{Labelling, Retrieval, RunningLog, embed_into, log_bytes};
 pub use self::labeller::Labeller;
 use self::retrieval::ExampleIndex;
@@ -84,7 +84,7 @@ pub(crate) struct GroupTurn {
     /// Its context and the update the model gave it.
     pub example: Example,
     /// The labeller's confidence in that update, where it was recorded.
-    pub confidence: Option<TurnConfidence>,
+    pub confidence: Option<labelfleet_models::Confidence>,
 }
 
 /// Labelled turns of earlier `self_label` jobs in `group`.

@@ -5,10 +5,19 @@
 //! log-probabilities and keeping the top share trades quantity for precision. Gold
 //! turns are never dropped.
 
-use labelfleet_core::job::ConfidenceFilter;
+use labelfleet_core::job::{ConfidenceFilter, ConfidenceMeasure};
+use labelfleet_models::Confidence;
 
 use super::data::LabelledDialogue;
 use crate::runner::JobFailure;
+
+/// The number `measure` ranks a label by (higher is surer).
+fn score(confidence: &Confidence, measure: ConfidenceMeasure) -> f64 {
+    match measure {
+        ConfidenceMeasure::MinLogprob => confidence.min_logprob,
+        ConfidenceMeasure::Logprob => confidence.logprob,
+    }
+}
 
 /// What the filter did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +47,7 @@ pub fn keep_confident(
                     d.source, d.dialogue_id
                 )));
             };
-            scores.push(confidence.score(filter.by));
+            scores.push(score(confidence, filter.by));
         }
     }
     let candidates = scores.len();
@@ -57,7 +66,7 @@ pub fn keep_confident(
             let (examples, confidence): (Vec<_>, Vec<_>) = std::mem::take(&mut d.examples)
                 .into_iter()
                 .zip(std::mem::take(&mut d.confidence))
-                .filter(|(_, c)| c.is_some_and(|c| c.score(filter.by) >= cut))
+                .filter(|(_, c)| c.is_some_and(|c| score(&c, filter.by) >= cut))
                 .unzip();
             kept += examples.len();
             d.examples = examples;
@@ -70,12 +79,10 @@ pub fn keep_confident(
 
 #[cfg(test)]
 mod tests {
-    use labelfleet_core::job::ConfidenceMeasure;
     use labelfleet_dst::SlotValues;
     use labelfleet_dst::prompt::{Example, TurnContext};
 
     use super::*;
-    use crate::runners::labelling::TurnConfidence;
 
     fn dialogue(source: &str, id: &str, min_logprobs: &[Option<f64>]) -> LabelledDialogue {
         LabelledDialogue {
@@ -91,7 +98,7 @@ mod tests {
             confidence: min_logprobs
                 .iter()
                 .map(|m| {
-                    m.map(|m| TurnConfidence {
+                    m.map(|m| Confidence {
                         logprob: -m.abs() * 10.0,
                         min_logprob: m,
                     })

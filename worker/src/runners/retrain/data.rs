@@ -9,7 +9,9 @@ use labelfleet_dst::prompt::Example;
 
 use crate::runner::{JobContext, JobFailure};
 use crate::runners::data::read_data;
-use crate::runners::labelling::{GroupTurn, TurnConfidence, group_examples};
+use labelfleet_models::Confidence;
+
+use crate::runners::labelling::{GroupTurn, group_examples};
 
 /// Dialogues a `--mini` retrain job takes from each source.
 pub const MINI_DIALOGUES: usize = 4;
@@ -25,22 +27,20 @@ pub struct LabelledDialogue {
     pub examples: Vec<Example>,
     /// The labeller's confidence in each example's update, in the order of `examples`
     /// (`None` for gold turns, and for labels that carry none).
-    pub confidence: Vec<Option<TurnConfidence>>,
+    pub confidence: Vec<Option<Confidence>>,
     /// How many times it trains an epoch (its source's `repeat`; 1 for a group).
     pub repeat: usize,
-}
-
-impl LabelledDialogue {
-    /// Whether its labels come from a model (a `group` source) rather than gold data.
-    pub fn is_self_labelled(&self) -> bool {
-        self.source.starts_with(GROUP_PREFIX)
-    }
 }
 
 /// How a `group` source's dialogues name their source.
 const GROUP_PREFIX: &str = "group:";
 
 impl LabelledDialogue {
+    /// Whether its labels come from a model (a `group` source) rather than gold data.
+    pub fn is_self_labelled(&self) -> bool {
+        self.source.starts_with(GROUP_PREFIX)
+    }
+
     /// A total order over dialogues that does not depend on how they were read.
     pub fn key(&self) -> (&str, &str) {
         (&self.dialogue_id, &self.source)

@@ -61,7 +61,10 @@ fn take(
 pub fn repeated(train: Vec<LabelledDialogue>) -> Vec<LabelledDialogue> {
     train
         .into_iter()
-        .flat_map(|d| std::iter::repeat_n(d.clone(), d.repeat.max(1)))
+        .flat_map(|d| {
+            let times = d.repeat.max(1);
+            std::iter::repeat_n(d, times)
+        })
         .collect()
 }
 
