@@ -223,6 +223,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::test_values::normal;
 
     /// One sentence's token ids and token type ids.
     type Tokens = (Vec<u32>, Vec<u32>);
@@ -269,10 +270,8 @@ mod tests {
         }
         let tensors: HashMap<String, Tensor> = shapes
             .into_iter()
-            .map(|(name, shape)| {
-                let t = Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap();
-                (name, t)
-            })
+            .enumerate()
+            .map(|(i, (name, shape))| (name, normal(&shape, 0.5, i as u64)))
             .collect();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         (config, vb)

@@ -6,6 +6,8 @@
 //! Each check runs both code paths: this crate's CPU kernels and the tensor operations
 //! a GPU runs ([`Kernels::Generic`]).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,8 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::{qwen3, starcoder2};
 use labelfleet_models::{Kernels, Llama, families};
 use serde_json::{Value, json};
+
+use common::Seeded;
 
 const VOCAB: usize = 64;
 const HIDDEN: usize = 32;
@@ -25,13 +29,18 @@ const KV_HEADS: usize = 2;
 /// Random tensors under the given names and shapes, saved as one safetensors file.
 fn save(dir: &Path, shapes: &[(String, Vec<usize>)]) -> PathBuf {
     let device = Device::Cpu;
+    // Seeded, so that every run checks the same weights against its tolerances.
+    let mut rng = Seeded(0x0fa3_11e5);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, shape) in shapes {
-        let t = if name.ends_with("norm.weight") || name.contains("layernorm.weight") {
-            Tensor::rand(0.5f32, 1.5, shape.as_slice(), &device).unwrap()
+        let count = shape.iter().product();
+        let values: Vec<f32> = if name.ends_with("norm.weight") || name.contains("layernorm.weight")
+        {
+            (0..count).map(|_| 0.5 + rng.uniform()).collect()
         } else {
-            (Tensor::randn(0f32, 1.0, shape.as_slice(), &device).unwrap() * 0.2).unwrap()
+            (0..count).map(|_| rng.normal() * 0.2).collect()
         };
+        let t = Tensor::from_vec(values, shape.as_slice(), &device).unwrap();
         tensors.insert(name.clone(), t);
     }
     let path = dir.join("model.safetensors");

@@ -4,11 +4,15 @@
 //! both code paths: this crate's CPU kernels and the tensor operations a GPU runs
 //! ([`Kernels::Generic`]).
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as reference;
 use labelfleet_models::{Kernels, Llama, LlamaConfig};
+
+use common::Seeded;
 
 const VOCAB: usize = 64;
 const HIDDEN: usize = 32;
@@ -63,33 +67,6 @@ fn test_config() -> LlamaConfig {
     LlamaConfig::llama(
         VOCAB, HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, 1e-5, 10_000.0, 128,
     )
-}
-
-/// A seeded generator (splitmix64), so every run tests the same weights: with
-/// candle's unseeded `randn` a tolerance held on most draws and failed on a few
-/// (bf16 reached 5.7 % of the largest logit in 2 runs of 30).
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f32 {
-        let u = 1.0 - self.uniform();
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    }
 }
 
 /// The model in `weights` as a worker runs it: loaded in `dtype`, then readied for

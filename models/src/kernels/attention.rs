@@ -287,6 +287,7 @@ mod kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::normal;
 
     /// Against the same attention as tensor operations (what the model runs in
     /// training), with grouped heads, a padded row and spare cache capacity.
@@ -294,9 +295,9 @@ mod tests {
     fn matches_masked_softmax_attention() {
         let device = Device::Cpu;
         let (rows, heads, kv_heads, capacity, dim, len) = (2, 6, 2, 16, 20, 11);
-        let q = Tensor::randn(0f32, 1.0, (rows, heads, 1, dim), &device).unwrap();
-        let keys = Tensor::randn(0f32, 1.0, (rows, kv_heads, capacity, dim), &device).unwrap();
-        let values = Tensor::randn(0f32, 1.0, (rows, kv_heads, capacity, dim), &device).unwrap();
+        let q = normal(&[rows, heads, 1, dim], 1.0, 1);
+        let keys = normal(&[rows, kv_heads, capacity, dim], 1.0, 2);
+        let values = normal(&[rows, kv_heads, capacity, dim], 1.0, 3);
         // Row 0 has three padding positions, row 1 none.
         let visible: Vec<Vec<bool>> = (0..rows)
             .map(|r| (0..len).map(|j| r == 1 || j >= 3).collect())
@@ -328,9 +329,9 @@ mod tests {
         let (rows, heads, kv_heads, dim) = (2, 6, 2, 20);
         let (earlier, len, capacity) = (5, 9, 32);
         let total = earlier + len;
-        let q = Tensor::randn(0f32, 1.0, (rows, heads, len, dim), &device).unwrap();
-        let keys = Tensor::randn(0f32, 1.0, (rows, kv_heads, capacity, dim), &device).unwrap();
-        let values = Tensor::randn(0f32, 1.0, (rows, kv_heads, capacity, dim), &device).unwrap();
+        let q = normal(&[rows, heads, len, dim], 1.0, 1);
+        let keys = normal(&[rows, kv_heads, capacity, dim], 1.0, 2);
+        let values = normal(&[rows, kv_heads, capacity, dim], 1.0, 3);
         // Row 0's first three positions are padding; queries see earlier positions and
         // themselves; a padding query sees only itself.
         let mut mask = Vec::new();

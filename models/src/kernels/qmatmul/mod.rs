@@ -151,6 +151,7 @@ impl PackedWeights {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::{normal, normal_values};
 
     fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
@@ -159,7 +160,7 @@ mod tests {
 
     /// Random weights quantized to each format, with their dequantized f32 copy.
     fn weights(outputs: usize, inputs: usize) -> Vec<(PackedWeights, Vec<f32>)> {
-        let w = Tensor::randn(0f32, 1.0, (outputs, inputs), &Device::Cpu).unwrap();
+        let w = normal(&[outputs, inputs], 1.0, (outputs * inputs) as u64);
         [GgmlDType::Q4_1, GgmlDType::Q8_0]
             .into_iter()
             .map(|dtype| {
@@ -188,10 +189,7 @@ mod tests {
     }
 
     fn random(n: usize) -> Vec<f32> {
-        Tensor::randn(0f32, 1.0, n, &Device::Cpu)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+        normal_values(n, 7 + n as u64)
     }
 
     #[test]
@@ -261,13 +259,13 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
         }
-        let w = Tensor::randn(0f32, 1.0, (64, 576), &Device::Cpu).unwrap();
+        let w = normal(&[64, 576], 1.0, 64);
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
             let candle = candle_core::quantized::QMatMul::from_arc(q.clone()).unwrap();
             let packed = PackedWeights::from_qtensor(q).unwrap();
             for rows in [1, 40] {
-                let x = Tensor::randn(0f32, 1.0, (rows, 576), &Device::Cpu).unwrap();
+                let x = normal(&[rows, 576], 1.0, rows as u64);
                 let theirs = x.apply(&candle).unwrap().flatten_all().unwrap();
                 let ours = packed.forward(&x).unwrap().flatten_all().unwrap();
                 let worst = worst_difference(&ours.to_vec1().unwrap(), &theirs.to_vec1().unwrap());
@@ -300,7 +298,7 @@ mod tests {
     #[test]
     fn forward_keeps_the_leading_dimensions() {
         for (packed, _) in weights(48, 96) {
-            let x = Tensor::randn(0f32, 1.0, (2, 3, 96), &Device::Cpu).unwrap();
+            let x = normal(&[2, 3, 96], 1.0, 96);
             let ours = packed.forward(&x).unwrap();
             assert_eq!(ours.dims(), &[2, 3, 48]);
             let flat = packed.forward(&x.reshape((6, 96)).unwrap()).unwrap();
