@@ -27,10 +27,13 @@ def train_row(name, what):
     e = entries.get(name)
     if not e:
         return None
-    m = e["metrics"]
+    m, counts = e["metrics"], e["counts"]
+    speed = f"{m.get('tokens_per_second', 0):.0f} train tok/s, {counts.get('train_examples')} turns"
+    # With `data.confident`, how many of the pool's labels it kept.
+    if counts.get("self_labels_seen"):
+        speed += f" ({counts['self_labels_kept']} of {counts['self_labels_seen']} self-labels kept)"
     # Training time over every attempt (a job stopped and resumed trains in pieces).
-    return (name, what, "", "", "", fmt(m.get("best_valid_loss")), fmt(m.get("training_seconds"), 0),
-            f"{m.get('tokens_per_second', 0):.0f} train tok/s, {e['counts'].get('train_examples')} turns")
+    return (name, what, "", "", "", fmt(m.get("best_valid_loss")), fmt(m.get("training_seconds"), 0), speed)
 
 
 def eval_row(name):
@@ -63,10 +66,10 @@ rows = [
     train_row("r1_train", "fine-tune on the 1% gold"),
     eval_row("r1_eval"),
     pool_row(1),
-    train_row("r2_train", "gold 1% + pool labels (round 1)"),
+    train_row("r2_train", "from r1, on gold 1% ×2 + the surest 75% of round 1's labels"),
     eval_row("r2_eval"),
     pool_row(2),
-    train_row("r3_train", "gold 1% + pool labels (round 2)"),
+    train_row("r3_train", "from r2, on gold 1% ×2 + the surest 75% of round 2's labels"),
     eval_row("r3_eval"),
 ]
 header = ("step", "what", "JGA", "turn acc", "slot F1", "loss", "wall s", "speed")
