@@ -11,10 +11,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::gguf_file::{self, Value as V};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{qwen3, starcoder2};
-use labelfleet_models::{Kernels, Llama, families};
+use labelfleet_models::{Kernels, Llama, ModelFamily, WeightFormat, families};
 use serde_json::{Value, json};
 
 use common::Seeded;
@@ -362,30 +364,85 @@ fn padding_leaves_the_window(model: &Llama) {
     assert!(worst < 1e-5, "{:?}: {worst}", model.kernels());
 }
 
+/// The random safetensors in `weights` written as a GGUF file under llama.cpp's names
+/// (`renames`: GGUF name, Hugging Face name; tensors kept in f32) with `metadata`.
+fn as_gguf(
+    weights: &Path,
+    renames: &[(String, String)],
+    metadata: &[(&str, gguf_file::Value)],
+    dir: &Path,
+) -> PathBuf {
+    let tensors = candle_core::safetensors::load(weights, &Device::Cpu).unwrap();
+    let named: Vec<(&str, QTensor)> = renames
+        .iter()
+        .map(|(gguf, hf)| {
+            let t = tensors
+                .get(hf)
+                .unwrap_or_else(|| panic!("no tensor `{hf}`"));
+            (gguf.as_str(), QTensor::quantize(t, GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let path = dir.join("model.gguf");
+    let mut file = std::fs::File::create(&path).unwrap();
+    gguf_file::write(
+        &mut file,
+        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
+        &named.iter().map(|(k, t)| (*k, t)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    path
+}
+
+/// `(gguf, hf)` name pairs for every layer: `blk.N.{gguf}.{suffix}` from
+/// `model.layers.N.{hf}.{suffix}`.
+fn layer_renames(parts: &[(&str, &str)], suffixes: &[&str]) -> Vec<(String, String)> {
+    let mut renames = Vec::new();
+    for i in 0..LAYERS {
+        for (ours, theirs) in parts {
+            for suffix in suffixes {
+                renames.push((
+                    format!("blk.{i}.{ours}.{suffix}"),
+                    format!("model.layers.{i}.{theirs}.{suffix}"),
+                ));
+            }
+        }
+    }
+    renames
+}
+
+/// The same logits for a padded batch from both models.
+fn assert_same_logits(a: &Llama, b: &Llama) {
+    let rows = [vec![0, 0, 3, 14, 15, 9, 2], vec![6, 5, 35, 8, 9, 7, 9]];
+    let run = |model: &Llama| -> Vec<Vec<f32>> {
+        let mut cache = model.new_cache(2);
+        model
+            .forward(&rows, &[2, 0], &mut cache)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    };
+    for (x, y) in run(a).iter().zip(&run(b)) {
+        let worst = largest_difference(x, y);
+        assert!(worst < 1e-5, "GGUF and safetensors differ by {worst}");
+    }
+}
+
 /// qwen3 from GGUF: the random safetensors written as a GGUF file under llama.cpp's
 /// names (`blk.N.attn_q_norm.weight`, …) and metadata (`qwen3.attention.key_length`)
 /// load to the same model: the same logits for a padded batch.
 #[test]
 fn qwen3_from_gguf_matches_qwen3_from_safetensors() {
-    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
     let dir = tempfile::tempdir().unwrap();
     let (config, weights) = qwen3_model(dir.path());
-    let from_safetensors = ours(&config, &weights, Kernels::Native);
-    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
-    let mut named: Vec<(String, QTensor)> = Vec::new();
-    let mut put = |gguf: String, hf: String| {
-        let t = &tensors[&hf];
-        named.push((gguf, QTensor::quantize(t, GgmlDType::F32).unwrap()));
-    };
-    put(
-        "token_embd.weight".into(),
-        "model.embed_tokens.weight".into(),
-    );
-    put("output.weight".into(), "lm_head.weight".into());
-    put("output_norm.weight".into(), "model.norm.weight".into());
-    for i in 0..LAYERS {
-        let (g, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
-        for (ours, theirs) in [
+    let mut renames: Vec<(String, String)> = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output.weight", "lm_head.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+    ]
+    .map(|(g, h)| (g.to_string(), h.to_string()))
+    .to_vec();
+    renames.extend(layer_renames(
+        &[
             ("attn_q", "self_attn.q_proj"),
             ("attn_k", "self_attn.k_proj"),
             ("attn_v", "self_attn.v_proj"),
@@ -397,12 +454,10 @@ fn qwen3_from_gguf_matches_qwen3_from_safetensors() {
             ("ffn_down", "mlp.down_proj"),
             ("attn_norm", "input_layernorm"),
             ("ffn_norm", "post_attention_layernorm"),
-        ] {
-            put(format!("{g}.{ours}.weight"), format!("{h}.{theirs}.weight"));
-        }
-    }
-    use gguf_file::Value as V;
-    let metadata: Vec<(&str, V)> = vec![
+        ],
+        &["weight"],
+    ));
+    let metadata = [
         ("general.architecture", V::String("qwen3".into())),
         ("qwen3.embedding_length", V::U32(HIDDEN as u32)),
         ("qwen3.feed_forward_length", V::U32(FFN as u32)),
@@ -414,37 +469,71 @@ fn qwen3_from_gguf_matches_qwen3_from_safetensors() {
         ("qwen3.rope.freq_base", V::F32(1_000_000.0)),
         ("qwen3.context_length", V::U32(128)),
     ];
-    let path = dir.path().join("qwen3.gguf");
-    let mut file = std::fs::File::create(&path).unwrap();
-    gguf_file::write(
-        &mut file,
-        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
-        &named
-            .iter()
-            .map(|(k, t)| (k.as_str(), t))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    drop(file);
-    let from_gguf =
-        Llama::from_gguf(&path, labelfleet_models::WeightFormat::F32, &Device::Cpu).unwrap();
-    assert_eq!(
-        from_gguf.config().family,
-        labelfleet_models::ModelFamily::Qwen3
-    );
+    let path = as_gguf(&weights, &renames, &metadata, dir.path());
+    let from_gguf = Llama::from_gguf(&path, WeightFormat::F32, &Device::Cpu).unwrap();
+    assert_eq!(from_gguf.config().family, ModelFamily::Qwen3);
     assert_eq!(from_gguf.config().head_dim, 16);
-    let rows = [vec![0, 0, 3, 14, 15, 9, 2], vec![6, 5, 35, 8, 9, 7, 9]];
-    let run = |model: &Llama| -> Vec<Vec<f32>> {
-        let mut cache = model.new_cache(2);
-        model
-            .forward(&rows, &[2, 0], &mut cache)
-            .unwrap()
-            .to_vec2()
-            .unwrap()
-    };
-    let (a, b) = (run(&from_safetensors), run(&from_gguf));
-    for (x, y) in a.iter().zip(&b) {
-        let worst = largest_difference(x, y);
-        assert!(worst < 1e-5, "GGUF and safetensors differ by {worst}");
+    assert_same_logits(&ours(&config, &weights, Kernels::Native), &from_gguf);
+}
+
+/// starcoder2 from GGUF, as llama.cpp's converter writes it: layer norms and every
+/// projection with biases, an ungated `ffn_up` / `ffn_down`, `layer_norm_epsilon`, tied
+/// embeddings (no `output.weight`). A window, when the file names one, is kept: here one
+/// of 3 positions, which the padded batch's rows are longer than.
+#[test]
+fn starcoder2_from_gguf_matches_starcoder2_from_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, weights) = starcoder2_model(dir.path(), 3);
+    let mut renames: Vec<(String, String)> = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output_norm.bias", "model.norm.bias"),
+    ]
+    .map(|(g, h)| (g.to_string(), h.to_string()))
+    .to_vec();
+    renames.extend(layer_renames(
+        &[
+            ("attn_q", "self_attn.q_proj"),
+            ("attn_k", "self_attn.k_proj"),
+            ("attn_v", "self_attn.v_proj"),
+            ("attn_output", "self_attn.o_proj"),
+            ("ffn_up", "mlp.c_fc"),
+            ("ffn_down", "mlp.c_proj"),
+            ("attn_norm", "input_layernorm"),
+            ("ffn_norm", "post_attention_layernorm"),
+        ],
+        &["weight", "bias"],
+    ));
+    let mut metadata = vec![
+        ("general.architecture", V::String("starcoder2".into())),
+        ("starcoder2.embedding_length", V::U32(HIDDEN as u32)),
+        ("starcoder2.feed_forward_length", V::U32(FFN as u32)),
+        ("starcoder2.block_count", V::U32(LAYERS as u32)),
+        ("starcoder2.attention.head_count", V::U32(HEADS as u32)),
+        (
+            "starcoder2.attention.head_count_kv",
+            V::U32(KV_HEADS as u32),
+        ),
+        ("starcoder2.attention.layer_norm_epsilon", V::F32(1e-5)),
+        ("starcoder2.rope.freq_base", V::F32(100_000.0)),
+        ("starcoder2.context_length", V::U32(128)),
+    ];
+    // Without the window's key (as llama.cpp's converter writes the file), no window.
+    let path = as_gguf(&weights, &renames, &metadata, dir.path());
+    let unwindowed = Llama::from_gguf(&path, WeightFormat::F32, &Device::Cpu).unwrap();
+    assert_eq!(unwindowed.config().family, ModelFamily::Starcoder2);
+    assert_eq!(unwindowed.config().sliding_window, None);
+    metadata.push(("starcoder2.attention.sliding_window", V::U32(3)));
+    let path = as_gguf(&weights, &renames, &metadata, dir.path());
+    for kernels in BOTH {
+        let mut from_gguf = Llama::from_gguf(&path, WeightFormat::F32, &Device::Cpu).unwrap();
+        assert_eq!(from_gguf.config().sliding_window, Some(3));
+        from_gguf.use_kernels(kernels).unwrap();
+        assert_same_logits(&ours(&config, &weights, kernels), &from_gguf);
     }
+    // Training reads llama-family weights only, and says so.
+    let error = labelfleet_models::HfWeights::from_gguf(&path, &Device::Cpu)
+        .err()
+        .expect("starcoder2 does not train");
+    assert!(error.to_string().contains("do not train yet"), "{error}");
 }

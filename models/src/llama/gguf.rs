@@ -25,7 +25,7 @@ fn gguf_f32(content: &gguf_file::Content, key: &str) -> Option<f32> {
     content.metadata.get(key).and_then(|v| v.to_f32().ok())
 }
 
-/// The shape of the llama, qwen2 or qwen3 model in a GGUF file.
+/// The shape of the llama, qwen2, qwen3 or starcoder2 model in a GGUF file.
 fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig, ModelError> {
     let arch = content
         .metadata
@@ -36,10 +36,11 @@ fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig,
     let family = match arch.as_str() {
         "llama" | "qwen2" => super::ModelFamily::Llama,
         "qwen3" => super::ModelFamily::Qwen3,
+        "starcoder2" => super::ModelFamily::Starcoder2,
         _ => {
             return Err(ModelError::Unsupported(format!(
-                "{}: GGUF architecture `{arch}`; labelfleet runs llama, qwen2 and qwen3 from \
-                 GGUF (starcoder2 from safetensors)",
+                "{}: GGUF architecture `{arch}`; labelfleet runs llama, qwen2, qwen3 and \
+                 starcoder2 from GGUF",
                 path.display()
             )));
         }
@@ -47,6 +48,14 @@ fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig,
     let key = |name: &str| format!("{arch}.{name}");
     let hidden_size = gguf_u32(content, &key("embedding_length"))?;
     let num_heads = gguf_u32(content, &key("attention.head_count"))?;
+    let starcoder2 = family == super::ModelFamily::Starcoder2;
+    // starcoder2 normalises with layer norms (`layer_norm_epsilon`), the others with
+    // RMS norms.
+    let eps_key = if starcoder2 {
+        "attention.layer_norm_epsilon"
+    } else {
+        "attention.layer_norm_rms_epsilon"
+    };
     let vocab_size = content
         .tensor_infos
         .get("token_embd.weight")
@@ -63,10 +72,15 @@ fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<LlamaConfig,
         // qwen3 gives its heads' width; elsewhere it is the hidden width's share.
         head_dim: gguf_u32(content, &key("attention.key_length"))
             .unwrap_or(hidden_size / num_heads),
-        sliding_window: None,
-        activation: super::Activation::Silu,
-        rms_norm_eps: gguf_f32(content, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)
-            as f64,
+        // llama.cpp's converter writes no window for starcoder2 and runs it without
+        // one; a file that names a window gets it.
+        sliding_window: gguf_u32(content, &key("attention.sliding_window")).ok(),
+        activation: if starcoder2 {
+            super::Activation::GeluPytorchTanh
+        } else {
+            super::Activation::Silu
+        },
+        rms_norm_eps: gguf_f32(content, &key(eps_key)).unwrap_or(1e-5) as f64,
         rope_theta: gguf_f32(content, &key("rope.freq_base")).unwrap_or(10_000.0),
         max_positions: gguf_u32(content, &key("context_length")).unwrap_or(4096),
         // llama.cpp's converter permutes llama's q/k so that pairs are adjacent;
@@ -136,6 +150,14 @@ impl HfWeights {
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
         let mut config = gguf_config(&content, path)?;
+        if config.family == super::ModelFamily::Starcoder2 {
+            return Err(ModelError::Unsupported(format!(
+                "{}: a starcoder2 model; retrain fine-tunes llama-family models (llama, \
+                 SmolLM, mistral, qwen2); starcoder2 models label and evaluate, but do not \
+                 train yet",
+                path.display()
+            )));
+        }
         let mut tensors = std::collections::HashMap::new();
         let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
         for gguf in names {
@@ -166,7 +188,7 @@ impl HfWeights {
 }
 
 impl Llama {
-    /// Loads a GGUF file of architecture `llama` (or `qwen2`).
+    /// Loads a GGUF file of architecture `llama`, `qwen2`, `qwen3` or `starcoder2`.
     pub fn from_gguf(
         path: &Path,
         format: WeightFormat,
@@ -208,35 +230,66 @@ impl Llama {
             // Tied embeddings: the output projection is the embedding matrix.
             Err(_) => linear(embeddings_q, None)?,
         };
+        // A norm: RMS when the file has no bias for it, layer norm when it has one
+        // (starcoder2).
+        type Read<'a> = dyn FnMut(&str) -> Result<QTensor, ModelError> + 'a;
+        let norm = |tensor: &mut Read, name: &str| -> Result<Norm, ModelError> {
+            let weight = to_dense(tensor(&format!("{name}.weight"))?)?;
+            let bias = tensor(&format!("{name}.bias"))
+                .ok()
+                .map(to_dense)
+                .transpose()?;
+            Ok(Norm { weight, bias })
+        };
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let p = format!("blk.{i}");
+            let attn_norm = norm(&mut tensor, &format!("{p}.attn_norm"))?;
+            let ffn_norm = norm(&mut tensor, &format!("{p}.ffn_norm"))?;
             let mut optional = |name: &str| tensor(&format!("{p}.{name}")).ok();
-            let (bq, bk, bv, q_norm, k_norm) = (
+            let (bq, bk, bv, bo, q_norm, k_norm) = (
                 optional("attn_q.bias"),
                 optional("attn_k.bias"),
                 optional("attn_v.bias"),
+                optional("attn_output.bias"),
                 optional("attn_q_norm.weight"),
                 optional("attn_k_norm.weight"),
+            );
+            // starcoder2's feed-forward is `down(act(up(x)))` with biases, no gate.
+            let (gate, b_up, b_down) = (
+                optional("ffn_gate.weight"),
+                optional("ffn_up.bias"),
+                optional("ffn_down.bias"),
             );
             // qwen3 norms each query and key head.
             let q_norm = q_norm.map(|t| to_dense(t).map(Norm::rms)).transpose()?;
             let k_norm = k_norm.map(|t| to_dense(t).map(Norm::rms)).transpose()?;
+            let gate = match (gate, config.family) {
+                (Some(g), _) => Some(linear(g, None)?),
+                (None, super::ModelFamily::Starcoder2) => None,
+                (None, _) => {
+                    return Err(ModelError::Format(format!(
+                        "{}: no tensor `{p}.ffn_gate.weight` (a {} model's feed-forward is gated)",
+                        path.display(),
+                        config.family.as_str()
+                    )));
+                }
+            };
             layers.push(Layer {
-                attn_norm: Norm::rms(to_dense(tensor(&format!("{p}.attn_norm.weight"))?)?),
+                attn_norm,
                 wq: linear(tensor(&format!("{p}.attn_q.weight"))?, bq)?,
                 wk: linear(tensor(&format!("{p}.attn_k.weight"))?, bk)?,
                 wv: linear(tensor(&format!("{p}.attn_v.weight"))?, bv)?,
-                wo: linear(tensor(&format!("{p}.attn_output.weight"))?, None)?,
+                wo: linear(tensor(&format!("{p}.attn_output.weight"))?, bo)?,
                 q_norm,
                 k_norm,
-                ffn_norm: Norm::rms(to_dense(tensor(&format!("{p}.ffn_norm.weight"))?)?),
-                gate: Some(linear(tensor(&format!("{p}.ffn_gate.weight"))?, None)?),
-                up: linear(tensor(&format!("{p}.ffn_up.weight"))?, None)?,
-                down: linear(tensor(&format!("{p}.ffn_down.weight"))?, None)?,
+                ffn_norm,
+                gate,
+                up: linear(tensor(&format!("{p}.ffn_up.weight"))?, b_up)?,
+                down: linear(tensor(&format!("{p}.ffn_down.weight"))?, b_down)?,
             });
         }
-        let norm = Norm::rms(to_dense(tensor("output_norm.weight")?)?);
+        let norm = norm(&mut tensor, "output_norm")?;
         Llama::assemble(config, embeddings, layers, norm, lm_head, device)
     }
 }
