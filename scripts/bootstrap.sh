@@ -9,6 +9,9 @@
 #
 #   scripts/bootstrap.sh            the full run (about 3 hours on 2 CPU cores)
 #   scripts/bootstrap.sh --mini     the same jobs, a few dialogues and 4 steps each (CI)
+#   scripts/bootstrap.sh --resume   carry on a stopped run where it was: nothing is
+#                                   deleted or enqueued; jobs pick up from their
+#                                   checkpoints and running logs
 #
 # Extra arguments go to `labelfleet enqueue`. Needs ../shared/data (see the README).
 set -euo pipefail
@@ -23,12 +26,20 @@ cargo build --release --locked --bin labelfleet
 bin=${LABELFLEET_BIN:-target/release/labelfleet}
 
 export LABELFLEET_HOME=${LABELFLEET_HOME:-.labelfleet/bootstrap}
-rm -rf "$LABELFLEET_HOME"
-"$bin" enqueue runs/bootstrap "$@"
-# The two prompts side by side on the same 8 validation turns, once the first model is
-# trained: SmolLM2 in context (k = 8 examples from the 1% gold) and the fine-tuned model
-# with the compact prompt.
-"$bin" enqueue runs/prompt-speed "$@"
+if [[ ${1:-} == --resume ]]; then
+  shift
+  if [[ ! -f $LABELFLEET_HOME/queue.sqlite ]]; then
+    echo "--resume: no run in $LABELFLEET_HOME to carry on; start one without --resume" >&2
+    exit 1
+  fi
+else
+  rm -rf "$LABELFLEET_HOME"
+  "$bin" enqueue runs/bootstrap "$@"
+  # The two prompts side by side on the same 8 validation turns, once the first model
+  # is trained: SmolLM2 in context (k = 8 examples from the 1% gold) and the fine-tuned
+  # model with the compact prompt.
+  "$bin" enqueue runs/prompt-speed "$@"
+fi
 
 echo "==> 2 workers (each exits once the queue is empty and nothing held can be released)"
 started=$(date +%s)
