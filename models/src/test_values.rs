@@ -3,17 +3,11 @@
 
 use candle_core::{Device, Tensor};
 
-/// Values in [-1, 1) from a seeded splitmix64, so every run tests the same numbers.
+/// Values in [-1, 1) from core's seeded SplitMix64, so every run tests the same numbers.
 pub(crate) fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
+    let mut rng = labelfleet_core::rng::SplitMix64::new(seed);
     (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
         .collect()
 }
 

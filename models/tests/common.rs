@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use labelfleet_core::rng::SplitMix64;
+
 pub fn models_dir() -> PathBuf {
     std::env::var_os("LABELFLEET_MODELS")
         .map(PathBuf::from)
@@ -26,23 +28,19 @@ pub fn model(name: &str) -> PathBuf {
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const MINILM: &str = "all-MiniLM-L6-v2";
 
-/// A seeded generator (splitmix64), so every run tests the same weights: with
+/// A seeded generator (core's SplitMix64), so every run tests the same weights: with
 /// candle's unseeded `randn` a tolerance held on most draws and failed on a few
 /// (bf16 reached 5.7 % of the largest logit in 2 runs of 30).
-pub struct Seeded(pub u64);
+pub struct Seeded(SplitMix64);
 
 impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    pub fn new(seed: u64) -> Seeded {
+        Seeded(SplitMix64::new(seed))
     }
 
-    /// Uniform in [0, 1).
+    /// Uniform in [0, 1), from the top 24 bits (exact in f32: never rounds up to 1).
     pub fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+        (self.0.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
     /// Standard normal (Box-Muller).

@@ -32,7 +32,7 @@ const KV_HEADS: usize = 2;
 fn save(dir: &Path, shapes: &[(String, Vec<usize>)]) -> PathBuf {
     let device = Device::Cpu;
     // Seeded, so that every run checks the same weights against its tolerances.
-    let mut rng = Seeded(0x0fa3_11e5);
+    let mut rng = Seeded::new(0x0fa3_11e5);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, shape) in shapes {
         let count = shape.iter().product();
@@ -369,7 +369,7 @@ fn padding_leaves_the_window(model: &Llama) {
 fn as_gguf(
     weights: &Path,
     renames: &[(String, String)],
-    metadata: &[(&str, gguf_file::Value)],
+    metadata: &[(String, gguf_file::Value)],
     dir: &Path,
 ) -> PathBuf {
     let tensors = candle_core::safetensors::load(weights, &Device::Cpu).unwrap();
@@ -386,12 +386,44 @@ fn as_gguf(
     let mut file = std::fs::File::create(&path).unwrap();
     gguf_file::write(
         &mut file,
-        &metadata.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>(),
+        &metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect::<Vec<_>>(),
         &named.iter().map(|(k, t)| (*k, t)).collect::<Vec<_>>(),
     )
     .unwrap();
     path
 }
+
+/// The metadata llama.cpp writes for a model of this file's shape, under `arch`, with
+/// `extra` (`key` without the `arch.` prefix) added.
+fn gguf_metadata(arch: &str, extra: Vec<(&str, V)>) -> Vec<(String, V)> {
+    let mut metadata = vec![
+        ("general.architecture".to_string(), V::String(arch.into())),
+        (format!("{arch}.embedding_length"), V::U32(HIDDEN as u32)),
+        (format!("{arch}.feed_forward_length"), V::U32(FFN as u32)),
+        (format!("{arch}.block_count"), V::U32(LAYERS as u32)),
+        (format!("{arch}.attention.head_count"), V::U32(HEADS as u32)),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            V::U32(KV_HEADS as u32),
+        ),
+        (format!("{arch}.context_length"), V::U32(128)),
+    ];
+    metadata.extend(extra.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
+    metadata
+}
+
+/// llama.cpp's names of the attention projections and the two norms of a layer.
+const ATTENTION_AND_NORMS: [(&str, &str); 6] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
 
 /// `(gguf, hf)` name pairs for every layer: `blk.N.{gguf}.{suffix}` from
 /// `model.layers.N.{hf}.{suffix}`.
@@ -441,34 +473,23 @@ fn qwen3_from_gguf_matches_qwen3_from_safetensors() {
     ]
     .map(|(g, h)| (g.to_string(), h.to_string()))
     .to_vec();
-    renames.extend(layer_renames(
-        &[
-            ("attn_q", "self_attn.q_proj"),
-            ("attn_k", "self_attn.k_proj"),
-            ("attn_v", "self_attn.v_proj"),
-            ("attn_output", "self_attn.o_proj"),
-            ("attn_q_norm", "self_attn.q_norm"),
-            ("attn_k_norm", "self_attn.k_norm"),
-            ("ffn_gate", "mlp.gate_proj"),
-            ("ffn_up", "mlp.up_proj"),
-            ("ffn_down", "mlp.down_proj"),
-            ("attn_norm", "input_layernorm"),
-            ("ffn_norm", "post_attention_layernorm"),
+    let mut parts = ATTENTION_AND_NORMS.to_vec();
+    parts.extend([
+        ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ]);
+    renames.extend(layer_renames(&parts, &["weight"]));
+    let metadata = gguf_metadata(
+        "qwen3",
+        vec![
+            ("attention.key_length", V::U32(16)),
+            ("attention.layer_norm_rms_epsilon", V::F32(1e-6)),
+            ("rope.freq_base", V::F32(1_000_000.0)),
         ],
-        &["weight"],
-    ));
-    let metadata = [
-        ("general.architecture", V::String("qwen3".into())),
-        ("qwen3.embedding_length", V::U32(HIDDEN as u32)),
-        ("qwen3.feed_forward_length", V::U32(FFN as u32)),
-        ("qwen3.block_count", V::U32(LAYERS as u32)),
-        ("qwen3.attention.head_count", V::U32(HEADS as u32)),
-        ("qwen3.attention.head_count_kv", V::U32(KV_HEADS as u32)),
-        ("qwen3.attention.key_length", V::U32(16)),
-        ("qwen3.attention.layer_norm_rms_epsilon", V::F32(1e-6)),
-        ("qwen3.rope.freq_base", V::F32(1_000_000.0)),
-        ("qwen3.context_length", V::U32(128)),
-    ];
+    );
     let path = as_gguf(&weights, &renames, &metadata, dir.path());
     let from_gguf = Llama::from_gguf(&path, WeightFormat::F32, &Device::Cpu).unwrap();
     assert_eq!(from_gguf.config().family, ModelFamily::Qwen3);
@@ -491,39 +512,22 @@ fn starcoder2_from_gguf_matches_starcoder2_from_safetensors() {
     ]
     .map(|(g, h)| (g.to_string(), h.to_string()))
     .to_vec();
-    renames.extend(layer_renames(
-        &[
-            ("attn_q", "self_attn.q_proj"),
-            ("attn_k", "self_attn.k_proj"),
-            ("attn_v", "self_attn.v_proj"),
-            ("attn_output", "self_attn.o_proj"),
-            ("ffn_up", "mlp.c_fc"),
-            ("ffn_down", "mlp.c_proj"),
-            ("attn_norm", "input_layernorm"),
-            ("ffn_norm", "post_attention_layernorm"),
+    let mut parts = ATTENTION_AND_NORMS.to_vec();
+    parts.extend([("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj")]);
+    renames.extend(layer_renames(&parts, &["weight", "bias"]));
+    let mut metadata = gguf_metadata(
+        "starcoder2",
+        vec![
+            ("attention.layer_norm_epsilon", V::F32(1e-5)),
+            ("rope.freq_base", V::F32(100_000.0)),
         ],
-        &["weight", "bias"],
-    ));
-    let mut metadata = vec![
-        ("general.architecture", V::String("starcoder2".into())),
-        ("starcoder2.embedding_length", V::U32(HIDDEN as u32)),
-        ("starcoder2.feed_forward_length", V::U32(FFN as u32)),
-        ("starcoder2.block_count", V::U32(LAYERS as u32)),
-        ("starcoder2.attention.head_count", V::U32(HEADS as u32)),
-        (
-            "starcoder2.attention.head_count_kv",
-            V::U32(KV_HEADS as u32),
-        ),
-        ("starcoder2.attention.layer_norm_epsilon", V::F32(1e-5)),
-        ("starcoder2.rope.freq_base", V::F32(100_000.0)),
-        ("starcoder2.context_length", V::U32(128)),
-    ];
+    );
     // Without the window's key (as llama.cpp's converter writes the file), no window.
     let path = as_gguf(&weights, &renames, &metadata, dir.path());
     let unwindowed = Llama::from_gguf(&path, WeightFormat::F32, &Device::Cpu).unwrap();
     assert_eq!(unwindowed.config().family, ModelFamily::Starcoder2);
     assert_eq!(unwindowed.config().sliding_window, None);
-    metadata.push(("starcoder2.attention.sliding_window", V::U32(3)));
+    metadata.push(("starcoder2.attention.sliding_window".into(), V::U32(3)));
     let path = as_gguf(&weights, &renames, &metadata, dir.path());
     for kernels in BOTH {
         let mut from_gguf = Llama::from_gguf(&path, WeightFormat::F32, &Device::Cpu).unwrap();

@@ -24,7 +24,7 @@ const KV_HEADS: usize = 2;
 fn random_weights(dir: &std::path::Path) -> std::path::PathBuf {
     let device = Device::Cpu;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let mut rng = Seeded(0x001a_be1f_1ee7);
+    let mut rng = Seeded::new(0x001a_be1f_1ee7);
     let mut put = |name: String, shape: (usize, usize)| {
         let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.normal() * 0.2).collect();
         let t = Tensor::from_vec(values, shape, &device).unwrap();
