@@ -32,7 +32,8 @@ fn the_bootstrap_loop_runs_mini_and_its_fine_tuned_labels_parse() {
     assert_eq!(
         names,
         BTreeSet::from([
-            "r1_train", "r1_eval", "r2_train", "r2_eval", "r3_train", "r3_eval"
+            "r1_train", "r1_eval", "r2_train", "r2_gold", "r2_eval", "r3_train", "r3_gold",
+            "r3_eval"
         ]),
     );
     let entry = |name: &str| main.iter().find(|e| e.run_id == name).unwrap();
@@ -46,8 +47,10 @@ fn the_bootstrap_loop_runs_mini_and_its_fine_tuned_labels_parse() {
     let metadata: Value = serde_json::from_slice(&std::fs::read(best).unwrap()).unwrap();
     assert_eq!(metadata["prompt"], "compact");
 
-    // Each retrain after the first learns from the round's pool labels as well.
-    assert_eq!(entry("r1_train").counts["new_examples"], 0);
+    // Each round trains on the gold and its pool's labels, then on the gold alone.
+    for name in ["r1_train", "r2_gold", "r3_gold"] {
+        assert_eq!(entry(name).counts["new_examples"], 0, "{name}");
+    }
     for name in ["r2_train", "r3_train"] {
         assert!(
             entry(name).counts["new_examples"] > 0,
