@@ -67,9 +67,11 @@ rows = [
     eval_row("r1_eval"),
     pool_row(1),
     train_row("r2_train", "from r1, on gold 1% ×2 + the surest 75% of round 1's labels"),
+    train_row("r2_gold", "from r2_train's final model, on the gold alone"),
     eval_row("r2_eval"),
     pool_row(2),
     train_row("r3_train", "from r2, on gold 1% ×2 + the surest 75% of round 2's labels"),
+    train_row("r3_gold", "from r3_train's final model, on the gold alone"),
     eval_row("r3_eval"),
 ]
 header = ("step", "what", "JGA", "turn acc", "slot F1", "loss", "wall s", "speed")
