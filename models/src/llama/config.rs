@@ -3,9 +3,13 @@
 //! projections LoRA may adapt ([`LORA_TARGETS`]) are the job spec's, in
 //! `labelfleet-core`: one definition each.
 
+use std::path::Path;
+
 use candle_core::DType;
 pub use candle_nn::Activation;
 pub use labelfleet_core::job::{LORA_TARGETS, WeightFormat};
+
+use crate::ModelError;
 
 /// The model families the decoder runs; each has its file in `families/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,6 +32,21 @@ impl ModelFamily {
             ModelFamily::Qwen3 => "qwen3",
             ModelFamily::Starcoder2 => "starcoder2",
         }
+    }
+
+    /// Whether `retrain` can fine-tune this family's model at `path` (llama only: the
+    /// others' layers have no training path yet), as an error saying so.
+    pub(crate) fn check_trainable(self, path: &Path) -> Result<(), ModelError> {
+        if self == ModelFamily::Llama {
+            return Ok(());
+        }
+        Err(ModelError::Unsupported(format!(
+            "{}: a {} model; retrain fine-tunes llama-family models (llama, SmolLM, \
+             mistral, qwen2); {} models label and evaluate, but do not train yet",
+            path.display(),
+            self.as_str(),
+            self.as_str()
+        )))
     }
 }
 

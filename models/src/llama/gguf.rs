@@ -144,20 +144,15 @@ fn unpermute_rotary(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 }
 
 impl HfWeights {
-    /// Reads and dequantizes every tensor of a llama or qwen2 GGUF file.
+    /// Reads and dequantizes every tensor of a llama or qwen2 GGUF file (other families
+    /// do not train, and are refused).
     pub fn from_gguf(path: &Path, device: &Device) -> Result<HfWeights, ModelError> {
         let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
         let mut config = gguf_config(&content, path)?;
-        if config.family == super::ModelFamily::Starcoder2 {
-            return Err(ModelError::Unsupported(format!(
-                "{}: a starcoder2 model; retrain fine-tunes llama-family models (llama, \
-                 SmolLM, mistral, qwen2); starcoder2 models label and evaluate, but do not \
-                 train yet",
-                path.display()
-            )));
-        }
+        // The names below are llama's: another family's tensors would be read wrongly.
+        config.family.check_trainable(path)?;
         let mut tensors = std::collections::HashMap::new();
         let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
         for gguf in names {

@@ -55,15 +55,7 @@ impl TrainableLm {
                 (weights, tokenizer)
             }
         };
-        if weights.config.family != crate::ModelFamily::Llama {
-            return Err(ModelError::Unsupported(format!(
-                "{}: a {} model; retrain fine-tunes llama-family models (llama, SmolLM, \
-                 mistral, qwen2); {} models label and evaluate, but do not train yet",
-                path.display(),
-                weights.config.family.as_str(),
-                weights.config.family.as_str()
-            )));
-        }
+        weights.config.family.check_trainable(path)?;
         let base_path = std::path::absolute(path).ok();
         let mut lm = TrainableLm::new(weights, tokenizer, lora, seed, device)?;
         lm.base_path = base_path;
