@@ -18,14 +18,11 @@ use serde_json::Value;
 fn the_bootstrap_loop_runs_mini_and_its_fine_tuned_labels_parse() {
     let fleet = Fleet::new();
     fleet.ok(&["enqueue", "runs/bootstrap", "--mini", "--allow-dirty"]);
-    let args = ["--wait", "1", "--idle-exit", "5"];
-    let mut workers = [
-        fleet.spawn_worker("a", &args),
-        fleet.spawn_worker("b", &args),
-    ];
-    for worker in &mut workers {
-        assert!(worker.wait(Duration::from_secs(1800)).success());
-    }
+    fleet.run_workers(
+        2,
+        &["--wait", "1", "--idle-exit", "5"],
+        Duration::from_secs(1800),
+    );
 
     let main = fleet.entries("bootstrap");
     let names: BTreeSet<&str> = main.iter().map(|e| e.run_id.as_str()).collect();

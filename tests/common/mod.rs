@@ -104,6 +104,10 @@ impl Fleet {
             .current_dir(repo_root())
             .env("LABELFLEET_HOME", self.home())
             .env("LABELFLEET_LOG_JSON", "true")
+            // Fetched checkpoints go with the fleet's folder, not the system's
+            // temporary directory, where every test run's would stay.
+            .env("LABELFLEET_CACHE_DIR", self.dir.path().join("cache"))
+            .env_remove("LABELFLEET_CACHE_MAX_GB")
             .env_remove("LABELFLEET_MAX_RECEIVES")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
