@@ -10,6 +10,7 @@ use labelfleet_core::job::{ModelRef, PromptMode};
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{JobContext, JobFailure};
+use crate::runners::checkpoint_cache;
 
 /// The artifact folder of a retrain job's final model, under `{group}/{job}/`.
 pub const FINAL_MODEL: &str = "model";
@@ -132,12 +133,15 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
         .join(short_hash(&ctx.artifacts.describe()))
         .join(&prefix)
         .join(version);
-    let complete = local.join(".complete");
+    let complete = local.join(checkpoint_cache::COMPLETE);
     let mut resolved = model.clone();
     resolved.checkpoint = None;
     resolved.path = Some(local.display().to_string());
+    let max_bytes = checkpoint_cache::max_bytes().map_err(JobFailure::new)?;
     if entry.is_some() && complete.exists() {
         tracing::info!(checkpoint = %checkpoint, folder = %local.display(), "checkpoint already fetched");
+        // Its last use, for the cache's bound; a failure only makes it look older.
+        let _ = checkpoint_cache::touch(&local);
         return Ok(resolved);
     }
     std::fs::create_dir_all(&local)
@@ -162,7 +166,29 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
             .map_err(|e| JobFailure::new(format!("writing {}: {e}", complete.display())))?;
     }
     tracing::info!(checkpoint = %checkpoint, folder = %local.display(), "checkpoint fetched");
+    keep_cache_bounded(&local, max_bytes);
     Ok(resolved)
+}
+
+/// Removes the least recently used fetched models beyond the cache's bound, keeping
+/// `local` (about to be loaded). A cache that cannot be read is only reported: the job
+/// has its model.
+fn keep_cache_bounded(local: &Path, max_bytes: u64) {
+    let root = cache_dir().join("checkpoints");
+    let now = std::time::SystemTime::now();
+    match checkpoint_cache::evict(&root, local, max_bytes, now, checkpoint_cache::RECENT) {
+        Ok(evicted) if evicted.entries > 0 => tracing::info!(
+            removed = evicted.entries,
+            removed_gb = evicted.bytes as f64 / 1e9,
+            left_gb = evicted.left as f64 / 1e9,
+            max_gb = max_bytes as f64 / 1e9,
+            "removed the least recently used checkpoints from the cache"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(folder = %root.display(), "could not check the checkpoint cache's size: {e}")
+        }
+    }
 }
 
 /// 12 hex digits of the SHA-256 of `text`: a short, stable folder name.

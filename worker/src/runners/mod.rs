@@ -7,8 +7,10 @@
 //!   it, and `eval` runs it to score a model.
 //! - [`prompts`]: a labelled turn as a prompt → completion pair, for training and
 //!   scoring.
-//! - [`checkpoints`]: the models `retrain` saves, fetched for the jobs that name them.
+//! - [`checkpoints`]: the models `retrain` saves, fetched for the jobs that name them;
+//!   [`checkpoint_cache`] keeps the folder they are fetched into under a bound.
 
+pub mod checkpoint_cache;
 pub mod checkpoints;
 pub mod command;
 pub mod data;
