@@ -445,6 +445,12 @@ fn a_killed_retrain_job_resumes_and_matches_an_uninterrupted_run() {
             step + 1
         );
     }
+    // The finished runs' resumable checkpoints are removed; their models stay.
+    for group in ["resume", "straight"] {
+        let run = fleet.home().join("artifacts").join(group).join("train");
+        assert!(!run.join("checkpoint").exists(), "{group}");
+        assert!(run.join("model/model.safetensors").exists(), "{group}");
+    }
 }
 
 /// SmolLM2-135M (the real GGUF, dequantized) with LoRA adapters, a few steps on gold

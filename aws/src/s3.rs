@@ -356,6 +356,19 @@ impl ArtifactStore for S3ArtifactStore {
         Ok(true)
     }
 
+    /// S3's DeleteObject succeeds for a key that is not there, as the trait asks.
+    async fn delete(&self, key: &ArtifactKey) -> BackendResult<()> {
+        let object = self.object_key(key.as_str());
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| classify(&format!("S3 DeleteObject s3://{}/{object}", self.bucket), e))?;
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>> {
         let prefix = prefix.trim_end_matches('/');
         let full = self.object_key(prefix);

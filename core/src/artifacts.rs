@@ -94,6 +94,10 @@ pub trait ArtifactStore: Send + Sync {
         Ok(true)
     }
 
+    /// Removes an artifact; one that is not there is not an error, so that a removal
+    /// interrupted half-way can simply be done again.
+    async fn delete(&self, key: &ArtifactKey) -> BackendResult<()>;
+
     /// Lists the keys that start with `prefix` (whole segments), sorted.
     async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>>;
 

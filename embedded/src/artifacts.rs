@@ -150,6 +150,30 @@ impl ArtifactStore for FileArtifactStore {
         .map_err(|e| BackendError::Other(format!("artifact copy task failed: {e}")))?
     }
 
+    async fn delete(&self, key: &ArtifactKey) -> BackendResult<()> {
+        let path = self.path_of(key);
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_error("remove", &path, e)),
+            }
+            // Folders left empty go too (a key's folders exist only for its files);
+            // one that is not empty, or another remover's, stops the climb.
+            let mut folder = path.parent();
+            while let Some(dir) = folder.filter(|d| *d != root && d.starts_with(&root)) {
+                if std::fs::remove_dir(dir).is_err() {
+                    break;
+                }
+                folder = dir.parent();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BackendError::Other(format!("artifact remove task failed: {e}")))?
+    }
+
     async fn list(&self, prefix: &str) -> BackendResult<Vec<ArtifactKey>> {
         let prefix = prefix.trim_end_matches('/');
         let start = if prefix.is_empty() {

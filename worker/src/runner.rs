@@ -112,6 +112,16 @@ impl JobContext {
         Ok(key.as_str().to_string())
     }
 
+    /// Removes `job`'s artifact `file` (one that is not there is not an error). Refused
+    /// once the lease is lost, as writes are: another worker may be writing it now.
+    pub async fn delete_artifact(&self, job: &Job, file: &str) -> Result<(), JobFailure> {
+        let key = self.writable_key(job, file)?;
+        self.artifacts
+            .delete(&key)
+            .await
+            .map_err(|e| JobFailure::backend(format!("removing artifact {key}: {e}")))
+    }
+
     /// The manifest entry of `group/run`, if that job has completed.
     pub async fn manifest_entry(
         &self,

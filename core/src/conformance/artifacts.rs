@@ -42,6 +42,26 @@ pub async fn list_by_prefix(s: &dyn ArtifactStore) {
     assert!(s.list(&format!("{root}/nothing")).await.unwrap().is_empty());
 }
 
+/// A deleted artifact reads as missing and leaves the listing; deleting it again, or
+/// deleting a key that never was, succeeds; its neighbours stay.
+pub async fn delete_removes_once_and_again(s: &dyn ArtifactStore) {
+    let root = super::unique("del");
+    let (gone, kept) = (
+        key(&format!("{root}/run/checkpoint/state.json")),
+        key(&format!("{root}/run/model/config.json")),
+    );
+    s.put(&gone, b"{}".to_vec()).await.unwrap();
+    s.put(&kept, b"{}".to_vec()).await.unwrap();
+    s.delete(&gone).await.unwrap();
+    assert_eq!(s.get(&gone).await.unwrap(), None);
+    assert_eq!(s.list(&root).await.unwrap(), std::slice::from_ref(&kept));
+    s.delete(&gone).await.unwrap();
+    s.delete(&key(&format!("{root}/never/was.json")))
+        .await
+        .unwrap();
+    assert_eq!(s.get(&kept).await.unwrap().as_deref(), Some(&b"{}"[..]));
+}
+
 /// Multi-megabyte artifacts round-trip byte for byte.
 pub async fn large_artifacts_round_trip(s: &dyn ArtifactStore) {
     let k = key(&format!("{}/big.bin", super::unique("big")));
@@ -140,6 +160,9 @@ macro_rules! artifact_store_conformance {
             }
             case!(put_get_overwrite, |s| cases::put_get_overwrite(&*s));
             case!(list_by_prefix, |s| cases::list_by_prefix(&*s));
+            case!(delete_removes_once_and_again, |s| {
+                cases::delete_removes_once_and_again(&*s)
+            });
             case!(large_artifacts_round_trip, |s| {
                 cases::large_artifacts_round_trip(&*s)
             });

@@ -175,6 +175,32 @@ fn write_checkpoint(
     Ok(())
 }
 
+/// Removes the resumable checkpoint of a run whose models are saved: its parameters
+/// and AdamW's moments, in two slots, hold six times the trained parameters, and
+/// nothing reads them once the run is over. The state file goes first, so that a
+/// worker stopped half-way leaves no state naming missing files (a job delivered again
+/// after that trains from the start). A store that refuses (an IAM policy without
+/// `s3:DeleteObject`) keeps them, and the job still succeeds.
+async fn remove_checkpoint(job: &Job, ctx: &JobContext) {
+    let files = [CHECKPOINT_STATE.to_string()]
+        .into_iter()
+        .chain((0..2).flat_map(|slot| {
+            [
+                format!("checkpoint/params-{slot}.safetensors"),
+                format!("checkpoint/optimizer-{slot}.safetensors"),
+            ]
+        }));
+    for file in files {
+        if let Err(e) = ctx.delete_artifact(job, &file).await {
+            tracing::warn!(
+                job = %job.key(),
+                "the finished run's resumable checkpoint is kept: {e}"
+            );
+            return;
+        }
+    }
+}
+
 /// What a finished training run hands back to the async side.
 struct Trained {
     state: RunState,
@@ -410,6 +436,7 @@ impl JobRunner for RetrainRunner {
         })
         .await
         .map_err(|e| JobFailure::new(format!("training failed: {e}")))??;
+        remove_checkpoint(job, ctx).await;
         let state = &trained.state;
 
         artifacts.insert("model".into(), trained.final_key.clone());
