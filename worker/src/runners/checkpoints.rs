@@ -153,12 +153,14 @@ pub async fn materialize(model: &ModelRef, ctx: &JobContext) -> Result<ModelRef,
             .next()
             .expect("keys have a last segment")
             .to_string();
-        let bytes = fetch(&key, ctx).await?;
         // Write beside, then rename: a worker reading the folder never sees half a file.
         let target = local.join(&name);
         let partial = local.join(format!(".{name}.{}.partial", std::process::id()));
-        std::fs::write(&partial, &bytes)
-            .and_then(|_| std::fs::rename(&partial, &target))
+        if let Err(e) = fetch(&key, &partial, ctx).await {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        std::fs::rename(&partial, &target)
             .map_err(|e| JobFailure::new(format!("writing {}: {e}", target.display())))?;
     }
     if entry.is_some() {
@@ -196,10 +198,19 @@ fn short_hash(text: &str) -> String {
     labelfleet_core::hash::short_sha256_hex(text.as_bytes(), 12)
 }
 
-async fn fetch(key: &ArtifactKey, ctx: &JobContext) -> Result<Vec<u8>, JobFailure> {
-    ctx.artifacts
-        .get(key)
+/// Copies artifact `key` into the file at `path`, streamed where the store can (a
+/// model's weights are gigabytes: read whole, they would sit in the worker's memory
+/// beside the model it loads from them).
+async fn fetch(key: &ArtifactKey, path: &Path, ctx: &JobContext) -> Result<(), JobFailure> {
+    let found = ctx
+        .artifacts
+        .get_file(key, path)
         .await
-        .map_err(|e| JobFailure::new(format!("reading {key}: {e}")))?
-        .ok_or_else(|| JobFailure::new(format!("{key} vanished while it was being fetched")))
+        .map_err(|e| JobFailure::new(format!("reading {key} into {}: {e}", path.display())))?;
+    if !found {
+        return Err(JobFailure::new(format!(
+            "{key} vanished while it was being fetched"
+        )));
+    }
+    Ok(())
 }
