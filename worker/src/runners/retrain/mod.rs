@@ -37,6 +37,16 @@ pub const CHECKPOINT_STATE: &str = "checkpoint/state.json";
 /// The training curve artifact.
 pub const CURVE: &str = "curve.json";
 
+/// The resumable checkpoint's trained parameters in `slot` (0 or 1).
+fn params_file(slot: u8) -> String {
+    format!("checkpoint/params-{slot}.safetensors")
+}
+
+/// The resumable checkpoint's AdamW moments in `slot` (0 or 1).
+fn optimizer_file(slot: u8) -> String {
+    format!("checkpoint/optimizer-{slot}.safetensors")
+}
+
 /// Runs `retrain` jobs.
 #[derive(Default)]
 pub struct RetrainRunner;
@@ -152,18 +162,10 @@ fn write_checkpoint(
         .map_err(|e| JobFailure::new(format!("copying the optimizer's moments: {e}")))?;
     let moments = bytes(moments)?;
     runtime.block_on(async {
-        ctx.write_artifact(
-            job,
-            &format!("checkpoint/params-{}.safetensors", state.slot),
-            params,
-        )
-        .await?;
-        ctx.write_artifact(
-            job,
-            &format!("checkpoint/optimizer-{}.safetensors", state.slot),
-            moments,
-        )
-        .await?;
+        ctx.write_artifact(job, &params_file(state.slot), params)
+            .await?;
+        ctx.write_artifact(job, &optimizer_file(state.slot), moments)
+            .await?;
         ctx.write_artifact(
             job,
             CHECKPOINT_STATE,
@@ -184,12 +186,7 @@ fn write_checkpoint(
 async fn remove_checkpoint(job: &Job, ctx: &JobContext) {
     let files = [CHECKPOINT_STATE.to_string()]
         .into_iter()
-        .chain((0..2).flat_map(|slot| {
-            [
-                format!("checkpoint/params-{slot}.safetensors"),
-                format!("checkpoint/optimizer-{slot}.safetensors"),
-            ]
-        }));
+        .chain((0..2).flat_map(|slot| [params_file(slot), optimizer_file(slot)]));
     for file in files {
         if let Err(e) = ctx.delete_artifact(job, &file).await {
             tracing::warn!(
@@ -242,8 +239,8 @@ async fn resume(
         tracing::info!(job = %job.key(), "the checkpoint belongs to a different config; training from the start");
         return Ok(None);
     }
-    let params = read(format!("checkpoint/params-{}.safetensors", state.slot)).await?;
-    let moments = read(format!("checkpoint/optimizer-{}.safetensors", state.slot)).await?;
+    let params = read(params_file(state.slot)).await?;
+    let moments = read(optimizer_file(state.slot)).await?;
     match (params, moments) {
         (Some(p), Some(m)) => Ok(Some((state, p, m))),
         _ => Err(JobFailure::new(format!(
